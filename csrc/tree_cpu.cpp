@@ -90,12 +90,17 @@ void on_fork_child() {
 }
 #endif
 
+// One tree costs well under a microsecond per operation, so a thread needs this many trees before
+// the fork/join pays for itself. Below it the work stays serial, which also keeps a search loop that
+// shares its cores with a model's own threads from stalling on spinning workers.
+constexpr int64_t kMinTreesPerThread = 128;
+
 // Run fn(b) for every tree b, in parallel over trees; num_threads <= 0: the OpenMP default.
 template <typename Fn>
 void for_each_tree(int64_t B, int num_threads, const Fn& fn) {
 #ifdef _OPENMP
   int threads = num_threads > 0 ? num_threads : omp_get_max_threads();
-  if (threads > B) threads = (int)B;
+  if (threads > B / kMinTreesPerThread) threads = (int)(B / kMinTreesPerThread);
   if (threads > 1 && !g_serial_only) {
     g_pool_started = true;
     // Chunks of several trees amortise the scheduling; dynamic, as tree sizes differ.

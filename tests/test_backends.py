@@ -326,3 +326,17 @@ def test_reference_invariants_on_random_workloads(seed):
             assert f.visits[b, s] >= f.visits[b, kids].sum()
         assert (f.num_children[b, n:] == 0).all() and (f.parent[b, n:] == -1).all()
     assert pending == 0  # every selected leaf was backed up, so no virtual loss remains
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_large_batches_take_the_parallel_path_and_agree(backend):
+    """Enough trees that the C++ backend runs them on several OpenMP threads (it stays serial
+    below 128 trees per thread) and Numba's prange splits them."""
+    rng = np.random.default_rng(2024)
+    run = Runner(backend, Forest.empty(640, 41))
+    for i in range(8):
+        random_round(run, rng, L=2, K=3, select_rule=SELECT_RULES[i % 3], backup_rule=BACKUP_RULES[i % 3],
+                     c=1.0, vl=1.0, p_terminal=0.2, quantised=bool(i % 2))
+    for by in BEST_PATH_KEYS:
+        run.best_path(by)
+    run.terminal_nodes()
