@@ -278,6 +278,16 @@ def test_validation_errors_name_the_problem():
         select(f, 1, backend="tpu")
 
 
+def test_thread_setting(monkeypatch):
+    monkeypatch.delenv("TREESEARCH_NUM_THREADS", raising=False)
+    assert native.num_threads() == 1 and native.threads_for(100_000) == 1  # serial unless asked
+    monkeypatch.setenv("TREESEARCH_NUM_THREADS", "4")
+    assert native.threads_for(100) == 1 and native.threads_for(300) == 2 and native.threads_for(10_000) == 4
+    monkeypatch.setenv("TREESEARCH_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="TREESEARCH_NUM_THREADS"):
+        native.num_threads()
+
+
 def test_auto_backend_is_fastest_host_backend():
     f = Forest.empty(1, 4)
     expected = next(b for b in native.available_backends() if b != "cuda")
@@ -329,9 +339,10 @@ def test_reference_invariants_on_random_workloads(seed):
 
 
 @pytest.mark.parametrize("backend", NATIVE)
-def test_large_batches_take_the_parallel_path_and_agree(backend):
-    """Enough trees that the C++ backend runs them on several OpenMP threads (it stays serial
-    below 128 trees per thread) and Numba's prange splits them."""
+def test_large_batches_take_the_parallel_path_and_agree(backend, monkeypatch):
+    """Threads asked for and enough trees that the C++ backend runs them on several OpenMP threads
+    (each keeps at least 128 trees) and Numba's prange splits them."""
+    monkeypatch.setenv("TREESEARCH_NUM_THREADS", "0")
     rng = np.random.default_rng(2024)
     run = Runner(backend, Forest.empty(640, 41))
     for i in range(8):

@@ -3,11 +3,19 @@
 Backends, fastest first: "cuda" (device arrays only), "cpp" (mcts._core, OpenMP), "numba",
 "numpy" (the reference). "auto" picks the first available one that fits the forest's arrays.
 Tests force a path with `override_backend`.
+
+Threads: the C++ and Numba backends run the trees on ONE thread unless TREESEARCH_NUM_THREADS asks
+for more (0: every core). A tree costs well under a microsecond per operation, so threads gain
+little (about 1.3x at 1024 trees on two idle cores), and a search shares its cores with a model:
+there, a parallel region waits at its barrier for a worker the OS has descheduled, which was
+measured at 30-70x slower than one thread. Even when asked, a thread gets at least
+MIN_TREES_PER_THREAD trees.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 from types import ModuleType
@@ -30,6 +38,8 @@ def _try_import(name: str) -> ModuleType | None:
         return None
 
 
+MIN_TREES_PER_THREAD = 128  # as kMinTreesPerThread in csrc/tree_cpu.cpp
+
 _core = _try_import("mcts._core")
 _core_cuda = _try_import("mcts._core_cuda")
 _override: str | None = None
@@ -39,8 +49,9 @@ def cpp_available() -> bool:
     return _core is not None
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_available() -> bool:
-    """True when the CUDA extension is built and a CUDA device is visible."""
+    """True when the CUDA extension is built and a CUDA device is visible (asked once)."""
     if _core_cuda is None:
         return False
     try:
@@ -53,20 +64,41 @@ def numba_available() -> bool:
     return _numba_ops() is not None
 
 
+@functools.lru_cache(maxsize=None)
 def _numba_ops() -> ModuleType | None:
+    # Imported once: a failed import is not retried on every call.
     if os.environ.get("TREESEARCH_DISABLE_NUMBA"):
         return None
     return _try_import("mcts.core.numba_ops")
 
 
-def available_backends() -> list[str]:
+@functools.lru_cache(maxsize=None)
+def _available() -> tuple[str, ...]:
     found = {"cuda": cuda_available(), "cpp": cpp_available(), "numba": numba_available(), "numpy": True}
-    return [name for name in BACKENDS if found[name]]
+    return tuple(name for name in BACKENDS if found[name])
+
+
+def available_backends() -> list[str]:
+    return list(_available())
 
 
 def num_threads() -> int:
-    """OpenMP threads for the C++ backend: TREESEARCH_NUM_THREADS, else all cores."""
-    return int(os.environ.get("TREESEARCH_NUM_THREADS", "0"))
+    """Threads the C++ and Numba backends may use: TREESEARCH_NUM_THREADS (0: every core), 1 when
+    it is unset (see the module docstring)."""
+    value = os.environ.get("TREESEARCH_NUM_THREADS", "1")
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"TREESEARCH_NUM_THREADS must be an integer >= 0 (0: every core), got {value!r}")
+    return n if n > 0 else (os.cpu_count() or 1)
+
+
+def threads_for(num_trees: int) -> int:
+    """Threads for one operation on `num_trees` trees: num_threads(), at least MIN_TREES_PER_THREAD
+    trees each, at least 1."""
+    return max(1, min(num_threads(), num_trees // MIN_TREES_PER_THREAD))
 
 
 @contextlib.contextmanager
@@ -93,10 +125,10 @@ def resolve_backend(backend: str, forest: Forest | None = None) -> str:
         if on_device:
             backend = "cuda"
         else:
-            backend = next(b for b in available_backends() if b != "cuda")
+            backend = next(b for b in _available() if b != "cuda")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of auto, {', '.join(BACKENDS)}")
-    if backend not in available_backends():
+    if backend not in _available():
         raise RuntimeError(f"backend {backend!r} is not available here; available: {available_backends()}")
     if on_device != (backend == "cuda"):
         where = "device" if on_device else "host"

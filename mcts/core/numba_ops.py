@@ -19,7 +19,7 @@ import numba
 import numpy as np
 
 from .forest import BLOCKED, EXPANDED, NO_PARENT, PRUNED, ROOT_INDEX, TERMINAL, Forest
-from .native import BACKUP_RULE_CODES, BEST_PATH_CODES, SELECT_RULE_CODES
+from .native import BACKUP_RULE_CODES, BEST_PATH_CODES, SELECT_RULE_CODES, threads_for
 
 # Plain ints, frozen into the compiled code as constants.
 _EXPANDED, _TERMINAL, _PRUNED, _BLOCKED = int(EXPANDED), int(TERMINAL), int(PRUNED), int(BLOCKED)
@@ -27,11 +27,6 @@ _UNBLOCK = 0xFF ^ _BLOCKED  # uint8 mask that clears the scratch bit
 _PUCT = SELECT_RULE_CODES["puct"]
 _MEAN, _MAX = BACKUP_RULE_CODES["mean"], BACKUP_RULE_CODES["max"]
 _BY_VISITS, _BY_REWARD = BEST_PATH_CODES["visits"], BEST_PATH_CODES["reward"]
-
-# As csrc/tree_cpu.cpp: a thread needs this many trees before the fork/join pays for itself. Below
-# that the kernels run on fewer threads (serially for small batches), which also keeps a search loop
-# that shares its cores with a model's threads from stalling on workers that are not scheduled.
-_MIN_TREES_PER_THREAD = 128
 
 # error_model="numpy": no zero-division checks (no divisor here can be 0), as in the C++ backend.
 _tree_fn = numba.njit(cache=True, error_model="numpy")
@@ -322,9 +317,10 @@ def _terminal_nodes_kernel(flags, num_nodes, counts, out):
 # The operations, with reference.py's signatures (arguments already validated by ops.py).
 
 
-# GNU OpenMP's thread pool does not survive fork(): Numba's omp layer terminates a forked child
-# (multiprocessing's default start method on Linux) that enters a parallel kernel after its parent
-# did. Such a child runs serial twins of the kernels instead, as tree_cpu.cpp runs a serial loop.
+# Each kernel has a serial twin (compiled on first use), for the one-thread default (native.py) and
+# for a forked child: GNU OpenMP's thread pool does not survive fork(), and Numba's omp layer
+# terminates a child (multiprocessing's default start method on Linux) that enters a parallel
+# kernel after its parent did, so such a child runs the twins, as tree_cpu.cpp runs a serial loop.
 _pool_pid: int | None = None  # the process that has run the parallel kernels
 _serial_twins: dict = {}
 
@@ -342,17 +338,14 @@ def _serial_twin(kernel):
 
 
 def _launch(kernel, num_trees: int, *args):
-    """kernel(*args) on at most one thread per _MIN_TREES_PER_THREAD trees, within Numba's current
-    thread count (which is per calling thread, and restored afterwards)."""
+    """kernel(*args) on `native.threads_for(num_trees)` threads: its serial twin on one thread (the
+    default), else the parallel kernel within Numba's thread count (restored afterwards)."""
     global _pool_pid
-    if _pool_pid != os.getpid():
-        if _pool_pid is not None:  # a forked child of a process that used the pool
-            return _serial_twin(kernel)(*args)
-        _pool_pid = os.getpid()
+    wanted = min(threads_for(num_trees), numba.config.NUMBA_NUM_THREADS)
+    if wanted == 1 or _pool_pid not in (None, os.getpid()):  # serial, or a forked child of a pool user
+        return _serial_twin(kernel)(*args)
+    _pool_pid = os.getpid()
     threads = numba.get_num_threads()
-    wanted = max(1, min(threads, num_trees // _MIN_TREES_PER_THREAD))
-    if wanted == threads:
-        return kernel(*args)
     numba.set_num_threads(wanted)
     try:
         return kernel(*args)
