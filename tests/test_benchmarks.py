@@ -1,0 +1,67 @@
+"""Smoke tests of benchmarks/tree_throughput.py on tiny settings: behaviour only, never timings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcts.core import BYTES_PER_NODE, native
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "tree_throughput.py"
+KEYS = {"backend", "batch", "simulations", "actions", "sims_per_s", "bytes_per_node", "peak_mem_mb", "seconds",
+        "ratio_vs_mctx", "skipped"}
+TINY = ["--batch", "2", "--simulations", "4", "--actions", "4", "--repeats", "1", "--min-time", "0", "--no-mctx"]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("tree_throughput", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the script loads
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def _host_backends() -> list[str]:
+    return [b for b in native.available_backends() if b != "cuda"]
+
+
+def _json_rows(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_json_rows_of_every_backend(bench, capsys):
+    backends = _host_backends()
+    assert bench.main([*TINY, "--json", "--backends", ",".join(backends)]) == 0
+    captured = capsys.readouterr()
+    rows = _json_rows(captured.out)
+    assert [r["backend"] for r in rows] == backends
+    for r in rows:
+        assert KEYS <= r.keys()
+        assert (r["batch"], r["simulations"], r["actions"]) == (2, 4, 4)
+        assert r["skipped"] is None and r["sims_per_s"] > 0 and r["repeats"] >= 1
+        assert r["bytes_per_node"] == BYTES_PER_NODE
+        assert r["bytes_per_tree"] >= BYTES_PER_NODE * (1 + 4 * 4)
+    assert "sims/s" in captured.err  # the table goes to stderr with --json
+
+
+def test_capped_reference_is_reported_skipped(bench, capsys):
+    argv = [*TINY, "--json", "--backends", "numpy", "--batch", "1,2", "--numpy-max-work", "20"]
+    assert bench.main(argv) == 0
+    rows = _json_rows(capsys.readouterr().out)
+    assert [(r["batch"], r["skipped"] is None) for r in rows] == [(1, True), (2, False)]
+    assert "capped" in rows[1]["skipped"] and rows[1]["sims_per_s"] is None
+
+
+def test_table(bench, capsys):
+    assert bench.main([*TINY, "--backends", "numpy", "--actions", "2,3"]) == 0
+    out = capsys.readouterr().out
+    assert "sims/s" in out and "cores" in out
+    assert len([line for line in out.splitlines() if line.startswith("numpy")]) == 2
