@@ -1,0 +1,250 @@
+"""The toy world's tiny policy: tokenizer, training data, build/cache plumbing and a quick build."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from mcts.envs import tiny_models as tm  # noqa: E402
+from mcts.envs.arith import DELIMITER, generate_problems, parse_step, solution_steps  # noqa: E402
+from mcts.policy.base import Prefix  # noqa: E402
+from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig  # noqa: E402
+
+TEXTS = [
+    "(17 + 5) * 3 - 8\n17 + 5 = 22, so 22 * 3 - 8\n",
+    "The answer is \\boxed{58}.\n",
+    "3 - -5 = 8, so 2 * 8\n",
+    "  two  spaces , before . and after \n\n\nnewlines ",
+    "",
+    " ",
+    "\n",
+    "{}[]()<>!?#$%&'\"`~^_|;:@=+-*/\\",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tm.build_char_tokenizer()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_tokenizer_round_trips_exactly(tokenizer, text):
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)  # one token per character
+    assert tokenizer.decode(ids) == text
+    with_bos = tokenizer(text)["input_ids"]
+    assert with_bos == [tokenizer.bos_token_id, *ids]
+    assert tokenizer.decode(with_bos + [tokenizer.eos_token_id], skip_special_tokens=True) == text
+
+
+def test_tokenizer_special_tokens_and_save_load(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    specials = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
+    assert specials == (0, 1, 2, 3)
+    assert len(tokenizer) == len(tm.SPECIAL_TOKENS) + len(tm.CHARACTERS)
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
+    for text in TEXTS:
+        ids = loaded(text)["input_ids"]
+        assert ids == tokenizer(text)["input_ids"]
+        assert loaded.decode(ids, skip_special_tokens=True) == text
+    assert loaded.decode(loaded("é", add_special_tokens=False)["input_ids"]) == "<unk>"  # outside the alphabet
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training data
+
+
+def test_make_traces_is_deterministic_and_canonical():
+    config = dataclasses.replace(tm.QUICK_CONFIG, noisy_fraction=0.0, max_ops=4)
+    traces = tm.make_traces(0, 40, config)
+    assert traces == tm.make_traces(0, 40, config)
+    assert tm.make_traces(10, 5, config) == traces[10:15]  # trace i depends on i only
+    for trace in traces:
+        assert list(trace.steps) == [s + DELIMITER for s in solution_steps(trace.problem)]
+        assert all(trace.trained)
+
+
+def test_noisy_traces_keep_slips_in_context_without_loss():
+    config = dataclasses.replace(tm.QUICK_CONFIG, noisy_fraction=1.0, slip_rate=0.5, max_ops=4)
+    traces = tm.make_traces(0, 60, config)
+    slips = [t for t in traces if not all(t.trained)]
+    assert slips, "a slip rate of 0.5 slips somewhere in 60 traces"
+    for trace in traces:
+        assert len(trace.steps) == len(trace.trained)
+        assert all(s.endswith(DELIMITER) for s in trace.steps)
+        assert all(parse_step(s) is not None for s in trace.steps)
+        assert trace.trained[-1]  # the final answer copies the value: never a slip
+
+
+def test_encode_trace_masks_problem_and_slips(tokenizer):
+    trace = tm.Trace("1 + 2 * 3", ("2 * 3 = 7, so 1 + 7\n", "1 + 7 = 8, so 8\n", "The answer is \\boxed{8}.\n"),
+                     (False, True, True))
+    ids, labels = tm.encode_trace(tokenizer, trace)
+    text = trace.problem + "\n" + "".join(trace.steps)
+    body = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
+    assert len(labels) == len(ids)
+    head = 1 + len(trace.problem) + 1 + len(trace.steps[0])  # <bos>, problem line, the slip
+    assert labels[:head] == [tm.IGNORE_INDEX] * head
+    assert labels[head:] == ids[head:]  # the trained steps and <eos>
+
+
+def test_problem_config_matches_training():
+    config = tm.toy_problem_config()
+    assert (config.min_ops, config.max_ops) == (tm.FULL_CONFIG.min_ops, tm.FULL_CONFIG.max_ops)
+    assert (config.max_operand, config.max_value) == (tm.FULL_CONFIG.max_operand, tm.FULL_CONFIG.max_value)
+    three = tm.toy_problem_config(3)
+    assert (three.min_ops, three.max_ops, three.max_operand) == (3, 3, tm.FULL_CONFIG.max_operand)
+    for record in generate_problems(20, 0, three):
+        assert all(abs(v) <= tm.FULL_CONFIG.max_value for v in _values(record["problem"]))
+
+
+def _values(problem: str) -> list[int]:
+    """Every number the canonical solution writes."""
+    import re
+
+    return [int(x) for step in solution_steps(problem) for x in re.findall(r"-?\d+", step)]
+
+
+def test_ops_weights_shape_the_mix():
+    config = dataclasses.replace(tm.FULL_CONFIG, noisy_fraction=0.0, ops_weights=(1, 0, 0, 0, 0, 3))
+    counts = [t.problem.count(" ") // 2 for t in tm.make_traces(0, 200, config)]  # spaces around each operator
+    assert set(counts) == {1, 6}
+    assert 100 < counts.count(6) < 190
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="num_heads"):
+        tm.ToyTrainConfig(hidden_size=100, num_heads=3)
+    with pytest.raises(ValueError, match="steps"):
+        tm.ToyTrainConfig(steps=0)
+    with pytest.raises(ValueError, match="seconds"):
+        tm.ToyTrainConfig(seconds=-1.0)
+    with pytest.raises(ValueError, match="noisy_fraction"):
+        tm.ToyTrainConfig(noisy_fraction=1.5)
+    with pytest.raises(ValueError, match="ops_weights"):
+        tm.ToyTrainConfig(max_ops=3, ops_weights=(1, 1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation (with the scripted policy: no model needed)
+
+
+def test_evaluation_of_a_perfect_policy():
+    perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
+    rows = tm.evaluate_toy_policy(perfect, per_ops=8, ops=(1, 3), samples=2)
+    assert [r["ops"] for r in rows] == [1, 3]
+    for row in rows:
+        assert row["problems"] == 8
+        assert row["greedy_accuracy"] == 1.0
+        assert row["sampled_step_correct"] == 1.0
+        assert row["sampled_parse_rate"] == 1.0
+    assert "greedy acc" in tm.format_table(rows)
+
+
+def test_evaluation_of_a_noisy_policy_is_imperfect():
+    noisy = ScriptedPolicy(ToyPolicyConfig(base_eps=0.5, max_eps=0.5), seed=0)
+    (row,) = tm.evaluate_toy_policy(noisy, per_ops=30, ops=(4,), samples=2)
+    assert row["greedy_accuracy"] == 1.0  # greedy takes the likeliest step: the correct one
+    assert 0.3 < row["sampled_step_correct"] < 0.9
+
+
+def test_greedy_solve_stops_at_the_answer():
+    perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
+    problems = [r["problem"] for r in generate_problems(5, 3)]
+    traces = tm.greedy_solve(perfect, problems)
+    for problem, trace in zip(problems, traces):
+        assert trace == [s + DELIMITER for s in solution_steps(problem)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cache folders and atomic builds
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TREESEARCH_CACHE", str(tmp_path))
+    assert tm.default_cache_dir() == tmp_path / f"toy-policy-v{tm.FORMAT_VERSION}"
+    assert tm.default_cache_dir(quick=True) == tmp_path / f"toy-policy-quick-v{tm.FORMAT_VERSION}"
+    monkeypatch.delenv("TREESEARCH_CACHE")
+    assert tm.default_cache_dir().parent.name == "treesearch"
+
+
+def test_interrupted_build_leaves_nothing(monkeypatch, tmp_path):
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tm, "train_toy_model", boom)
+    with pytest.raises(KeyboardInterrupt):
+        tm.build_toy_policy(tmp_path / "model", tm.QUICK_CONFIG, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_foreign_folder_in_the_way_is_an_error(tmp_path):
+    folder = tm.default_cache_dir(quick=True, root=tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "something.txt").write_text("not a model")
+    with pytest.raises(RuntimeError, match=str(folder)):
+        tm.ensure_toy_policy(tmp_path, quick=True, progress=False)
+
+
+def test_cli_parser():
+    args = tm.make_parser().parse_args(["build", "--quick", "--seconds", "30", "--out", "x"])
+    assert (args.command, args.quick, args.seconds, args.out) == ("build", True, 30.0, "x")
+    args = tm.make_parser().parse_args(["evaluate", "--n", "10"])
+    assert (args.command, args.n, args.model) == ("evaluate", 10, None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A quick build, end to end
+
+
+@pytest.fixture(scope="module")
+def quick_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    return root, tm.ensure_toy_policy(root, quick=True, progress=False)
+
+
+@pytest.mark.slow
+def test_quick_build_saves_a_loadable_policy(quick_build):
+    root, folder = quick_build
+    assert folder == tm.default_cache_dir(quick=True, root=root)
+    info = json.loads((folder / tm.INFO_FILE).read_text())
+    assert info["format_version"] == tm.FORMAT_VERSION
+    assert tm.train_config_of(folder) == tm.QUICK_CONFIG
+    assert info["data_seed"] == tm.QUICK_CONFIG.data_seed
+    assert info["training"]["steps"] == tm.QUICK_CONFIG.steps
+    assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]  # no temporary folder left
+    # A second call finds it and builds nothing.
+    before = (folder / "model.safetensors").stat().st_mtime_ns
+    assert tm.ensure_toy_policy(root, quick=True, progress=False) == folder
+    assert (folder / "model.safetensors").stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_quick_policy_writes_steps_that_parse(quick_build):
+    root, _ = quick_build
+    policy = tm.load_toy_policy(root, quick=True, device="cpu")
+    assert policy.delimiter == "\n"
+    problems = [r["problem"] for r in generate_problems(24, 11)]
+    greedy = policy.propose([Prefix(p) for p in problems], 1, greedy=True)
+    sampled = policy.propose([Prefix(p) for p in problems], 2, temperature=1.0)
+    steps = [s for group in greedy + sampled for s in group]
+    assert len(steps) == 3 * len(problems)
+    readable = sum(parse_step(s.text) is not None for s in steps)
+    assert readable >= 0.6 * len(steps), f"only {readable}/{len(steps)} steps parse"
+    assert all(s.num_tokens > 0 and s.logprob <= 0 for s in steps)
