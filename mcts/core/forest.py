@@ -114,11 +114,12 @@ class Forest:
             if a.dtype != dtype or a.shape != (B,):
                 raise TypeError(f"Forest.{name} must be {dtype} [{B}], got {a.dtype} {list(a.shape)}")
 
-    def q_values(self) -> np.ndarray:
-        """Q(s) = W(s) / N(s) for visited nodes, the reward (first-play value) for unvisited ones."""
-        n = self.visits.astype(np.float64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(n > 0, self.value_sum / np.maximum(n, 1), self.reward.astype(np.float64))
+    def q_values(self, tree: int | None = None) -> np.ndarray:
+        """Q(s) = W(s) / N(s) for visited nodes, the reward (first-play value) for unvisited ones:
+        float64 [B, C], or [C] for one `tree`."""
+        rows = slice(None) if tree is None else tree
+        n = self.visits[rows].astype(np.float64)
+        return np.where(n > 0, self.value_sum[rows] / np.maximum(n, 1), self.reward[rows].astype(np.float64))
 
     def children(self, tree: int, node: int) -> np.ndarray:
         start = int(self.first_child[tree, node])

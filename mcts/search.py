@@ -1,0 +1,880 @@
+"""The batched search loop (DESIGN.md section 1) and `python -m mcts.search`.
+
+One round, for all B trees at once:
+
+    leaves = select(forest, L)                       mcts.core, native code
+    steps  = proposer.propose(prefixes, width)       ONE batched policy call for every leaf
+    scores = scorer.score(child prefixes, steps)     ONE batched PRM call for every new step
+    expand(forest, leaves, ...); backup(forest, leaves, values)
+
+Step texts live here, on the Python side, keyed by (tree, node); the Forest holds the numbers.
+Trees stop on their own (simulation budget, token budget, an answer whose value reaches
+`stop_value`, a full tree); a stopped tree is closed by pruning its root, so `select` skips it.
+
+Everything the tree search and the baselines (`mcts.baselines`) share lives here too: the budget
+and answer-choice configuration, `sample_traces` (many traces advanced one step per batched call),
+`choose_answer`, and the per-problem `SearchResult`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from mcts.core import EXPANDED, PRUNED, TERMINAL, Forest, backup, expand, select
+from mcts.grading import extract_answer, is_equivalent, normalize
+from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
+
+__all__ = [
+    "ALGORITHMS", "TREE_RULES", "Candidate", "SearchConfig", "SearchResult", "Trace", "TreeSearch",
+    "choose_answer", "main", "make_parser", "run_algorithm", "sample_traces", "tree_search",
+]
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configuration
+
+@dataclasses.dataclass(frozen=True)
+class TreeRules:
+    """How a tree algorithm maps onto the core's rules."""
+
+    select: str
+    backup: str
+
+
+# The tree algorithms: ReST-MCTS* selects by UCT over the quality value, which the `quality` backup
+# keeps as the visit-weighted mean of the children's values (mcts/core/reference.py).
+TREE_RULES: dict[str, TreeRules] = {
+    "mcts_star": TreeRules(select="mcts_star", backup="quality"),
+    "uct": TreeRules(select="uct", backup="mean"),
+    "puct": TreeRules(select="puct", backup="mean"),
+}
+BASELINE_NAMES = ("greedy", "best_of_n", "self_consistency", "weighted_self_consistency", "beam")
+ALGORITHMS = (*TREE_RULES, *BASELINE_NAMES)
+ANSWER_SELECTIONS = ("max_value", "weighted_vote", "majority")
+LEAF_VALUES = ("mean", "max")
+PRIORS = ("length_normalized", "sequence", "uniform")
+STEP_AGGREGATES = ("min", "last", "mean", "prod")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """Budget, tree rules and answer choice of one search. Every algorithm reads the same budget
+    fields, so methods are compared at equal compute."""
+
+    algorithm: str = dataclasses.field(default="mcts_star", metadata=_help(
+        f"one of {', '.join(ALGORITHMS)}"))
+    simulations: int = dataclasses.field(default=32, metadata=_help(
+        "tree search: selected leaves per tree (each is expanded or re-valued and backed up); "
+        "best_of_n / self-consistency: sampled traces per problem"))
+    budget_tokens: int | None = dataclasses.field(default=None, metadata=_help(
+        "stop a problem once its policy calls generated this many tokens (checked between rounds, "
+        "so one round may overshoot); None: no token budget"))
+    width: int = dataclasses.field(default=4, metadata=_help(
+        "tree search: steps sampled per expanded leaf; beam: beam width and samples per beam; "
+        "sampling baselines: traces generated side by side per problem"))
+    leaves_per_tree: int = dataclasses.field(default=1, metadata=_help(
+        "leaves selected per tree and round (kept apart by virtual loss)"))
+    c: float = dataclasses.field(default=1.0, metadata=_help("exploration constant of the select rule"))
+    virtual_loss: float = dataclasses.field(default=1.0, metadata=_help(
+        "weight of a pending selection, in visits that returned 0"))
+    temperature: float = dataclasses.field(default=1.0, metadata=_help("sampling temperature of the policy"))
+    max_depth: int = dataclasses.field(default=16, metadata=_help(
+        "most steps in a solution; a step at this depth that gives no answer ends its branch"))
+    stop_value: float | None = dataclasses.field(default=None, metadata=_help(
+        "stop a tree once a finished answer's step value reaches this; None: never early"))
+    answer_selection: str | None = dataclasses.field(default=None, metadata=_help(
+        f"how the answer is chosen among finished traces: {', '.join(ANSWER_SELECTIONS)}; None: "
+        "the algorithm's own (max_value for trees, best_of_n and beam; majority for "
+        "self_consistency; weighted_vote for weighted_self_consistency)"))
+    leaf_value: str = dataclasses.field(default="mean", metadata=_help(
+        "value backed up from a freshly expanded leaf: 'mean' (prior-weighted mean of its "
+        "children's PRM values) or 'max'"))
+    prior: str = dataclasses.field(default="length_normalized", metadata=_help(
+        "children's priors: 'length_normalized' (exp of the mean token log-probability), "
+        "'sequence' (exp of the step's log-probability) or 'uniform'; normalised over siblings"))
+    rollout_depth: int = dataclasses.field(default=0, metadata=_help(
+        "ReST-MCTS*: greedy rollout of this many steps from the best new child of each expanded "
+        "leaf; the leaf's value is the max PRM value seen (0: no rollout)"))
+    step_aggregate: str = dataclasses.field(default="mean", metadata=_help(
+        "how the PRM values of a sampled trace's steps make its value: mean, min, last or prod "
+        "(min and prod suit a calibrated PRM; one wrong step score sinks them, so mean is the "
+        "robust default under label noise)"))
+    complete_unfinished: bool = dataclasses.field(default=True, metadata=_help(
+        "when a search ends without a finished answer, complete its best partial trace greedily "
+        "(the tokens count toward the problem's total)"))
+    backend: str = dataclasses.field(default="auto", metadata=_help(
+        "tree backend: auto, cpp, numba, numpy (mcts.core)"))
+
+    def __post_init__(self):
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.algorithm in ALGORITHMS, f"algorithm={self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        need(self.simulations >= 1, f"simulations must be >= 1, got {self.simulations}")
+        need(self.budget_tokens is None or self.budget_tokens >= 1,
+             f"budget_tokens must be None or >= 1, got {self.budget_tokens}")
+        need(self.width >= 1, f"width must be >= 1, got {self.width}")
+        need(self.leaves_per_tree >= 1, f"leaves_per_tree must be >= 1, got {self.leaves_per_tree}")
+        need(math.isfinite(self.c) and self.c >= 0, f"c must be finite and >= 0, got {self.c}")
+        need(math.isfinite(self.virtual_loss) and self.virtual_loss >= 0,
+             f"virtual_loss must be finite and >= 0, got {self.virtual_loss}")
+        need(math.isfinite(self.temperature) and self.temperature >= 0,
+             f"temperature must be finite and >= 0, got {self.temperature}")
+        need(self.max_depth >= 1, f"max_depth must be >= 1, got {self.max_depth}")
+        need(self.max_depth < 2**15 - 1, f"max_depth must be < {2**15 - 1} (depth is int16), got {self.max_depth}")
+        need(self.stop_value is None or 0 <= self.stop_value <= 1,
+             f"stop_value must be None or in [0, 1], got {self.stop_value}")
+        need(self.answer_selection is None or self.answer_selection in ANSWER_SELECTIONS,
+             f"answer_selection={self.answer_selection!r} is not one of {', '.join(ANSWER_SELECTIONS)}")
+        need(self.leaf_value in LEAF_VALUES, f"leaf_value={self.leaf_value!r} is not one of {', '.join(LEAF_VALUES)}")
+        need(self.prior in PRIORS, f"prior={self.prior!r} is not one of {', '.join(PRIORS)}")
+        need(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
+        need(self.step_aggregate in STEP_AGGREGATES,
+             f"step_aggregate={self.step_aggregate!r} is not one of {', '.join(STEP_AGGREGATES)}")
+
+    @property
+    def selection(self) -> str:
+        """The answer-choice rule in effect."""
+        if self.answer_selection is not None:
+            return self.answer_selection
+        return {"self_consistency": "majority", "weighted_self_consistency": "weighted_vote"}.get(
+            self.algorithm, "max_value")
+
+    def over_budget(self, tokens: int) -> bool:
+        return self.budget_tokens is not None and tokens >= self.budget_tokens
+
+
+# ---------------------------------------------------------------------------------------------------
+# Results and answer choice
+
+@dataclasses.dataclass
+class Candidate:
+    """A finished solution: its answer (None when it states none), value and steps."""
+
+    answer: str | None
+    value: float
+    steps: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What one search found for one problem."""
+
+    answer: str | None  # the chosen final answer
+    trace: str  # the steps of the chosen solution, joined
+    value: float  # the chosen solution's value (its step value, or the vote share for votes)
+    tokens: int  # tokens generated by the policy for this problem
+    simulations: int  # leaves backed up (trees), traces sampled (sampling baselines), beam rounds
+    policy_calls: int  # batched policy calls this problem took part in
+    scorer_calls: int  # batched scorer calls this problem took part in
+    seconds: float  # wall time from the start of its batch to the end of its search
+    num_candidates: int  # finished solutions the answer was chosen from
+
+    def record(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def choose_answer(candidates: Sequence[Candidate], rule: str) -> tuple[Candidate | None, float]:
+    """The chosen solution among finished candidates, and its score under `rule`.
+
+    max_value: the candidate with the highest value (first on ties).
+    weighted_vote: answers are grouped by their normalised spelling; the group with the largest
+      sum of values wins (its best candidate is returned, the score is its share of the total).
+    majority: as weighted_vote with every value counted as 1.
+    Candidates without an answer only win when no candidate states one.
+    """
+    if not candidates:
+        return None, 0.0
+    answered = [c for c in candidates if c.answer is not None]
+    if not answered:
+        best = max(candidates, key=lambda c: c.value)
+        return best, best.value
+    if rule == "max_value":
+        best = max(answered, key=lambda c: c.value)
+        return best, best.value
+    groups: dict[str, list[Candidate]] = collections.defaultdict(list)
+    for c in answered:
+        groups[normalize(c.answer)].append(c)
+    weight = (lambda c: 1.0) if rule == "majority" else (lambda c: max(c.value, 0.0))
+    totals = {key: sum(weight(c) for c in members) for key, members in groups.items()}
+    # dict order is first appearance, so ties go to the answer found first
+    key = max(totals, key=lambda k: totals[k])
+    total = sum(totals.values())
+    best = max(groups[key], key=lambda c: c.value)
+    return best, (totals[key] / total if total > 0 else 0.0)
+
+
+def aggregate_step_values(values: Sequence[float], how: str) -> float:
+    """One value for a trace from the PRM values of its steps."""
+    if not values:
+        return 0.0
+    if how == "min":
+        return float(min(values))
+    if how == "last":
+        return float(values[-1])
+    if how == "mean":
+        return float(sum(values) / len(values))
+    return float(math.prod(values))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Traces: many partial solutions advanced one step per batched call
+
+@dataclasses.dataclass
+class Trace:
+    """A partial or finished solution of problem `owner`, grown one step at a time."""
+
+    owner: int
+    prefix: Prefix
+    step_values: list[float] = dataclasses.field(default_factory=list)
+    tokens: int = 0
+    finished: bool = False  # stated an answer (or the policy ended it)
+    stopped: bool = False  # no further step: finished, depth limit or the policy gave none
+
+    @property
+    def answer(self) -> str | None:
+        return extract_answer(self.prefix.steps[-1]) if self.finished and self.prefix.steps else None
+
+
+@dataclasses.dataclass
+class Counters:
+    """Per-problem budget accounting shared by every algorithm."""
+
+    tokens: np.ndarray  # int64 [P]
+    policy_calls: np.ndarray  # int64 [P]
+    scorer_calls: np.ndarray  # int64 [P]
+
+    @classmethod
+    def zeros(cls, n: int) -> "Counters":
+        return cls(np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64))
+
+    def charge_policy(self, owners: Iterable[int], steps_per_owner: Iterable[Sequence[Step]]) -> None:
+        called = set()
+        for owner, steps in zip(owners, steps_per_owner):
+            self.tokens[owner] += sum(s.num_tokens for s in steps)
+            called.add(owner)
+        for owner in called:
+            self.policy_calls[owner] += 1
+
+    def charge_scorer(self, owners: Iterable[int]) -> None:
+        for owner in set(owners):
+            self.scorer_calls[owner] += 1
+
+
+def sample_traces(traces: list[Trace], proposer: StepProposer, scorer: StepScorer | None, *,
+                  max_depth: int, temperature: float, counters: Counters, max_steps: int | None = None,
+                  stop: Callable[[Trace], bool] | None = None) -> list[Trace]:
+    """Advances every trace step by step until it stops, one policy call (and one scorer call when
+    a scorer is given) per step for all of them together.
+
+    Args:
+        traces: modified in place.
+        proposer: the policy; temperature 0 is greedy.
+        scorer: scores every new step (its values go to `step_values`); None: no scoring.
+        max_depth: a trace stops at this many steps.
+        temperature: sampling temperature.
+        counters: charged with the tokens and calls.
+        max_steps: at most this many steps are added to each trace in this call (None: no limit).
+        stop: checked for each live trace before every round; True stops it (e.g. a token budget).
+
+    Returns:
+        `traces`.
+    """
+    added = 0
+    while True:
+        live = [t for t in traces if not t.stopped and not (stop is not None and stop(t))]
+        if not live or (max_steps is not None and added >= max_steps):
+            return traces
+        proposals = proposer.propose([t.prefix for t in live], 1, temperature)
+        counters.charge_policy([t.owner for t in live], proposals)
+        extended = []
+        for trace, steps in zip(live, proposals):
+            if not steps:
+                trace.stopped = True
+                continue
+            step = steps[0]
+            trace.prefix = trace.prefix.extend(step.text)
+            trace.tokens += step.num_tokens
+            trace.finished = step.finished
+            trace.stopped = step.finished or trace.prefix.depth >= max_depth
+            extended.append((trace, step))
+        if scorer is not None and extended:
+            values = scorer.score([Prefix(t.prefix.problem, t.prefix.steps[:-1]) for t, _ in extended],
+                                  [s for _, s in extended])
+            counters.charge_scorer([t.owner for t, _ in extended])
+            for (trace, _), v in zip(extended, values):
+                trace.step_values.append(float(v))
+        added += 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The tree search
+
+class TreeSearch:
+    """MCTS over reasoning steps for a batch of problems: one tree per problem in one Forest.
+
+    Usage: `TreeSearch(problems, proposer, scorer, config).run()` returns one `SearchResult` per
+    problem; `to_json(b)` dumps tree b for inspection.
+    """
+
+    def __init__(self, problems: Sequence[str], proposer: StepProposer, scorer: StepScorer,
+                 config: SearchConfig):
+        if config.algorithm not in TREE_RULES:
+            raise ValueError(f"TreeSearch runs {', '.join(TREE_RULES)}, not {config.algorithm!r}")
+        self.problems = list(problems)
+        self.proposer, self.scorer, self.config = proposer, scorer, config
+        self.rules = TREE_RULES[config.algorithm]
+        B = len(self.problems)
+        # Each backed-up leaf adds at most `width` children.
+        self.forest = Forest.empty(B, 1 + config.simulations * config.width)
+        self.steps: list[list[Step | None]] = [[None] for _ in range(B)]  # [tree][node]; the root has none
+        self.simulations = np.zeros(B, np.int64)
+        self.counters = Counters.zeros(B)
+        self.done = np.zeros(B, bool)
+        self.seconds = np.zeros(B)
+        self.completions: dict[int, Trace] = {}
+        self._start = 0.0
+
+    # -- text of the tree
+
+    def prefix(self, b: int, node: int) -> Prefix:
+        path = self.forest.path(b, node)
+        return Prefix(self.problems[b], tuple(self.steps[b][s].text for s in path[1:]))
+
+    def answer_of(self, b: int, node: int) -> str | None:
+        step = self.steps[b][node]
+        return extract_answer(step.text) if step is not None and step.finished else None
+
+    # -- the loop
+
+    def run(self) -> list[SearchResult]:
+        self._start = time.perf_counter()
+        self._stop_where(self.forest.num_trees * [False])  # a batch of 0 trees is done at once
+        while not self.done.all():
+            self.round()
+        self.forest.flags[:, 0] &= ~PRUNED  # reopen the roots closed by _stop_where
+        if self.config.complete_unfinished:
+            self._complete_unfinished()
+        return [self.result(b) for b in range(self.forest.num_trees)]
+
+    def round(self) -> None:
+        """One round for every live tree: select, propose, score, expand, back up."""
+        cfg, f = self.config, self.forest
+        leaves = select(f, cfg.leaves_per_tree, self.rules.select, cfg.c, cfg.virtual_loss, backend=cfg.backend)
+        B, L = leaves.shape
+        values = np.zeros((B, L), np.float64)
+        to_expand: list[tuple[int, int, int]] = []  # (tree, slot, leaf)
+        for b, slot in zip(*np.nonzero(leaves >= 0)):
+            b, slot, leaf = int(b), int(slot), int(leaves[b, slot])
+            if f.flags[b, leaf] & TERMINAL:
+                values[b, slot] = self._terminal_value(b, leaf)
+            else:
+                to_expand.append((b, slot, leaf))
+        prefixes = [self.prefix(b, leaf) for b, _, leaf in to_expand]
+        children = self._propose(to_expand, prefixes)
+        rewards = self._score(to_expand, prefixes, children)
+        self._expand(leaves, to_expand, children, rewards, values)
+        backup(f, leaves, values, self.rules.backup, backend=cfg.backend)
+        self.simulations += (leaves >= 0).sum(axis=1)
+        self._stop_where((leaves < 0).all(axis=1))
+
+    def _terminal_value(self, b: int, node: int) -> float:
+        # A finished answer is worth its step value; a dead end (depth limit, no proposal) nothing.
+        return 0.0 if self._dead_end(b, node) else float(self.forest.reward[b, node])
+
+    def _propose(self, to_expand, prefixes: list[Prefix]) -> list[list[Step]]:
+        """Distinct proposed steps per leaf (duplicates merged: they would be the same node)."""
+        if not to_expand:
+            return []
+        cfg = self.config
+        # Greedy decoding has one answer per prefix: asking for `width` copies would only be charged.
+        n = 1 if cfg.temperature == 0 else cfg.width
+        proposals = self.proposer.propose(prefixes, n, cfg.temperature)
+        self.counters.charge_policy([b for b, _, _ in to_expand], proposals)
+        distinct = []
+        for steps in proposals:
+            seen: dict[str, Step] = {}
+            for step in steps:
+                seen.setdefault(step.text, step)
+            distinct.append(list(seen.values())[: self.config.width])
+        return distinct
+
+    def _score(self, to_expand, prefixes: list[Prefix], children: list[list[Step]]) -> list[list[float]]:
+        pairs = [(prefix, step) for prefix, steps in zip(prefixes, children) for step in steps]
+        if not pairs:
+            return [[] for _ in children]
+        flat = self.scorer.score([p for p, _ in pairs], [s for _, s in pairs])
+        self.counters.charge_scorer([b for (b, _, _), steps in zip(to_expand, children) if steps])
+        out, i = [], 0
+        for steps in children:
+            out.append([float(v) for v in flat[i:i + len(steps)]])
+            i += len(steps)
+        return out
+
+    def _priors(self, steps: list[Step]) -> np.ndarray:
+        if self.config.prior == "uniform" or not steps:
+            return np.full(len(steps), 1.0 / max(len(steps), 1))
+        if self.config.prior == "sequence":
+            logits = np.array([s.logprob for s in steps], np.float64)
+        else:
+            logits = np.array([s.logprob / max(s.num_tokens, 1) for s in steps], np.float64)
+        logits = np.where(np.isfinite(logits), logits, -1e9)
+        weights = np.exp(logits - logits.max())
+        return weights / weights.sum()
+
+    def _expand(self, leaves, to_expand, children, rewards, values) -> None:
+        cfg, f = self.config, self.forest
+        B, L = leaves.shape
+        K = cfg.width
+        expand_leaves = np.full((B, L), -1, np.int32)
+        counts = np.zeros((B, L), np.int32)
+        priors = np.zeros((B, L, K), np.float32)
+        reward_block = np.zeros((B, L, K), np.float32)
+        terminal = np.zeros((B, L, K), np.uint8)
+        for (b, slot, leaf), steps, r in zip(to_expand, children, rewards):
+            if not steps:  # the policy cannot continue this prefix: a dead end
+                f.flags[b, leaf] |= TERMINAL
+                values[b, slot] = 0.0
+                continue
+            k = len(steps)
+            child_depth = int(f.depth[b, leaf]) + 1
+            expand_leaves[b, slot] = leaf
+            counts[b, slot] = k
+            p = self._priors(steps)
+            priors[b, slot, :k] = p
+            reward_block[b, slot, :k] = r
+            terminal[b, slot, :k] = [s.finished or child_depth >= cfg.max_depth for s in steps]
+            values[b, slot] = float(np.dot(p, r)) if cfg.leaf_value == "mean" else max(r)
+        first = expand(f, expand_leaves, counts, priors, reward_block, terminal, backend=cfg.backend)
+        for (b, slot, leaf), steps in zip(to_expand, children):
+            if first[b, slot] >= 0:
+                assert first[b, slot] == len(self.steps[b]), "node ids are allocated in order"
+                self.steps[b].extend(steps)
+        if cfg.rollout_depth > 0:
+            self._rollouts(to_expand, children, rewards, first, values)
+
+    def _rollouts(self, to_expand, children, rewards, first, values) -> None:
+        """ReST-MCTS*'s optional greedy rollout: from the best new child of each expanded leaf, a
+        few greedy steps scored by the PRM; the leaf's value becomes the max value seen."""
+        starts = []
+        for (b, slot, leaf), steps, r in zip(to_expand, children, rewards):
+            if first[b, slot] < 0 or not steps:
+                continue
+            j = int(np.argmax(r))
+            if steps[j].finished:
+                continue
+            starts.append((b, slot, Trace(b, self.prefix(b, int(first[b, slot]) + j))))
+        if not starts:
+            return
+        cfg = self.config
+        sample_traces([t for _, _, t in starts], self.proposer, self.scorer, max_depth=cfg.max_depth,
+                      temperature=0.0, counters=self.counters, max_steps=cfg.rollout_depth)
+        for b, slot, trace in starts:
+            if trace.step_values:
+                values[b, slot] = max(values[b, slot], max(trace.step_values))
+
+    def _stop_where(self, nothing_selected: np.ndarray) -> None:
+        cfg = self.config
+        now = time.perf_counter() - self._start
+        for b in np.nonzero(~self.done)[0]:
+            b = int(b)
+            stop = (nothing_selected[b] or self.simulations[b] >= cfg.simulations
+                    or cfg.over_budget(int(self.counters.tokens[b])) or bool(self.forest.full[b])
+                    or (cfg.stop_value is not None and self._best_answer_value(b) >= cfg.stop_value))
+            if stop:
+                self.done[b] = True
+                self.seconds[b] = now
+                self.forest.flags[b, 0] |= PRUNED  # a pruned root has no selectable leaf
+
+    def _best_answer_value(self, b: int) -> float:
+        best = -math.inf
+        for node, step in enumerate(self.steps[b]):
+            if step is not None and step.finished and self.answer_of(b, node) is not None:
+                best = max(best, float(self.forest.reward[b, node]))
+        return best
+
+    # -- answers
+
+    def candidates(self, b: int) -> list[Candidate]:
+        """Every finished solution in tree b (and its greedy completion, if one was made). A
+        node's value is its Q (the reward while unvisited)."""
+        q = self.forest.q_values(b)
+        out = [Candidate(self.answer_of(b, node), float(q[node]), self.prefix(b, node).steps)
+               for node, step in enumerate(self.steps[b]) if step is not None and step.finished]
+        if b in self.completions:
+            t = self.completions[b]
+            out.append(Candidate(t.answer, aggregate_step_values(t.step_values, "last"), t.prefix.steps))
+        return out
+
+    def _best_partial(self, b: int) -> int:
+        """The end of the greedy path by Q, preferring children that are not dead ends (terminal
+        without an answer) so that a completion from it can still succeed."""
+        node, f = 0, self.forest
+        q = self.forest.q_values(b)
+        while f.num_children[b, node] > 0:
+            kids = [int(k) for k in f.children(b, node)]
+            node = max(kids, key=lambda k: (not self._dead_end(b, k), q[k]))
+        return node
+
+    def _dead_end(self, b: int, node: int) -> bool:
+        return bool(self.forest.flags[b, node] & TERMINAL) and self.answer_of(b, node) is None
+
+    def _complete_unfinished(self) -> None:
+        need = [b for b in range(self.forest.num_trees)
+                if not any(c.answer is not None for c in self.candidates(b))]
+        traces = [Trace(b, self.prefix(b, self._best_partial(b))) for b in need]
+        traces = [t for t in traces if t.prefix.depth < self.config.max_depth]
+        if not traces:
+            return
+        sample_traces(traces, self.proposer, self.scorer, max_depth=self.config.max_depth, temperature=0.0,
+                      counters=self.counters)
+        for t in traces:
+            if t.finished:
+                self.completions[t.owner] = t
+                self.seconds[t.owner] = time.perf_counter() - self._start
+
+    def result(self, b: int) -> SearchResult:
+        chosen, value = choose_answer(self.candidates(b), self.config.selection)
+        if chosen is None:
+            steps = self.prefix(b, self._best_partial(b)).steps
+            chosen = Candidate(None, 0.0, steps)
+        return SearchResult(
+            answer=chosen.answer, trace="".join(chosen.steps), value=float(value),
+            tokens=int(self.counters.tokens[b]), simulations=int(self.simulations[b]),
+            policy_calls=int(self.counters.policy_calls[b]), scorer_calls=int(self.counters.scorer_calls[b]),
+            seconds=float(self.seconds[b]), num_candidates=len(self.candidates(b)),
+        )
+
+    def to_json(self, b: int) -> dict:
+        """Tree b as plain JSON: one record per node, parents before children."""
+        f = self.forest
+        q = self.forest.q_values(b)
+        nodes = []
+        for s in range(int(f.num_nodes[b])):
+            step = self.steps[b][s]
+            flags = int(f.flags[b, s])
+            nodes.append({
+                "id": s, "parent": int(f.parent[b, s]), "depth": int(f.depth[b, s]),
+                "step": step.text if step else None, "logprob": step.logprob if step else None,
+                "prior": float(f.prior[b, s]), "reward": float(f.reward[b, s]),
+                "visits": int(f.visits[b, s]), "q": float(q[s]),
+                "expanded": bool(flags & EXPANDED), "terminal": bool(flags & TERMINAL),
+                "answer": self.answer_of(b, s),
+            })
+        return {"problem": self.problems[b], "algorithm": self.config.algorithm, "nodes": nodes}
+
+
+def tree_search(problems: Sequence[str], proposer: StepProposer, scorer: StepScorer,
+                config: SearchConfig) -> list[SearchResult]:
+    return TreeSearch(problems, proposer, scorer, config).run()
+
+
+def run_algorithm(problems: Sequence[str], proposer: StepProposer, scorer: StepScorer | None,
+                  config: SearchConfig, *, on_tree: Callable[[int, dict], None] | None = None
+                  ) -> list[SearchResult]:
+    """Runs `config.algorithm` on a batch of problems (one tree or set of traces per problem).
+
+    Args:
+        problems: [P] problem statements.
+        proposer: the policy.
+        scorer: the PRM (may be None for greedy and self_consistency, which do not score).
+        config: budget and rules.
+        on_tree: called with (index, tree JSON) for every tree of a tree search.
+
+    Returns:
+        [P] results.
+    """
+    if config.algorithm in TREE_RULES:
+        if scorer is None:
+            raise ValueError(f"{config.algorithm} needs a scorer")
+        search = TreeSearch(problems, proposer, scorer, config)
+        results = search.run()
+        if on_tree is not None:
+            for b in range(len(problems)):
+                on_tree(b, search.to_json(b))
+        return results
+    from mcts import baselines
+
+    return baselines.BASELINES[config.algorithm](problems, proposer, scorer, config)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: python -m mcts.search --problem-file FILE ...
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mcts.search",
+        description="Search every problem of a problem file in batched rounds, choose and grade "
+                    "answers, and write one JSON line per problem.")
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--problem-file", required=True, help="JSONL problems: MATH-500, GSM8K, the toy world, "
+                    "or any JSONL with a problem/question field (answer optional)")
+    io.add_argument("--limit", type=int, default=None, help="search only the first N problems")
+    io.add_argument("--out", default="results.jsonl", help="results, one JSON line per problem "
+                    "(written atomically after every batch)")
+    io.add_argument("--resume", action="store_true", help="keep the problems already in --out and "
+                    "search only the others")
+    io.add_argument("--trees-out", default=None, help="folder for one JSON file per searched tree")
+    models = parser.add_argument_group("models")
+    models.add_argument("--model", default="tiny", help="the policy: a local transformers model folder, "
+                        "'tiny' (the toy world's tiny transformer, built on first use) or 'scripted' "
+                        "(the toy world's scripted policy)")
+    models.add_argument("--prm", default="oracle", help="the scorer: a local PRM folder or 'oracle' "
+                        "(the toy world's oracle, with --oracle-noise)")
+    models.add_argument("--oracle-noise", type=float, default=0.1,
+                        help="probability that the oracle PRM flips a step's score")
+    models.add_argument("--device", default=None, help="torch device of the models (default: cuda if "
+                        "available, else cpu)")
+    models.add_argument("--max-new-tokens", type=int, default=None, help="most tokens in one step")
+    models.add_argument("--delimiter", default=None, help="the step delimiter of --model DIR, as a Python "
+                        "string literal (default: what the folder declares, else '\\n\\n')")
+    search = parser.add_argument_group("search (shared by every algorithm, for equal budgets)")
+    for field in dataclasses.fields(SearchConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "algorithm":
+            search.add_argument(flag, default=field.default, choices=ALGORITHMS, help=field.metadata["help"])
+        elif field.type in ("bool", bool):
+            search.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=field.metadata["help"])
+        else:
+            kind = {"int | None": int, "float | None": float, "str | None": str}.get(
+                field.type, type(field.default))
+            search.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"])
+    search.add_argument("--batch", type=int, default=16, help="problems searched together (trees per forest)")
+    search.add_argument("--seed", type=int, default=0, help="seed of the policy's sampling and the oracle's noise")
+    return parser
+
+
+class CliError(Exception):
+    """A bad argument or input: printed as one line, exit status 2, nothing written."""
+
+
+def _config_from_args(args: argparse.Namespace) -> SearchConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)}
+    try:
+        return SearchConfig(**values)
+    except ValueError as err:
+        message = str(err)
+        for name in values:  # name the flag, not the field
+            message = message.replace(f"{name}=", f"--{name.replace('_', '-')}=").replace(
+                f"{name} must", f"--{name.replace('_', '-')} must")
+        raise CliError(message) from None
+
+
+def _check_toy(problems: Sequence[str], what: str) -> None:
+    from mcts.envs.arith import ArithParseError, parse_expression
+
+    for text in problems:
+        try:
+            parse_expression(text)
+        except ArithParseError:
+            raise ValueError(f"{what} only knows the toy arithmetic world, but {text[:60]!r} is not an "
+                             f"arithmetic expression") from None
+
+
+def load_proposer(model: str, *, problems: Sequence[str] = (), seed: int = 0, device: str | None = None,
+                  max_new_tokens: int | None = None, delimiter: str | None = None) -> StepProposer:
+    """The policy named by `model`: 'scripted' (the toy world's scripted policy), 'tiny' (the toy
+    world's tiny transformer, built on first use), or a local transformers model folder (its step
+    delimiter: `delimiter`, else what the folder declares, else blank lines).
+
+    Raises ValueError (or OSError for an unreadable folder) with a message naming what is wrong;
+    `problems` are checked to be toy-world expressions where the policy needs them.
+    """
+    if model == "scripted":
+        from mcts.policy.toy import ScriptedPolicy
+
+        _check_toy(problems, "--model scripted")
+        return ScriptedPolicy(seed=seed)
+    options = {"seed": seed, "device": device, "max_new_tokens": max_new_tokens, "delimiter": delimiter}
+    options = {k: v for k, v in options.items() if v is not None}
+    if model == "tiny":
+        from mcts.envs.tiny_models import load_toy_policy
+
+        return load_toy_policy(**options)
+    from mcts.policy.hf_policy import HFPolicy, HFPolicyConfig
+
+    return HFPolicy.from_pretrained(Path(model), HFPolicyConfig(**options))
+
+
+def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str] | None = None,
+                oracle_noise: float = 0.0, seed: int = 0, device: str | None = None) -> StepScorer:
+    """The scorer named by `prm`: 'oracle' (the toy world's oracle PRM, flipping a score with
+    probability `oracle_noise`; `golds` maps problem text to gold answer) or a local PRM folder."""
+    if prm == "oracle":
+        from mcts.envs.arith import OraclePRM
+
+        _check_toy(problems, "--prm oracle")
+        return OraclePRM(noise=oracle_noise, seed=seed, answers=golds)
+    try:
+        from prm.model import PRM
+    except ImportError:
+        raise ValueError("a PRM folder needs prm.model (the trainable PRM), which this install lacks") from None
+    return PRM.from_pretrained(Path(prm), device=device)
+
+
+def _delimiter(text: str | None) -> str | None:
+    """--delimiter as typed: '\\n\\n' means two newlines."""
+    if text is None:
+        return None
+    try:
+        value = text.encode("utf-8").decode("unicode_escape") if "\\" in text else text
+    except UnicodeDecodeError:
+        raise CliError(f"--delimiter {text!r}: not a valid escape sequence") from None
+    if not value:
+        raise CliError("--delimiter must not be empty")
+    return value
+
+
+def read_results(path: Path) -> list[dict]:
+    """The records of an existing results file (for --resume); bad lines raise CliError."""
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CliError(f"{path}:{lineno}: malformed JSON ({err.msg}); cannot resume from it") from None
+            if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+                raise CliError(f"{path}:{lineno}: field 'id': missing or not a string; cannot resume from it")
+            records.append(record)
+    return records
+
+
+def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    """Writes JSON lines to a temporary file beside `path`, then renames it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_tree(folder: Path, problem_id: str, tree: dict) -> None:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)
+    target = folder / f"{safe}.json"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump({"id": problem_id, **tree}, handle, ensure_ascii=False)
+    os.replace(tmp, target)
+
+
+def summarize(records: Sequence[dict], searched: int, seconds: float) -> str:
+    """The end-of-run table over every record of the results file; the rate counts only the
+    `searched` problems of this run."""
+    graded = [r for r in records if r.get("correct") is not None]
+    n = len(records)
+    rows = [
+        ("problems", f"{n}"),
+        ("graded", f"{len(graded)}"),
+        ("accuracy", f"{sum(r['correct'] for r in graded) / len(graded):.3f}" if graded else "n/a"),
+        ("answered", f"{sum(r['answer'] is not None for r in records) / n:.3f}" if n else "n/a"),
+        ("tokens / problem", f"{sum(r['tokens'] for r in records) / n:.1f}" if n else "n/a"),
+        ("simulations / problem", f"{sum(r['simulations'] for r in records) / n:.1f}" if n else "n/a"),
+        ("searched in this run", f"{searched}"),
+        ("problems / s (this run)", f"{searched / seconds:.2f}" if searched and seconds > 0 else "n/a"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from mcts.problems import ProblemFileError, load_problems
+
+    config = _config_from_args(args)
+    if args.batch < 1:
+        raise CliError(f"--batch must be >= 1, got {args.batch}")
+    if args.limit is not None and args.limit < 0:
+        raise CliError(f"--limit must be >= 0, got {args.limit}")
+    try:
+        problems = load_problems(args.problem_file, limit=args.limit)
+    except ProblemFileError as err:
+        raise CliError(str(err)) from None
+    out = Path(args.out)
+    done: list[dict] = read_results(out) if args.resume and out.exists() else []
+    done_ids = {r["id"] for r in done}
+    todo = [p for p in problems if p.id not in done_ids]
+    texts = [p.problem for p in todo]
+    proposer = scorer = None
+    if todo:
+        try:
+            proposer = load_proposer(args.model, problems=texts, seed=args.seed, device=args.device,
+                                     max_new_tokens=args.max_new_tokens, delimiter=_delimiter(args.delimiter))
+        except (OSError, ValueError) as err:
+            raise CliError(f"--model {args.model}: {err}") from None
+    if todo and config.algorithm not in ("greedy", "self_consistency"):
+        try:
+            scorer = load_scorer(args.prm, problems=texts, golds={p.problem: p.answer for p in todo if p.answer},
+                                 oracle_noise=args.oracle_noise, seed=args.seed, device=args.device)
+        except (OSError, ValueError) as err:
+            raise CliError(f"--prm {args.prm}: {err}") from None
+    trees_out = Path(args.trees_out) if args.trees_out else None
+    if trees_out is not None:
+        trees_out.mkdir(parents=True, exist_ok=True)
+
+    records = list(done)
+    start = time.perf_counter()
+    new: list[dict] = []
+    with tqdm(total=len(todo), desc=f"{config.algorithm}", unit="problem", disable=not todo) as bar:
+        for i in range(0, len(todo), args.batch):
+            batch = todo[i:i + args.batch]
+            on_tree = (lambda b, tree: _write_tree(trees_out, batch[b].id, tree)) if trees_out else None
+            results = run_algorithm([p.problem for p in batch], proposer, scorer, config, on_tree=on_tree)
+            for p, r in zip(batch, results):
+                correct = None if p.answer is None else is_equivalent(r.answer, p.answer)
+                record = {"id": p.id, "answer": r.answer, "gold": p.answer, "correct": correct,
+                          "algorithm": config.algorithm, **r.record()}
+                new.append(record)
+            records = list(done) + new
+            write_jsonl_atomic(out, records)
+            graded = [r["correct"] for r in new if r["correct"] is not None]
+            bar.set_postfix(acc=f"{sum(graded) / len(graded):.3f}" if graded else "n/a")
+            bar.update(len(batch))
+    elapsed = time.perf_counter() - start
+    if not todo:
+        print(f"nothing to search: all {len(problems)} problems are already in {out}", file=sys.stderr)
+        if not out.exists():
+            write_jsonl_atomic(out, records)
+    print(summarize(records, len(new), elapsed))
+    print(f"results: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The search loop, the baselines and answer choice, on the toy world and on hand-made bandits."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from mcts.core import native
+from mcts.envs.arith import ArithConfig, OraclePRM, generate_problems
+from mcts.grading import is_equivalent
+from mcts.policy.base import Prefix, Step
+from mcts.policy.toy import ScriptedPolicy
+from mcts.search import (
+    ALGORITHMS,
+    TREE_RULES,
+    Candidate,
+    SearchConfig,
+    TreeSearch,
+    choose_answer,
+    run_algorithm,
+)
+
+PROBLEMS = generate_problems(12, seed=3, config=ArithConfig(min_ops=3, max_ops=5, max_operand=25))
+TEXTS = [p["problem"] for p in PROBLEMS]
+
+
+def accuracy(results, problems=PROBLEMS) -> float:
+    return sum(is_equivalent(r.answer, str(p["answer"])) for r, p in zip(results, problems)) / len(problems)
+
+
+class BanditPolicy:
+    """Two first steps: 'good' leads to the answer 1 in one more step, 'bad' to the answer 2. The
+    policy prefers 'bad' (prior 0.9), the scorer knows better: a search must overrule the prior."""
+
+    delimiter = "\n"
+
+    def __init__(self):
+        self.calls = 0
+
+    def propose(self, prefixes, n, temperature=1.0):
+        self.calls += 1
+        out = []
+        for p in prefixes:
+            if not p.steps:
+                out.append([Step("bad\n", np.log(0.9), 4), Step("good\n", np.log(0.1), 5)][:n])
+            else:
+                answer = "1" if p.steps[0] == "good\n" else "2"
+                out.append([Step(f"The answer is \\boxed{{{answer}}}.\n", 0.0, 7, True)])
+        return out
+
+
+class BanditScorer:
+    def score(self, prefixes, steps):
+        return [0.0 if "bad" in s.text or "{2}" in s.text else 1.0 for s in steps]
+
+
+@pytest.mark.parametrize("algorithm", list(TREE_RULES))
+def test_tree_search_overrules_a_wrong_prior(algorithm):
+    config = SearchConfig(algorithm=algorithm, simulations=6, width=2, c=0.5)
+    search = TreeSearch(["bandit"], BanditPolicy(), BanditScorer(), config)
+    [result] = search.run()
+    assert result.answer == "1" and result.trace == "good\nThe answer is \\boxed{1}.\n"
+    tree = search.to_json(0)
+    assert [n["step"] for n in tree["nodes"][:3]] == [None, "bad\n", "good\n"]
+    assert tree["nodes"][2]["visits"] > tree["nodes"][1]["visits"]
+    assert search.forest.virtual_loss.sum() == 0
+    expanded_first_steps = sum(n["expanded"] for n in tree["nodes"][1:3])
+    assert result.simulations == 6 and result.tokens == 9 + 7 * expanded_first_steps  # root: 4 + 5
+
+
+@pytest.mark.parametrize("algorithm", list(TREE_RULES))
+def test_tree_search_solves_toy_problems(algorithm):
+    config = SearchConfig(algorithm=algorithm, simulations=24, width=3, leaves_per_tree=2)
+    search = TreeSearch(TEXTS, ScriptedPolicy(seed=1), OraclePRM(), config)
+    results = search.run()
+    assert accuracy(results) >= 0.9
+    assert all(r.simulations <= 24 + 1 for r in results)  # L = 2 per round: one round may overshoot by 1
+    assert search.forest.virtual_loss.sum() == 0
+    assert not (search.forest.flags[:, 0] & 8).any()  # roots reopened after the run
+    for b, r in enumerate(results):
+        # every generated token was charged to its own problem
+        assert r.tokens >= sum(s.num_tokens for s in search.steps[b] if s is not None)
+
+
+def test_search_is_batch_independent_and_backend_independent():
+    """Greedy proposals make the search deterministic: a tree's result must not depend on which
+    other trees share its forest, nor on the tree backend."""
+    config = SearchConfig(algorithm="puct", simulations=10, width=2, temperature=0.0)
+    alone = [run_algorithm([t], ScriptedPolicy(), OraclePRM(noise=0.2), config)[0] for t in TEXTS[:4]]
+    for backend in native.available_backends():
+        if backend == "cuda":
+            continue
+        cfg = dataclasses.replace(config, backend=backend)
+        batched = run_algorithm(TEXTS[:4], ScriptedPolicy(), OraclePRM(noise=0.2), cfg)
+        for a, b in zip(alone, batched):
+            assert (a.answer, a.trace, a.tokens, a.simulations) == (b.answer, b.trace, b.tokens, b.simulations)
+            assert a.value == pytest.approx(b.value, abs=1e-12)
+
+
+def test_greedy_tree_search_charges_each_generated_step_once():
+    config = SearchConfig(algorithm="uct", simulations=12, width=4, temperature=0.0, complete_unfinished=False)
+    search = TreeSearch(TEXTS[:3], ScriptedPolicy(), OraclePRM(), config)
+    for b, r in enumerate(search.run()):
+        assert r.tokens == sum(s.num_tokens for s in search.steps[b] if s is not None)
+        assert all(search.forest.num_children[b] <= 1)  # one greedy child per expansion
+
+
+def test_token_budget_stops_each_tree():
+    config = SearchConfig(algorithm="uct", simulations=1000, width=4, budget_tokens=300)
+    results = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=2), OraclePRM(), config)
+    for r in results:
+        # checked between rounds: one round (one leaf, width steps of < 60 tokens) may overshoot
+        assert 300 <= r.tokens < 300 + 4 * 60
+        assert r.simulations < 1000
+
+
+def test_stop_value_ends_a_tree_at_its_first_good_answer():
+    slow = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=0), OraclePRM(), SearchConfig("uct", simulations=40))
+    fast = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=0), OraclePRM(),
+                         SearchConfig("uct", simulations=40, stop_value=1.0))
+    assert all(f.simulations < s.simulations for f, s in zip(fast, slow))
+    assert accuracy(fast, PROBLEMS[:3]) == 1.0
+
+
+class DeadEndPolicy:
+    delimiter = "\n"
+
+    def propose(self, prefixes, n, temperature=1.0):
+        return [[] if p.steps else [Step(f"step{i}\n", -1.0, 6) for i in range(n)] for p in prefixes]
+
+
+def test_dead_ends_and_unanswered_searches():
+    config = SearchConfig(algorithm="mcts_star", simulations=8, width=2)
+    search = TreeSearch(["p"], DeadEndPolicy(), BanditScorer(), config)
+    [result] = search.run()
+    assert result.answer is None and result.num_candidates == 0
+    assert result.trace in ("step0\n", "step1\n")  # the best partial solution is still reported
+    assert search.forest.flags[0, 1] & 2 and search.forest.flags[0, 2] & 2  # marked terminal
+
+
+def test_depth_limit_makes_terminal_nodes():
+    config = SearchConfig(algorithm="uct", simulations=30, width=2, max_depth=2, complete_unfinished=False)
+    search = TreeSearch(TEXTS[-1:], ScriptedPolicy(seed=5), OraclePRM(), config)
+    search.run()
+    assert int(search.forest.depth.max()) <= 2
+    assert all(s is None or s.finished or search.forest.flags[0, i] & 2 for i, s in enumerate(search.steps[0])
+               if search.forest.depth[0, i] == 2)
+
+
+def test_rollouts_raise_leaf_values_and_cost_tokens():
+    base = SearchConfig(algorithm="mcts_star", simulations=6, width=2, temperature=0.0)
+    plain = run_algorithm(TEXTS[:2], ScriptedPolicy(), OraclePRM(), base)
+    rolled = run_algorithm(TEXTS[:2], ScriptedPolicy(), OraclePRM(), dataclasses.replace(base, rollout_depth=2))
+    assert all(r.tokens > p.tokens for r, p in zip(rolled, plain))
+
+
+def test_choose_answer_rules():
+    c = [Candidate("4", 0.9, ("a",)), Candidate("5", 0.3, ("b",)), Candidate("5", 0.35, ("c",)),
+         Candidate(None, 1.0, ("d",))]
+    best, value = choose_answer(c, "max_value")
+    assert best.answer == "4" and value == 0.9  # a candidate without an answer never wins over one
+    best, value = choose_answer(c, "majority")
+    assert best.steps == ("c",) and value == pytest.approx(2 / 3)  # the best of the winning group
+    best, value = choose_answer(c, "weighted_vote")
+    assert best.answer == "4" and value == pytest.approx(0.9 / 1.55)
+    assert choose_answer([Candidate("1", 0.5, ()), Candidate("2", 0.5, ())], "majority")[0].answer == "1"
+    assert choose_answer([Candidate("$1$", 0.5, ()), Candidate("2", 0.5, ()), Candidate("1", 0.1, ())],
+                         "majority")[0].answer == "$1$"  # answers are grouped by normalised spelling
+    assert choose_answer([], "majority") == (None, 0.0)
+    assert choose_answer([Candidate(None, 0.2, ("x",))], "max_value")[0].steps == ("x",)
+
+
+@pytest.mark.parametrize("algorithm", [a for a in ALGORITHMS if a not in TREE_RULES])
+def test_baselines_run_and_account(algorithm):
+    scorer = OraclePRM()
+    config = SearchConfig(algorithm=algorithm, simulations=6, width=3)
+    results = run_algorithm(TEXTS, ScriptedPolicy(seed=4), scorer, config)
+    assert accuracy(results) >= (0.9 if algorithm != "best_of_n" else 0.8)
+    for r in results:
+        assert r.tokens > 0 and r.policy_calls > 0
+        if algorithm in ("greedy",):
+            assert r.simulations == 1
+        if algorithm in ("best_of_n", "self_consistency", "weighted_self_consistency"):
+            assert r.simulations == 6 and r.num_candidates <= 6
+        if algorithm in ("self_consistency", "greedy"):
+            assert r.scorer_calls == 0
+
+
+def test_self_consistency_needs_no_scorer_and_best_of_n_does():
+    config = SearchConfig(algorithm="self_consistency", simulations=4)
+    assert len(run_algorithm(TEXTS[:2], ScriptedPolicy(), None, config)) == 2
+    with pytest.raises(ValueError, match="scorer"):
+        run_algorithm(TEXTS[:2], ScriptedPolicy(), None, SearchConfig(algorithm="best_of_n"))
+
+
+def test_sampling_baselines_respect_the_token_budget_in_waves():
+    config = SearchConfig(algorithm="self_consistency", simulations=64, width=2, budget_tokens=200)
+    for r in run_algorithm(TEXTS[:3], ScriptedPolicy(seed=9), None, config):
+        assert r.simulations < 64 and r.simulations % 2 == 0
+        assert r.tokens >= 200 and r.tokens < 200 + 2 * 400  # at most one wave of two solutions over
+
+
+def test_beam_prefers_what_the_scorer_prefers():
+    [result] = run_algorithm(["bandit"], BanditPolicy(), BanditScorer(), SearchConfig(algorithm="beam", width=2))
+    assert result.answer == "1" and result.value == 1.0
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ValueError, match="budget_tokens"):
+        SearchConfig(budget_tokens=0)
+    with pytest.raises(ValueError, match="algorithm"):
+        SearchConfig(algorithm="alphago")
+    with pytest.raises(ValueError, match="answer_selection"):
+        SearchConfig(answer_selection="vibes")
+    assert SearchConfig(algorithm="self_consistency").selection == "majority"
+    assert SearchConfig(algorithm="self_consistency", answer_selection="max_value").selection == "max_value"
+
+
+def test_trees_dump_as_json():
+    search = TreeSearch(TEXTS[:2], ScriptedPolicy(), OraclePRM(), SearchConfig(simulations=5, width=2))
+    search.run()
+    tree = json.loads(json.dumps(search.to_json(1)))
+    assert tree["problem"] == TEXTS[1] and tree["nodes"][0]["parent"] == -1
+    ids = {n["id"] for n in tree["nodes"]}
+    assert all(n["parent"] in ids for n in tree["nodes"][1:])
+    assert sum(n["visits"] for n in tree["nodes"] if n["parent"] == 0) <= tree["nodes"][0]["visits"]
+
+
+def test_prefixes_hold_the_path_texts():
+    search = TreeSearch(["bandit"], BanditPolicy(), BanditScorer(), SearchConfig(simulations=3, width=2))
+    search.run()
+    deepest = int(np.argmax(search.forest.depth[0, : search.forest.num_nodes[0]]))
+    prefix = search.prefix(0, deepest)
+    assert isinstance(prefix, Prefix) and prefix.problem == "bandit" and len(prefix.steps) == 2
