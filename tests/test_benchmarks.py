@@ -65,3 +65,17 @@ def test_table(bench, capsys):
     out = capsys.readouterr().out
     assert "sims/s" in out and "cores" in out
     assert len([line for line in out.splitlines() if line.startswith("numpy")]) == 2
+
+
+def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
+    spec = importlib.util.spec_from_file_location(
+        "search_quality", SCRIPT.parent / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--policies", "scripted", "--ops", "2-3", "--problems", "4", "--simulations", "4",
+                        "--samples", "2", "--beam-widths", "2", "--plot", "", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert {r["algorithm"] for r in rows} == {"greedy", "best_of_n", "self_consistency",
+                                               "weighted_self_consistency", "beam", "mcts_star", "uct", "puct"}
+    for r in rows:
+        assert 0 <= r["accuracy"] <= 1 and r["tokens_per_problem"] > 0
