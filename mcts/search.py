@@ -118,8 +118,8 @@ class SearchConfig:
     complete_unfinished: bool = dataclasses.field(default=True, metadata=_help(
         "when a search ends without a finished answer, complete its best partial trace greedily "
         "(the tokens count toward the problem's total)"))
-    backend: str = dataclasses.field(default="auto", metadata=_help(
-        "tree backend: auto, cpp, numba, numpy (mcts.core)"))
+    tree_backend: str = dataclasses.field(default="auto", metadata=_help(
+        "backend of the tree operations: auto, cpp, numba, numpy (mcts.core)"))
 
     def __post_init__(self):
         def need(ok: bool, message: str) -> None:
@@ -377,7 +377,7 @@ class TreeSearch:
     def round(self) -> None:
         """One round for every live tree: select, propose, score, expand, back up."""
         cfg, f = self.config, self.forest
-        leaves = select(f, cfg.leaves_per_tree, self.rules.select, cfg.c, cfg.virtual_loss, backend=cfg.backend)
+        leaves = select(f, cfg.leaves_per_tree, self.rules.select, cfg.c, cfg.virtual_loss, backend=cfg.tree_backend)
         B, L = leaves.shape
         values = np.zeros((B, L), np.float64)
         to_expand: list[tuple[int, int, int]] = []  # (tree, slot, leaf)
@@ -391,7 +391,7 @@ class TreeSearch:
         children = self._propose(to_expand, prefixes)
         rewards = self._score(to_expand, prefixes, children)
         self._expand(leaves, to_expand, children, rewards, values)
-        backup(f, leaves, values, self.rules.backup, backend=cfg.backend)
+        backup(f, leaves, values, self.rules.backup, backend=cfg.tree_backend)
         self.simulations += (leaves >= 0).sum(axis=1)
         self._stop_where((leaves < 0).all(axis=1))
 
@@ -462,7 +462,7 @@ class TreeSearch:
             reward_block[b, slot, :k] = r
             terminal[b, slot, :k] = [s.finished or child_depth >= cfg.max_depth for s in steps]
             values[b, slot] = float(np.dot(p, r)) if cfg.leaf_value == "mean" else max(r)
-        first = expand(f, expand_leaves, counts, priors, reward_block, terminal, backend=cfg.backend)
+        first = expand(f, expand_leaves, counts, priors, reward_block, terminal, backend=cfg.tree_backend)
         for (b, slot, leaf), steps in zip(to_expand, children):
             if first[b, slot] >= 0:
                 assert first[b, slot] == len(self.steps[b]), "node ids are allocated in order"
@@ -640,6 +640,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "(the toy world's oracle, with --oracle-noise)")
     models.add_argument("--oracle-noise", type=float, default=0.1,
                         help="probability that the oracle PRM flips a step's score")
+    models.add_argument("--backend", default="hf", choices=POLICY_BACKENDS,
+                        help="what runs --model: hf (transformers, CPU or GPU) or vllm (pip install -e .[vllm])")
     models.add_argument("--device", default=None, help="torch device of the models (default: cuda if "
                         "available, else cpu)")
     models.add_argument("--max-new-tokens", type=int, default=None, help="most tokens in one step")
@@ -689,11 +691,16 @@ def _check_toy(problems: Sequence[str], what: str) -> None:
                              f"arithmetic expression") from None
 
 
-def load_proposer(model: str, *, problems: Sequence[str] = (), seed: int = 0, device: str | None = None,
-                  max_new_tokens: int | None = None, delimiter: str | None = None) -> StepProposer:
+POLICY_BACKENDS = ("hf", "vllm")
+
+
+def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = (), seed: int = 0,
+                  device: str | None = None, max_new_tokens: int | None = None,
+                  delimiter: str | None = None) -> StepProposer:
     """The policy named by `model`: 'scripted' (the toy world's scripted policy), 'tiny' (the toy
     world's tiny transformer, built on first use), or a local transformers model folder (its step
-    delimiter: `delimiter`, else what the folder declares, else blank lines).
+    delimiter: `delimiter`, else what the folder declares, else blank lines), run by `backend`:
+    'hf' (transformers) or 'vllm' (mcts.policy.vllm_policy; for 'tiny', its built folder).
 
     Raises ValueError (or OSError for an unreadable folder) with a message naming what is wrong;
     `problems` are checked to be toy-world expressions where the policy needs them.
@@ -703,8 +710,19 @@ def load_proposer(model: str, *, problems: Sequence[str] = (), seed: int = 0, de
 
         _check_toy(problems, "--model scripted")
         return ScriptedPolicy(seed=seed)
+    if backend not in POLICY_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {', '.join(POLICY_BACKENDS)}")
     options = {"seed": seed, "device": device, "max_new_tokens": max_new_tokens, "delimiter": delimiter}
     options = {k: v for k, v in options.items() if v is not None}
+    if backend == "vllm":
+        from mcts.policy.vllm_policy import VLLMPolicy, VLLMPolicyConfig
+
+        if model == "tiny":
+            from mcts.envs.tiny_models import ensure_toy_policy
+
+            model = str(ensure_toy_policy())
+        options.pop("device", None)  # vLLM places the model itself
+        return VLLMPolicy.from_pretrained(Path(model), VLLMPolicyConfig(**options))
     if model == "tiny":
         from mcts.envs.tiny_models import load_toy_policy
 
@@ -824,9 +842,10 @@ def run_cli(args: argparse.Namespace) -> int:
     proposer = scorer = None
     if todo:
         try:
-            proposer = load_proposer(args.model, problems=texts, seed=args.seed, device=args.device,
-                                     max_new_tokens=args.max_new_tokens, delimiter=_delimiter(args.delimiter))
-        except (OSError, ValueError) as err:
+            proposer = load_proposer(args.model, backend=args.backend, problems=texts, seed=args.seed,
+                                     device=args.device, max_new_tokens=args.max_new_tokens,
+                                     delimiter=_delimiter(args.delimiter))
+        except (OSError, ValueError, ImportError) as err:  # ImportError: an optional backend not installed
             raise CliError(f"--model {args.model}: {err}") from None
     if todo and config.algorithm not in ("greedy", "self_consistency"):
         try:

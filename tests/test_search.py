@@ -93,7 +93,7 @@ def test_search_is_batch_independent_and_backend_independent():
     for backend in native.available_backends():
         if backend == "cuda":
             continue
-        cfg = dataclasses.replace(config, backend=backend)
+        cfg = dataclasses.replace(config, tree_backend=backend)
         batched = run_algorithm(TEXTS[:4], ScriptedPolicy(), OraclePRM(noise=0.2), cfg)
         for a, b in zip(alone, batched):
             assert (a.answer, a.trace, a.tokens, a.simulations) == (b.answer, b.trace, b.tokens, b.simulations)
