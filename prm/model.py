@@ -1,0 +1,514 @@
+"""The process reward model (DESIGN.md section 4): a causal LM backbone with a scalar head.
+
+A trace is read in the policy's own layout (`mcts.policy.hf_policy.plain_prompt`): the problem, the
+delimiter, then the steps, each ending with the delimiter. The head reads the backbone's last hidden
+state at the last token of every step (the delimiter that closes it) and a sigmoid makes it a value
+in [0, 1]:
+
+    <bos> 17 + 5 * 3 \\n 5 * 3 = 15, so 17 + 15 \\n 17 + 15 = 32, so 32 \\n The answer is \\boxed{32}. \\n
+                                               ^ v_1                   ^ v_2                       ^ v_3
+
+Texts are tokenised piece by piece (problem line, then each step) and the pieces concatenated, so
+the tokens of a prefix are a prefix of the tokens of every longer trace: with causal attention the
+value of step k is the same whether it is scored alone (`score`) or inside its whole trace
+(`score_traces`), and padding (right-side) changes nothing.
+
+    PRM.from_pretrained(folder, device=None)   a folder written by `save_pretrained`
+    prm.score(prefixes, steps) -> [P] floats    the `StepScorer` protocol: the last step of each pair
+    prm.score_traces(prefixes) -> [P][K_p]      every step value of each trace, one pass
+    prm.score_outcomes(prefixes) -> [P]         the value at the end of each trace (ORM reading)
+
+Modes: "prm" (trained on every step end) and "orm" (an outcome reward model: trained on the last
+step end only, so its value reads the whole trace). Both score the same way; only the training
+targets differ (`tokenize_row`). A folder holds the backbone (`save_pretrained`), its tokenizer,
+`head.safetensors` and `prm_config.json` (format version, mode, delimiter, reading options).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import torch
+from torch import nn
+
+from mcts.policy.base import Prefix, Step
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = [
+    "CONFIG_FILE", "FORMAT_VERSION", "HEAD_FILE", "IGNORE_INDEX", "MODES", "PRM", "PRMConfig", "PRMLoadError",
+    "encode_pieces", "load_backbone", "normalize_step", "pad_right", "quiet_transformers", "read_config",
+    "resolve_device", "tokenize_row",
+]
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "prm_config.json"
+HEAD_FILE = "head.safetensors"
+IGNORE_INDEX = -100.0  # label of a position that carries no loss
+MODES = ("prm", "orm", "pairwise")  # "pairwise" folders are read by prm.pairwise.PPRM
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+class PRMLoadError(OSError):
+    """A folder that holds no readable PRM; the message names the folder and what is wrong."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PRMConfig:
+    """How a PRM reads traces (saved in `prm_config.json`)."""
+
+    mode: str = dataclasses.field(default="prm", metadata=_help(
+        "'prm' (a value at every step end), 'orm' (trained on the last step only), 'pairwise' (a PPRM)"))
+    delimiter: str = dataclasses.field(default="\n", metadata=_help(
+        "the step delimiter; a step that does not end with it gets it appended before reading"))
+    chat_template: bool = dataclasses.field(default=False, metadata=_help(
+        "wrap the problem in the tokenizer's chat template (as a chat policy's prompt) instead of "
+        "problem + delimiter"))
+    max_length: int | None = dataclasses.field(default=None, metadata=_help(
+        "most tokens read per sequence (longer ones lose their start); None: the backbone's "
+        "max_position_embeddings"))
+    batch_size: int = dataclasses.field(default=64, metadata=_help("sequences per forward pass"))
+    num_threads: int | None = dataclasses.field(default=None, metadata=_help(
+        "torch CPU threads while scoring (restored after); None: leave torch's setting"))
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.delimiter, str) or not self.delimiter:
+            raise ValueError(f"delimiter must be a non-empty string, got {self.delimiter!r}")
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
+            raise ValueError(f"max_length must be None or an int >= 2, got {self.max_length!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"num_threads must be None or an int >= 1, got {self.num_threads!r}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure encoding functions (no model): shared by scoring and training
+
+
+def normalize_step(step: str, delimiter: str) -> str:
+    """The step as the PRM reads it: ending with the delimiter (appended when missing)."""
+    return step if step.endswith(delimiter) else step + delimiter
+
+
+def encode_pieces(tokenizer, head_ids: Sequence[int], pieces: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Token ids of `head_ids + pieces`, each piece tokenised on its own, and where each piece ends.
+
+    Args:
+        tokenizer: any tokenizer whose `__call__(list[str], add_special_tokens=False)` returns
+            `{"input_ids": [[int]]}`.
+        head_ids: ids that open the sequence (BOS, a rendered chat template, the problem line).
+        pieces: [K] texts, each non-empty.
+
+    Returns:
+        (ids, ends): ends[k] is the index in `ids` of the last token of piece k ([K]).
+    """
+    ids = list(head_ids)
+    ends = []
+    if pieces:
+        for k, piece_ids in enumerate(tokenizer(list(pieces), add_special_tokens=False)["input_ids"]):
+            if not piece_ids:
+                raise ValueError(f"piece {k} ({pieces[k][:40]!r}) tokenises to nothing")
+            ids.extend(piece_ids)
+            ends.append(len(ids) - 1)
+    return ids, ends
+
+
+def tokenize_row(tokenizer, head_ids: Sequence[int], steps: Sequence[str], targets: Sequence[float], *,
+                 delimiter: str, mode: str = "prm", max_length: int | None = None) -> dict:
+    """One training row: token ids, and a float label at the last token of every step.
+
+    Every other position is `IGNORE_INDEX` (-100.0): only step ends carry loss. In "orm" mode only
+    the last step's end does (its target is the trace's outcome). A row longer than `max_length`
+    loses its first tokens; targets of steps whose end falls off are dropped.
+
+    Args:
+        tokenizer: see `encode_pieces`.
+        head_ids: ids of BOS + problem line (`PRM.head_ids(problem)`).
+        steps: [K] step texts (the delimiter is appended where missing).
+        targets: [K] values in [0, 1] (0/1 labels or soft values).
+        delimiter: the step delimiter.
+        mode: "prm" or "orm".
+        max_length: None or the most tokens kept.
+
+    Returns:
+        {"input_ids": [T] ints, "labels": [T] floats}.
+    """
+    if len(steps) != len(targets):
+        raise ValueError(f"{len(steps)} steps but {len(targets)} targets")
+    ids, ends = encode_pieces(tokenizer, head_ids, [normalize_step(s, delimiter) for s in steps])
+    labels = [IGNORE_INDEX] * len(ids)
+    keep = range(len(ends)) if mode == "prm" else range(len(ends) - 1, len(ends))
+    for k in keep:
+        labels[ends[k]] = float(targets[k])
+    if max_length is not None and len(ids) > max_length:
+        ids, labels = ids[-max_length:], labels[-max_length:]
+    return {"input_ids": ids, "labels": labels}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None or 'auto': CUDA when available, else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _special_head(tokenizer) -> list[int]:
+    """The ids a tokenizer puts before a text by itself (BOS for Llama-like models, none for others)."""
+    with_special = tokenizer("", add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    return [t for t in with_special if t != eos]
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' info/warning logs and progress bars off for a block (load reports of a
+    backbone read from a causal LM folder list its unused LM head; missing keys are checked)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_backbone(folder: Path, dtype: torch.dtype):
+    """(base model, tokenizer) of a local folder; raises ValueError when weights are missing."""
+    from transformers import AutoModel, AutoTokenizer
+
+    with quiet_transformers():
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        backbone, info = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                   output_loading_info=True)
+    missing = list(info.get("missing_keys") or [])
+    if missing:
+        raise ValueError(f"the backbone's weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+    return backbone, tokenizer
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, T] right-padded ids and their attention mask."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return ids, mask
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model
+
+
+class PRM(nn.Module):
+    """A causal LM backbone + a linear head on the last hidden state; implements `StepScorer`.
+
+    Attributes:
+        backbone: a transformers base model (`AutoModel`); a causal LM given here is replaced by
+            its base model.
+        head: Linear(hidden_size, 1), float32.
+        tokenizer: the backbone's tokenizer.
+        config: the `PRMConfig`.
+    """
+
+    expected_mode: str | None = None  # None: "prm" or "orm"; subclasses name theirs
+
+    def __init__(self, backbone: "PreTrainedModel", tokenizer: "PreTrainedTokenizerBase",
+                 config: PRMConfig | None = None, head: nn.Linear | None = None):
+        super().__init__()
+        self.config = PRMConfig(mode=self.expected_mode or "prm") if config is None else config
+        _check_mode(type(self), self.config.mode)
+        # A causal LM is read through its base model: the LM head is not needed.
+        self.backbone = getattr(backbone, "base_model", backbone)
+        self.tokenizer = tokenizer
+        hidden = backbone.config.hidden_size
+        if head is None:
+            head = nn.Linear(hidden, 1)
+            nn.init.normal_(head.weight, std=1.0 / math.sqrt(hidden))
+            nn.init.zeros_(head.bias)
+        self.head = head.float()
+        if self.config.chat_template and getattr(tokenizer, "chat_template", None) is None:
+            raise ValueError("PRMConfig.chat_template=True but the tokenizer has no chat template")
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        self.pad_id = int(pad)
+        limit = getattr(backbone.config, "max_position_embeddings", None)
+        self.max_length = self.config.max_length or limit
+        self._special = _special_head(tokenizer)
+        self._heads: OrderedDict[str, list[int]] = OrderedDict()
+
+    # -------------------------------------------------------------------------------------------
+    # Construction, saving and loading
+
+    @classmethod
+    def from_backbone(cls, path: str | Path, config: PRMConfig | None = None, *, device=None,
+                      dtype: torch.dtype | None = None, seed: int = 0) -> "PRM":
+        """A new PRM (fresh head) on the backbone and tokenizer of a local model folder.
+
+        Args:
+            path: a transformers model folder (a causal LM or base model, with its tokenizer).
+            config: reading options (default `PRMConfig()`).
+            device: None/'auto' (CUDA when available), 'cpu', 'cuda', ...
+            dtype: backbone dtype (default float32).
+            seed: seed of the head's initialisation.
+        """
+        folder = _check_folder(path)
+        try:
+            backbone, tokenizer = load_backbone(folder, dtype or torch.float32)
+        except Exception as err:  # transformers raises many kinds; name the folder, keep the cause
+            raise PRMLoadError(f"cannot load a backbone and tokenizer from {str(folder)!r}: "
+                               f"{type(err).__name__}: {err}") from err
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            prm = cls(backbone, tokenizer, config)
+        return prm.to(resolve_device(device))
+
+    def save_pretrained(self, folder: str | Path) -> Path:
+        """Writes the backbone, tokenizer, head weights and `prm_config.json` into `folder`."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with quiet_transformers():
+            self.backbone.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  str(folder / HEAD_FILE))
+        record = {"format_version": FORMAT_VERSION, "kind": "treesearch prm",
+                  "head": {"in_features": self.head.in_features, "out_features": self.head.out_features},
+                  **dataclasses.asdict(self.config)}
+        (folder / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, *,
+                        dtype: torch.dtype | None = None, **overrides) -> "PRM":
+        """Loads a PRM saved by `save_pretrained` from a local folder (never from a hub).
+
+        Args:
+            path: the folder.
+            device: None/'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...
+            dtype: backbone dtype; default float32 on CPU, bfloat16 (else float16) on CUDA.
+            **overrides: `PRMConfig` fields to replace (batch_size, num_threads, max_length).
+
+        Returns:
+            The PRM in eval mode. Raises `PRMLoadError` (an OSError) naming the folder when it is
+            missing or holds no PRM of this format.
+        """
+        from safetensors.torch import load_file
+
+        folder = _check_folder(path)
+        config, record = read_config(folder)
+        try:
+            _check_mode(cls, config.mode)
+        except ValueError as err:
+            raise PRMLoadError(f"{str(folder)!r}: {err}") from None
+        config = dataclasses.replace(config, **overrides)
+        dev = resolve_device(device)
+        if dtype is None:
+            dtype = torch.float32 if dev.type != "cuda" else (
+                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        try:
+            backbone, tokenizer = load_backbone(folder, dtype)
+            state = load_file(str(folder / HEAD_FILE))
+            head = nn.Linear(record["head"]["in_features"], record["head"]["out_features"])
+            head.load_state_dict(state)
+        except Exception as err:
+            raise PRMLoadError(f"cannot load the PRM in {str(folder)!r}: {type(err).__name__}: {err}") from err
+        model = cls(backbone, tokenizer, config, head=head)
+        return model.to(dev).eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.weight.device
+
+    # -------------------------------------------------------------------------------------------
+    # Encoding
+
+    def head_ids(self, problem: str) -> list[int]:
+        """The ids before the first step: BOS + `problem + delimiter` (or the chat template's
+        rendering of the problem). Cached per problem: the search scores many prefixes of one."""
+        ids = self._heads.get(problem)
+        if ids is None:
+            if self.config.chat_template:
+                text = self.tokenizer.apply_chat_template([{"role": "user", "content": problem}],
+                                                          tokenize=False, add_generation_prompt=True)
+                ids = encode_pieces(self.tokenizer, [], [text])[0]
+            else:
+                ids = encode_pieces(self.tokenizer, self._special, [problem + self.config.delimiter])[0]
+            self._heads[problem] = ids
+            if len(self._heads) > 4096:
+                self._heads.popitem(last=False)
+        else:
+            self._heads.move_to_end(problem)
+        return ids
+
+    def encode(self, problem: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
+        """(ids, step-end indices) of a trace, as the PRM reads it (see `encode_pieces`)."""
+        delimiter = self.config.delimiter
+        return encode_pieces(self.tokenizer, self.head_ids(problem), [normalize_step(s, delimiter) for s in steps])
+
+    def _truncate(self, ids: list[int], ends: list[int]) -> tuple[list[int], list[int]]:
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids, ends
+        cut = len(ids) - self.max_length
+        return ids[cut:], [e - cut for e in ends]  # ends < 0 fell off
+
+    # -------------------------------------------------------------------------------------------
+    # Forward
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] last hidden states of the backbone (after its final norm)."""
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[B, T] logits of the value at every position (sigmoid gives the value)."""
+        hidden = self.hidden_states(input_ids, attention_mask)
+        return self.head(hidden.float()).squeeze(-1)
+
+    @torch.inference_mode()
+    def _values(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+        """Values at the given positions of each row, batched over right-padded chunks.
+
+        Args:
+            rows: [R] (ids, positions to read); a negative position reads NaN (cut off).
+
+        Returns:
+            [R][len(positions)] values in [0, 1].
+        """
+        out: list[list[float]] = [[] for _ in rows]
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths together
+        size = self.config.batch_size
+        was_training = self.training
+        self.eval()
+        try:
+            with _threads(self.config.num_threads):
+                for start in range(0, len(order), size):
+                    chunk = order[start:start + size]
+                    ids, mask = pad_right([rows[i][0] for i in chunk], self.pad_id)
+                    hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
+                    r_idx = [r for r, i in enumerate(chunk) for p in rows[i][1] if p >= 0]
+                    t_idx = [p for i in chunk for p in rows[i][1] if p >= 0]
+                    picked = hidden[torch.tensor(r_idx, device=self.device), torch.tensor(t_idx, device=self.device)]
+                    values = torch.sigmoid(self.head(picked.float()).squeeze(-1)).cpu().tolist()
+                    it = iter(values)
+                    for i in chunk:
+                        out[i] = [next(it) if p >= 0 else math.nan for p in rows[i][1]]
+        finally:
+            self.train(was_training)
+        return out
+
+    # -------------------------------------------------------------------------------------------
+    # Scoring
+
+    def score(self, prefixes: Sequence[Prefix], steps: Sequence[Step | str]) -> list[float]:
+        """Scores the last step of each (prefix, step) pair: the `StepScorer` protocol.
+
+        Args:
+            prefixes: [P] problem + steps so far.
+            steps: [P] the step after each prefix (a `Step` or its text).
+
+        Returns:
+            [P] values in [0, 1], the head's reading at the end of prefix + step.
+        """
+        if len(prefixes) != len(steps):
+            raise ValueError(f"got {len(prefixes)} prefixes and {len(steps)} steps")
+        rows = []
+        for prefix, step in zip(prefixes, steps):
+            text = step.text if isinstance(step, Step) else step
+            ids, ends = self._truncate(*self.encode(prefix.problem, (*prefix.steps, text)))
+            rows.append((ids, ends[-1:]))
+        return [v[0] for v in self._values(rows)]
+
+    def score_traces(self, prefixes: Sequence[Prefix]) -> list[list[float]]:
+        """Every step value of each trace, one pass per trace.
+
+        Args:
+            prefixes: [P] traces (problem + steps).
+
+        Returns:
+            [P][len(steps)] values in [0, 1]; value k equals `score` of (steps[:k], steps[k]). A
+            step whose end was cut off by `max_length` reads NaN.
+        """
+        rows = [self._truncate(*self.encode(p.problem, p.steps)) for p in prefixes]
+        return self._values(rows)
+
+    def score_outcomes(self, prefixes: Sequence[Prefix]) -> list[float]:
+        """The value at the end of each whole trace (how an ORM scores; NaN for a trace without steps)."""
+        rows = [self._truncate(*self.encode(p.problem, p.steps)) for p in prefixes]
+        values = self._values([(ids, ends[-1:]) for ids, ends in rows])
+        return [v[0] if v else math.nan for v in values]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Folder helpers
+
+
+def _check_mode(cls: type, mode: str) -> None:
+    if cls.expected_mode is None and mode == "pairwise":
+        raise ValueError("this model is a pairwise PPRM (mode 'pairwise'): load it with prm.pairwise.PPRM")
+    if cls.expected_mode is not None and mode != cls.expected_mode:
+        raise ValueError(f"{cls.__name__} needs mode {cls.expected_mode!r}, got {mode!r}")
+
+
+def _check_folder(path: str | Path) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise PRMLoadError(f"model folder {str(folder)!r} does not exist or is not a folder")
+    return folder
+
+
+def read_config(folder: str | Path) -> tuple[PRMConfig, dict[str, Any]]:
+    """The `PRMConfig` and raw record of a saved PRM folder; `PRMLoadError` naming it otherwise."""
+    folder = Path(folder)
+    path = folder / CONFIG_FILE
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PRMLoadError(f"{str(folder)!r} holds no PRM: {CONFIG_FILE} is missing "
+                           f"(is it a plain model folder? train a PRM with python -m prm.train)") from None
+    except (OSError, ValueError) as err:
+        raise PRMLoadError(f"cannot read {str(path)!r}: {err}") from None
+    if not isinstance(record, dict) or record.get("format_version") != FORMAT_VERSION:
+        got = record.get("format_version") if isinstance(record, dict) else None
+        raise PRMLoadError(f"{str(path)!r} has format_version {got!r}; this code reads version {FORMAT_VERSION}")
+    fields = {f.name for f in dataclasses.fields(PRMConfig)}
+    try:
+        config = PRMConfig(**{k: v for k, v in record.items() if k in fields})
+    except (TypeError, ValueError) as err:
+        raise PRMLoadError(f"bad settings in {str(path)!r}: {err}") from None
+    if "head" not in record:
+        raise PRMLoadError(f"{str(path)!r} lacks the 'head' entry")
+    return config, record

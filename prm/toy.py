@@ -1,0 +1,592 @@
+"""The toy world's tiny PRM and PPRM: trained locally on oracle-labelled traces, cached like the
+tiny policy (`mcts.envs.tiny_models`).
+
+    ensure_toy_prm(cache_dir=None, *, quick=False)    the PRM folder, built on first use
+    ensure_toy_pprm(cache_dir=None, *, quick=False)   the PPRM folder (its backbone starts from the PRM's)
+    load_toy_prm(...) / load_toy_pprm(...)            those folders as models
+    python -m prm.toy build [--pprm] [--quick] [--out DIR]    (same as python -m prm.train --toy)
+
+What a toy PRM must learn is to check a step: `a op b = r, so EXPR` is right iff r is the value
+of `a op b` (arithmetic) and EXPR is the previous expression with `a op b` replaced by r (copying);
+a step after a wrong one is wrong too (its value is off). Trained with BCE on step-end labels
+alone, a model learns the depth of a step (later steps are more often wrong: AUC about 0.75)
+and not the check. The full build gets there with four things together:
+
+- Data: the toy world's default problems (`mcts.envs.tiny_models.toy_problem_config`: operands up
+  to 10, every value within 100, 1-6 operations) in three forms: one-operation facts (`a op b`,
+  its canonical step or a slip: the arithmetic alone, a few tokens each), one-step traces from the
+  states of canonical solutions (the check in context), and whole traces rolled out by the
+  scripted policy at several slip rates (errors carried forward). Slips: the scripted policy's
+  (off by a few, swapped digits, wrong operator, wrong answer) and copy slips
+  (`prm.data.copy_slip`: a number or operator of the rest of the expression changed, an
+  operation dropped: what the tiny transformer does). About half of all steps are wrong.
+- Model: the tiny policy's weights (it already computes results and copies expressions) and two
+  more blocks on top whose output projections start at zero (the model starts as the policy),
+  where the policy's next-token prediction is compared with the token written.
+- Dense labels: every token of a step carries a label, 1 while the step still agrees with the
+  canonical step of its state and 0 from the first character where it does not (and on every
+  token after a wrong step), at a lower weight than the step ends, which carry the oracle's label.
+- An auxiliary next-token loss on the tokens of correct steps, read at the policy's own depth
+  (through the final norm and the tied embedding), which keeps and sharpens the policy's
+  arithmetic that the check rests on.
+
+The value is still the scalar head at the last token of each step (`prm.model.PRM`); the folder
+is a plain PRM folder (a Llama backbone of 5 blocks). See `train_info.json` of a build for its
+data, training and held-out figures. The quick build trains a much smaller model from scratch in
+seconds (for tests; it learns next to nothing). Builds are atomic (a temporary folder beside the
+destination, renamed into place) and a file lock keeps two processes from building the same folder
+at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from prm.train import TRAIN_INFO, TrainConfig
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "FORMAT_VERSION", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "AuxLMLoss", "ToyBuild",
+    "build_toy_pprm", "build_toy_prm", "dense_labels", "ensure_toy_pprm", "ensure_toy_prm", "grow_backbone",
+    "lm_labels", "load_toy_pprm", "load_toy_prm", "main", "toy_cache_dir",
+]
+
+FORMAT_VERSION = 2  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75)
+EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyBuild:
+    """The data, model and training of a toy PRM or PPRM build."""
+
+    init: str = dataclasses.field(default="policy", metadata=_help(
+        "'policy': start from the tiny policy's weights; 'prm' (PPRM builds): from the toy PRM's; "
+        "'scratch': a fresh model of the size below"))
+    problems: int = dataclasses.field(default=1500, metadata=_help(
+        "training problems rolled out whole by the scripted policy at each slip rate"))
+    samples: int = dataclasses.field(default=1, metadata=_help("traces per problem and slip rate"))
+    slip_rates: tuple[float, ...] = dataclasses.field(default=(0.05, 0.15, 0.3), metadata=_help(
+        "base_eps of the scripted policy; one set of traces per rate"))
+    fact_problems: int = dataclasses.field(default=0, metadata=_help(
+        "one-operation facts: a reduction of a training problem's solution alone, `a op b`, with its "
+        "canonical step or a slip (`prm.data.single_step_traces(isolate=True)`)"))
+    single_problems: int = dataclasses.field(default=0, metadata=_help(
+        "one-step traces from a state of a training problem's solution: its canonical step or a slip "
+        "(`prm.data.single_step_traces`)"))
+    branch_problems: int = dataclasses.field(default=0, metadata=_help(
+        "training problems whose canonical solution branches off at a random step into a slip or not "
+        "(`prm.data.branch_traces`: a balanced first-error signal)"))
+    policy_problems: int = dataclasses.field(default=0, metadata=_help(
+        "problems also rolled out by the tiny transformer policy (its own kinds of mistakes)"))
+    wrong_fraction: float = dataclasses.field(default=0.5, metadata=_help(
+        "fraction of the fact and one-step traces whose step is a slip"))
+    copy_fraction: float = dataclasses.field(default=0.3, metadata=_help(
+        "fraction of those slips that are copy slips (`prm.data.copy_slip`)"))
+    min_ops: int = dataclasses.field(default=1, metadata=_help("fewest operations"))
+    max_ops: int = dataclasses.field(default=6, metadata=_help("most operations"))
+    max_operand: int = dataclasses.field(default=10, metadata=_help("largest operand"))
+    max_value: int | None = dataclasses.field(default=100, metadata=_help(
+        "bound on |every value a canonical solution writes| (None: unbounded)"))
+    extra_layers: int = dataclasses.field(default=0, metadata=_help(
+        "blocks added on top of a policy-initialised backbone, their output projections zero (so the "
+        "model starts as the policy)"))
+    dense_weight: float = dataclasses.field(default=0.0, metadata=_help(
+        "loss weight of the per-token labels (`dense_labels`) against 1 at the step ends; 0: step ends only"))
+    lm_weight: float = dataclasses.field(default=0.0, metadata=_help(
+        "weight of the auxiliary next-token loss on the tokens of correct steps (read at the policy's "
+        "depth through the final norm and the tied embedding; needs init='policy'); 0: none"))
+    hidden_size: int = dataclasses.field(default=192, metadata=_help("width of a from-scratch model"))
+    num_layers: int = dataclasses.field(default=4, metadata=_help("blocks of a from-scratch model"))
+    num_heads: int = dataclasses.field(default=3, metadata=_help("heads of a from-scratch model"))
+    intermediate_size: int = dataclasses.field(default=512, metadata=_help("MLP width of a from-scratch model"))
+    max_positions: int = dataclasses.field(default=1024, metadata=_help("context of a from-scratch model"))
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata=_help("optimisation"))
+    seconds: float | None = dataclasses.field(default=None, metadata=_help(
+        "train for about this many seconds instead of the configured epochs/steps"))
+    eval_traces: int = dataclasses.field(default=1000, metadata=_help(
+        "held-out toy traces (scripted policy, base_eps 0.05, the build's problems) evaluated after training"))
+    data_seed: int = dataclasses.field(default=1, metadata=_help("seed of the training problems and rollouts"))
+
+    def __post_init__(self):
+        if self.init not in ("policy", "prm", "scratch"):
+            raise ValueError(f"init must be 'policy', 'prm' or 'scratch', got {self.init!r}")
+        counts = (self.problems, self.fact_problems, self.single_problems, self.branch_problems,
+                  self.policy_problems, self.eval_traces, self.extra_layers)
+        if min(counts) < 0 or self.samples < 1:
+            raise ValueError("samples must be >= 1; problems, fact_problems, single_problems, branch_problems, "
+                             "policy_problems, eval_traces and extra_layers >= 0")
+        if sum(counts[:5]) == 0:
+            raise ValueError("no training data: every kind of training problem is 0")
+        if not 1 <= self.min_ops <= self.max_ops <= 8:
+            raise ValueError(f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
+        if not (0 <= self.wrong_fraction <= 1 and 0 <= self.copy_fraction <= 1):
+            raise ValueError(f"wrong_fraction and copy_fraction must be in [0, 1], got {self.wrong_fraction}, "
+                             f"{self.copy_fraction}")
+        if self.dense_weight < 0 or self.lm_weight < 0:
+            raise ValueError(f"dense_weight and lm_weight must be >= 0, got {self.dense_weight}, {self.lm_weight}")
+        if (self.lm_weight > 0 or self.extra_layers > 0) and self.init != "policy":
+            raise ValueError("lm_weight and extra_layers need init='policy' (they build on the policy's layers)")
+        if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(f"hidden_size / num_heads must be an even integer, got {self.hidden_size} / {self.num_heads}")
+
+    def arith(self):
+        """The `ArithConfig` of the build's problems."""
+        from mcts.envs.arith import ArithConfig
+
+        return ArithConfig(min_ops=self.min_ops, max_ops=self.max_ops, max_operand=self.max_operand,
+                           max_value=self.max_value)
+
+
+FULL_BUILD = ToyBuild(init="policy", problems=1500, fact_problems=30000, single_problems=20000, extra_layers=2,
+                      dense_weight=0.3, lm_weight=1.0,
+                      train=TrainConfig(epochs=10.0, max_steps=3000, batch_size=32, lr=1e-3, warmup_ratio=0.05,
+                                        min_lr_ratio=0.05, seed=0))
+QUICK_BUILD = ToyBuild(init="scratch", problems=150, slip_rates=(0.15, 0.3), max_ops=4, hidden_size=48,
+                       num_layers=2, num_heads=2, intermediate_size=96, max_positions=256,
+                       train=TrainConfig(epochs=1.0, batch_size=16, lr=3e-3, warmup_ratio=0.1, seed=0),
+                       eval_traces=0)
+FULL_PPRM_BUILD = ToyBuild(init="prm", problems=1500, samples=6, slip_rates=(0.15, 0.3),
+                           train=TrainConfig(epochs=1.0, max_steps=200, batch_size=16, lr=1e-3, warmup_ratio=0.05,
+                                             min_lr_ratio=0.05, seed=0))
+QUICK_PPRM_BUILD = dataclasses.replace(QUICK_BUILD, init="prm", problems=40, samples=6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+
+
+def _training_records(build: ToyBuild) -> list[dict]:
+    from prm.data import ToyDataConfig, branch_traces, single_step_traces, toy_problems, toy_records, toy_step_records
+
+    config = ToyDataConfig(problems=max(1, build.problems), samples=build.samples, min_ops=build.min_ops,
+                           max_ops=build.max_ops, max_operand=build.max_operand, max_value=build.max_value,
+                           slip_rates=build.slip_rates, seed=build.data_seed)
+    arith = (build.min_ops, build.max_ops, build.max_operand, build.max_value)
+    records = toy_step_records(config) if build.problems else []
+    for count, salt, isolate in ((build.fact_problems, 555, True), (build.single_problems, 556, False)):
+        if count:
+            problems = [p["problem"] for p in toy_problems(count, build.data_seed + salt * 1009, *arith)]
+            records += toy_records(single_step_traces(problems, seed=build.data_seed + salt, isolate=isolate,
+                                                      wrong_fraction=build.wrong_fraction,
+                                                      copy_fraction=build.copy_fraction))
+    if build.branch_problems:
+        problems = toy_problems(build.branch_problems, build.data_seed + 104729, *arith)
+        records += toy_records(branch_traces([p["problem"] for p in problems], seed=build.data_seed))
+    if build.policy_problems:
+        from mcts.envs.tiny_models import load_toy_policy
+
+        policy = load_toy_policy(seed=build.data_seed, device="cpu", progress=False)
+        tiny = dataclasses.replace(config, problems=build.policy_problems, samples=1, seed=build.data_seed + 7919)
+        records += toy_step_records(tiny, policy)
+    return records
+
+
+def _eval_records(build: ToyBuild) -> list[dict]:
+    from prm.data import ToyDataConfig, toy_step_records
+
+    config = ToyDataConfig(problems=max(1, build.eval_traces // 4), samples=4, min_ops=build.min_ops,
+                           max_ops=build.max_ops, max_operand=build.max_operand, max_value=build.max_value,
+                           slip_rates=(0.05,), seed=EVAL_SEED)
+    return toy_step_records(config)[:build.eval_traces]
+
+
+def dense_labels(problem: str, steps: Sequence[str], labels: Sequence[int], ends: Sequence[int],
+                 num_tokens: int, weight: float) -> tuple[list[float], list[float]]:
+    """Per-token labels and loss weights of a toy trace (the PRM's token layout, one token per character).
+
+    A token of a step is labelled 1 while the step (up to and including that character) still
+    agrees with the canonical step of its state (`mcts.policy.toy.current_expression`), and 0
+    from the first character where it does not; every token of a step after a wrong one is 0
+    (its state is off). Step ends keep the oracle's label and weight 1; the other step tokens
+    weigh `weight`; the problem's tokens weigh 0.
+
+    Args:
+        problem, steps, labels: the trace and its oracle labels.
+        ends: [K] index of each step's last token.
+        num_tokens: the row's length.
+        weight: loss weight of the tokens inside steps.
+
+    Returns:
+        (labels, weights), both [num_tokens]; positions of weight 0 are labelled `IGNORE_INDEX`.
+    """
+    from mcts.envs.arith import DELIMITER, answer_step, reduce_once, reduction_step
+    from mcts.policy.base import Prefix
+    from mcts.policy.toy import current_expression
+    from prm.model import IGNORE_INDEX
+
+    out = [IGNORE_INDEX] * num_tokens
+    weights = [0.0] * num_tokens
+    wrong_before = False
+    for k, (step, label, end) in enumerate(zip(steps, labels, ends)):
+        text = step if step.endswith(DELIMITER) else step + DELIMITER
+        start = end - len(text) + 1
+        if wrong_before:
+            agree = 0
+        elif label:
+            agree = len(text)
+        else:
+            try:
+                expr = current_expression(Prefix(problem, tuple(steps[:k])))
+            except ValueError:
+                expr = None
+            red = reduce_once(expr) if expr is not None else None
+            canonical = "" if expr is None else (answer_step(expr) if red is None else reduction_step(
+                red.a, red.op, red.b, red.result, red.after)) + DELIMITER
+            agree = next((i for i, (x, c) in enumerate(zip(text, canonical)) if x != c), min(len(text), len(canonical)))
+            agree = min(agree, len(text) - 1)
+        for t in range(max(start, 0), end):
+            out[t] = 1.0 if t - start < agree else 0.0
+            weights[t] = weight
+        out[end], weights[end] = float(label), 1.0
+        wrong_before = wrong_before or not label
+    return out, weights
+
+
+def lm_labels(ids: Sequence[int], labels: Sequence[int], ends: Sequence[int], steps: Sequence[str],
+              delimiter: str) -> list[int]:
+    """Next-token targets of a row: the tokens of its correct steps (each predicted from the one
+    before), -100 elsewhere (the problem, wrong steps and the steps after them)."""
+    out = [-100] * len(ids)
+    for step, label, end in zip(steps, labels, ends):
+        if not label:
+            break
+        start = end - len(step if step.endswith(delimiter) else step + delimiter) + 1
+        for t in range(max(start, 1), end + 1):
+            out[t - 1] = ids[t]
+    return out
+
+
+def _rows(model, records: Sequence[dict], build: ToyBuild) -> list[dict]:
+    """Training rows: step-end labels, plus dense labels and next-token targets when the build asks."""
+    from prm.model import IGNORE_INDEX
+    from prm.train import encode_step_rows
+
+    rows = encode_step_rows(model, records, target="labels", mode="prm", max_length=model.max_length)
+    if not (build.dense_weight or build.lm_weight):
+        return rows
+    for row, record in zip(rows, records):
+        ends = [i for i, y in enumerate(row["labels"]) if y != IGNORE_INDEX]
+        if len(ends) != len(record["steps"]):  # cut by max_length: keep the step-end labels only
+            continue
+        if build.dense_weight:
+            row["labels"], row["weights"] = dense_labels(record["problem"], record["steps"], record["labels"], ends,
+                                                         len(row["input_ids"]), build.dense_weight)
+        if build.lm_weight:
+            row["lm_labels"] = lm_labels(row["input_ids"], record["labels"], ends, record["steps"],
+                                         model.config.delimiter)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+
+
+def grow_backbone(model, extra_layers: int, seed: int = 0) -> None:
+    """Adds `extra_layers` blocks on top of a Llama-like backbone (in place), their attention and MLP
+    output projections zero: each new block starts as the identity, so the model starts as before.
+
+    Args:
+        model: a `PRM` whose backbone has `.layers`, `.config.num_hidden_layers` and a constructor
+            taking its config (LlamaModel and its kin).
+        extra_layers: how many blocks.
+        seed: seed of the new blocks' other weights.
+    """
+    import torch
+
+    if extra_layers <= 0:
+        return
+    old = model.backbone
+    config = old.config.__class__.from_dict(old.config.to_dict())
+    depth = config.num_hidden_layers
+    config.num_hidden_layers = depth + extra_layers
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = type(old)(config)
+    missing = new.load_state_dict(old.state_dict(), strict=False).missing_keys
+    if any(not k.startswith(tuple(f"layers.{i}." for i in range(depth, depth + extra_layers))) for k in missing):
+        raise ValueError(f"growing the backbone lost weights other than the new blocks': {missing[:3]}")
+    for layer in new.layers[depth:]:
+        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
+        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
+    model.backbone = new.to(old.device)
+
+
+class AuxLMLoss:
+    """`train_rows`' loss_fn for a toy PRM: the masked value loss (weighted step ends and dense
+    labels) plus `weight` times the next-token loss on a batch's `lm_labels`, read at block `layer`
+    (the policy's depth: a grown backbone has blocks above it) through the backbone's final norm
+    and the tied input embedding."""
+
+    def __init__(self, loss: str, weight: float, layer: int):
+        self.loss, self.weight, self.layer = loss, weight, layer
+
+    def __call__(self, model, batch) -> "torch.Tensor":
+        import torch.nn.functional as F
+
+        from prm.train import masked_loss
+
+        prm = getattr(model, "module", model)  # unwrapped under DDP
+        want_lm = self.weight > 0 and "lm_labels" in batch
+        out = prm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           output_hidden_states=want_lm, use_cache=False)
+        logits = prm.head(out.last_hidden_state.float()).squeeze(-1)
+        value = masked_loss(logits, batch["labels"], self.loss, batch.get("weights"))
+        if not want_lm:
+            return value
+        hidden = out.hidden_states[self.layer]
+        if self.layer < prm.backbone.config.num_hidden_layers:
+            hidden = prm.backbone.norm(hidden)  # the last entry is normed already
+        lm = hidden.float() @ prm.backbone.get_input_embeddings().weight.float().T
+        return value + self.weight * F.cross_entropy(lm.flatten(0, 1), batch["lm_labels"].flatten(), ignore_index=-100)
+
+
+def _scratch_prm(build: ToyBuild, mode: str):
+    import torch
+    from transformers import LlamaConfig, LlamaModel
+
+    from mcts.envs.tiny_models import build_char_tokenizer
+    from prm.model import PRM, PRMConfig
+    from prm.pairwise import PPRM
+
+    tokenizer = build_char_tokenizer(build.max_positions)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=build.hidden_size,
+                         intermediate_size=build.intermediate_size, num_hidden_layers=build.num_layers,
+                         num_attention_heads=build.num_heads, num_key_value_heads=build.num_heads,
+                         max_position_embeddings=build.max_positions, rope_theta=10000.0,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(build.train.seed)
+        cls = PPRM if mode == "pairwise" else PRM
+        return cls(LlamaModel(config), tokenizer, PRMConfig(mode=mode, delimiter="\n"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builds
+
+
+def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progress: bool = True,
+                  replace: bool = False, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Trains a toy PRM and saves it into `out` (atomically), with `train_info.json`.
+
+    Args:
+        out: the destination folder.
+        build: data, model and training settings.
+        progress: show progress bars.
+        replace: replace an existing `out` (else the existing folder is kept and returned).
+        cache_dir: cache root of the tiny policy (for init="policy").
+
+    Returns:
+        `out`.
+    """
+    from mcts.envs.arith import DELIMITER
+    from prm.eval import step_metrics
+    from prm.train import load_model_for, train_rows
+
+    out = Path(out).expanduser()
+    if out.exists() and not replace:
+        return out
+    started = time.perf_counter()
+    records = _training_records(build)
+    if build.init in ("policy", "prm"):  # "prm" makes no sense for a PRM: its own source is the policy
+        from mcts.envs.tiny_models import ensure_toy_policy
+
+        model = load_model_for("prm", ensure_toy_policy(cache_dir, progress=progress), delimiter=DELIMITER,
+                               seed=build.train.seed)
+    else:
+        model = _scratch_prm(build, "prm")
+    policy_depth = model.backbone.config.num_hidden_layers
+    grow_backbone(model, build.extra_layers, seed=build.train.seed)
+    rows = _rows(model, records, build)
+    data_seconds = time.perf_counter() - started
+    loss = build.train.loss or "bce"
+    loss_fn = AuxLMLoss(loss, build.lm_weight, policy_depth) if build.lm_weight else None
+    info = train_rows(model, rows, build.train, loss=loss, pad_id=model.pad_id, progress=progress,
+                      seconds=build.seconds, desc="training the toy PRM", loss_fn=loss_fn)
+    metrics = step_metrics(model, _eval_records(build)) if build.eval_traces else {}
+    data = {"traces": len(records), "steps": sum(len(r["steps"]) for r in records),
+            "wrong_steps": sum(r["labels"].count(0) for r in records), "seconds": round(data_seconds, 1)}
+    _save(out, model, build, "treesearch toy prm", data, info, metrics, replace)
+    return out
+
+
+def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *, progress: bool = True,
+                   replace: bool = False, cache_dir: str | os.PathLike | None = None,
+                   prm_dir: str | os.PathLike | None = None, quick: bool = False) -> Path:
+    """Trains a toy PPRM on (correct, wrong) trace pairs and saves it into `out` (atomically).
+
+    With init="prm" the backbone starts from the toy PRM's (`prm_dir`, default
+    `ensure_toy_prm(cache_dir, quick=quick)`), which already tells wrong steps from right ones;
+    "policy" starts from the tiny policy, "scratch" from a fresh model.
+    """
+    from prm.data import pair_records
+    from prm.eval import pairwise_metrics
+    from prm.train import encode_pair_rows, load_model_for, train_rows
+
+    out = Path(out).expanduser()
+    if out.exists() and not replace:
+        return out
+    started = time.perf_counter()
+    pairs = pair_records(_training_records(build), max_pairs_per_problem=4, seed=build.data_seed)
+    data_seconds = time.perf_counter() - started
+    if build.init == "prm":
+        source = prm_dir or ensure_toy_prm(cache_dir, quick=quick, progress=progress)
+        model = load_model_for("pprm", source, seed=build.train.seed)
+    elif build.init == "policy":
+        from mcts.envs.tiny_models import ensure_toy_policy
+
+        model = load_model_for("pprm", ensure_toy_policy(cache_dir, progress=progress), seed=build.train.seed)
+    else:
+        model = _scratch_prm(build, "pairwise")
+    rows = encode_pair_rows(model, pairs, max_length=model.max_length)
+    info = train_rows(model, rows, build.train, loss="bce", pad_id=model.pad_id, progress=progress,
+                      seconds=build.seconds, desc="training the toy PPRM")
+    metrics = {}
+    if build.eval_traces:
+        held_out = pair_records(_eval_records(build), max_pairs_per_problem=4, seed=EVAL_SEED)
+        metrics = pairwise_metrics(model, held_out)
+    data = {"traces": len(pairs), "pairs": len(pairs), "seconds": round(data_seconds, 1)}
+    _save(out, model, build, "treesearch toy pprm", data, info, metrics, replace)
+    return out
+
+
+def _save(out: Path, model, build: ToyBuild, kind: str, data: dict, info: dict, metrics: dict, replace: bool) -> None:
+    from prm.train import save_atomic
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        record = {"format_version": FORMAT_VERSION, "kind": kind, "build": dataclasses.asdict(build),
+                  "data": data, "training": info, "eval": metrics}
+        (tmp / TRAIN_INFO).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+    try:
+        save_atomic(out, write, overwrite=replace)
+    except Exception:
+        if not replace and out.exists():
+            return  # another build finished first: keep it
+        raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cache
+
+
+def toy_cache_dir(kind: str = "prm", quick: bool = False, root: str | os.PathLike | None = None) -> Path:
+    """`<root>/toy-<kind>-v<FORMAT_VERSION>` (`toy-<kind>-quick-v...` for the quick build), root being
+    `$TREESEARCH_CACHE` or `~/.cache/treesearch` (beside the tiny policy's folder)."""
+    if kind not in ("prm", "pprm"):
+        raise ValueError(f"kind must be 'prm' or 'pprm', got {kind!r}")
+    if root is None:
+        root = os.environ.get("TREESEARCH_CACHE") or Path.home() / ".cache" / "treesearch"
+    return Path(root).expanduser() / (f"toy-{kind}-quick-v{FORMAT_VERSION}" if quick else f"toy-{kind}-v{FORMAT_VERSION}")
+
+
+def _valid(folder: Path) -> bool:
+    try:
+        record = json.loads((folder / TRAIN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format_version") == FORMAT_VERSION and \
+        (folder / "prm_config.json").is_file()
+
+
+def _ensure(kind: str, cache_dir, quick: bool, progress: bool) -> Path:
+    from filelock import FileLock
+
+    folder = toy_cache_dir(kind, quick, cache_dir)
+    if _valid(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if _valid(folder):
+            return folder
+        if folder.exists():
+            raise RuntimeError(f"{folder} exists but holds no toy {kind} of format version {FORMAT_VERSION} "
+                               f"(no valid {TRAIN_INFO}); delete it or choose another cache_dir")
+        what = f"the quick toy {kind.upper()} (seconds)" if quick else \
+            f"the toy-world {kind.upper()} (once; a few minutes on 2 CPU cores)"
+        print(f"treesearch: building {what} into {folder}", file=sys.stderr, flush=True)
+        if kind == "prm":
+            build_toy_prm(folder, QUICK_BUILD if quick else FULL_BUILD, progress=progress, cache_dir=cache_dir)
+        else:
+            build_toy_pprm(folder, QUICK_PPRM_BUILD if quick else FULL_PPRM_BUILD, progress=progress,
+                           cache_dir=cache_dir, quick=quick)
+    return folder
+
+
+def ensure_toy_prm(cache_dir: str | os.PathLike | None = None, *, quick: bool = False,
+                   progress: bool = True) -> Path:
+    """The toy PRM's folder, built on first use.
+
+    Args:
+        cache_dir: the cache root (default `$TREESEARCH_CACHE` or `~/.cache/treesearch`); the model
+            is its `toy-prm-v<version>` (or `toy-prm-quick-v<version>`) folder.
+        quick: the quick variant (a small model trained from scratch in seconds: for tests).
+        progress: show progress bars.
+
+    Returns:
+        The folder, ready for `prm.model.PRM.from_pretrained` (and `--prm` of `python -m mcts.search`).
+    """
+    return _ensure("prm", cache_dir, quick, progress)
+
+
+def ensure_toy_pprm(cache_dir: str | os.PathLike | None = None, *, quick: bool = False,
+                    progress: bool = True) -> Path:
+    """The toy PPRM's folder, built on first use (after the toy PRM, whose backbone it starts from)."""
+    return _ensure("pprm", cache_dir, quick, progress)
+
+
+def load_toy_prm(cache_dir=None, *, quick: bool = False, device=None, **overrides):
+    """The toy PRM as a `PRM` (built on first use)."""
+    from prm.model import PRM
+
+    return PRM.from_pretrained(ensure_toy_prm(cache_dir, quick=quick), device=device, **overrides)
+
+
+def load_toy_pprm(cache_dir=None, *, quick: bool = False, device=None, **overrides):
+    """The toy PPRM as a `PPRM` (built on first use)."""
+    from prm.pairwise import PPRM
+
+    return PPRM.from_pretrained(ensure_toy_pprm(cache_dir, quick=quick), device=device, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line: python -m prm.toy build [--pprm] [--quick] [--out DIR]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prm.toy", description="Build the toy world's PRM or PPRM.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="train and save (replacing the folder)")
+    build.add_argument("--pprm", action="store_true", help="the pairwise model instead of the PRM")
+    build.add_argument("--quick", action="store_true", help="the quick variant")
+    build.add_argument("--out", help="folder (default: the cache folder)")
+    build.add_argument("--seconds", type=float, help="train for about this many seconds")
+    build.add_argument("--init", choices=("policy", "prm", "scratch"), help="starting weights")
+    build.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    from prm.train import main as train_main
+
+    forwarded = ["--toy", "--kind", "pprm" if args.pprm else "prm"]
+    for flag, value in (("--out", args.out), ("--seconds", args.seconds), ("--init", args.init)):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    forwarded += ["--quick"] * args.quick + ["--no-progress"] * args.no_progress
+    return train_main(forwarded)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

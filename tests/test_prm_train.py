@@ -1,0 +1,291 @@
+"""Training: batching and loss (pure), a smoke run, checkpoint/resume, the CLIs, the quick toy build."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from mcts.policy.base import Prefix  # noqa: E402
+from prm.data import ToyDataConfig, toy_step_records  # noqa: E402
+from prm.model import IGNORE_INDEX, PRM  # noqa: E402
+from prm.train import (  # noqa: E402
+    TrainConfig,
+    batch_order,
+    collate,
+    encode_step_rows,
+    main,
+    masked_loss,
+    train_rows,
+)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure parts
+
+
+def test_batch_order_covers_every_row_once_per_epoch_grouped_by_length():
+    lengths = [(i * 37) % 101 for i in range(300)]
+    batches = batch_order(lengths, batch_size=8, epochs=2, seed=0, pool_batches=10)
+    per_epoch = len(batches) // 2
+    for epoch in range(2):
+        seen = sorted(i for b in batches[epoch * per_epoch:(epoch + 1) * per_epoch] for i in b)
+        assert seen == list(range(300))
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 25  # random batches of 8 from 0..100 spread ~ 78
+    assert batch_order(lengths, 8, 2, seed=0, pool_batches=10) == batches
+    assert batch_order(lengths, 8, 2, seed=1, pool_batches=10) != batches
+    half = batch_order(lengths, 8, 1.5, seed=0, pool_batches=10)
+    assert len(half) == per_epoch + round(per_epoch / 2)
+
+
+def test_collate_pads_right_and_masks_labels():
+    rows = [{"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, IGNORE_INDEX, 1.0]},
+            {"input_ids": [5], "labels": [0.0]}]
+    batch = collate(rows, pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, IGNORE_INDEX, 1.0], [0.0, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_masked_loss_sees_only_labelled_positions():
+    labels = torch.tensor([[IGNORE_INDEX, 1.0, IGNORE_INDEX], [0.0, IGNORE_INDEX, IGNORE_INDEX]])
+    logits = torch.tensor([[5.0, 0.0, -3.0], [0.0, 9.0, 9.0]], requires_grad=True)
+    bce = masked_loss(logits, labels, "bce")
+    assert bce.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())  # both logits 0
+    bce.backward()
+    assert logits.grad[0, 0] == 0 and logits.grad[0, 2] == 0 and logits.grad[1, 1:].abs().sum() == 0
+    other = logits.detach().clone()
+    other[0, 0], other[1, 2] = -50.0, 50.0  # unlabelled positions
+    assert masked_loss(other, labels, "bce").item() == pytest.approx(bce.item())
+    assert masked_loss(logits.detach(), labels, "mse").item() == pytest.approx(0.25)  # sigmoid 0.5 vs 1, 0
+    nothing = torch.full((1, 2), IGNORE_INDEX)
+    assert masked_loss(torch.zeros(1, 2, requires_grad=True), nothing, "bce").item() == 0.0
+
+
+def test_per_position_weights():
+    rows = [{"input_ids": [5, 6], "labels": [1.0, 0.0], "weights": [3.0, 1.0]}, {"input_ids": [5], "labels": [1.0]}]
+    batch = collate(rows, pad_id=0)
+    assert batch["weights"].tolist() == [[3.0, 1.0], [1.0, 0.0]]  # a row without weights: 1 where labelled
+    logits = torch.tensor([[0.0, 0.0], [2.0, -7.0]])
+    per = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor([0.0, 0.0, 2.0]), torch.tensor([1.0, 0.0, 1.0]), reduction="none")
+    expected = (3 * per[0] + per[1] + per[2]) / 5
+    assert masked_loss(logits, batch["labels"], "bce", batch["weights"]).item() == pytest.approx(expected.item())
+    assert "weights" not in collate(rows[1:], pad_id=0)
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="hinge")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig(epochs=0)
+    with pytest.raises(ValueError, match="warmup_ratio"):
+        TrainConfig(warmup_ratio=1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# With a tiny random model
+
+
+@pytest.fixture(scope="module")
+def backbone_dir(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mcts.envs.tiny_models import build_char_tokenizer
+
+    tok = build_char_tokenizer(512)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("backbone")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def records():
+    return toy_step_records(ToyDataConfig(problems=60, samples=1, slip_rates=(0.3,), max_ops=3, seed=5))
+
+
+FAST = TrainConfig(epochs=4, batch_size=16, lr=3e-3, head_lr=3e-2, warmup_ratio=0.1, num_threads=1, device="cpu")
+
+
+def test_training_reduces_the_loss_and_changes_parameters(backbone_dir, records):
+    model = PRM.from_backbone(backbone_dir, device="cpu")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    rows = encode_step_rows(model, records, target="labels", mode="prm")
+    info = train_rows(model, rows, FAST, loss="bce", pad_id=model.pad_id, progress=False)
+    assert info["steps"] == 16 and info["rows"] == 60
+    assert info["final_loss"] < info["first_loss"]
+    changed = [n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert "head.weight" in changed and any(n.startswith("backbone.") for n in changed)
+    assert not model.training
+    assert all(0 <= v <= 1 for v in model.score_traces([Prefix(records[0]["problem"], tuple(records[0]["steps"]))])[0])
+
+
+def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(backbone_dir, records, tmp_path):
+    config = dataclasses.replace(FAST, epochs=1, max_steps=4, save_every=2)
+
+    def fresh():
+        model = PRM.from_backbone(backbone_dir, device="cpu", seed=1)
+        return model, encode_step_rows(model, records, target="values", mode="prm")
+
+    whole, rows = fresh()
+    info = train_rows(whole, rows, config, loss="mse", pad_id=whole.pad_id, checkpoint_dir=tmp_path / "ck",
+                      progress=False)
+    assert info["steps"] == 4
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["step-2", "step-4"]
+    import shutil
+
+    shutil.rmtree(tmp_path / "ck" / "step-4")  # as if the run had died after step 2
+    resumed, rows = fresh()
+    info = train_rows(resumed, rows, config, loss="mse", pad_id=resumed.pad_id, checkpoint_dir=tmp_path / "ck",
+                      resume=True, progress=False)
+    assert info["steps"] == 4
+    for (n, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), n
+    other = dataclasses.replace(config, batch_size=8)
+    from prm.train import TrainError
+
+    with pytest.raises(TrainError, match="other data or settings"):
+        train_rows(fresh()[0], rows, other, loss="mse", pad_id=0, checkpoint_dir=tmp_path / "ck", resume=True,
+                   progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command lines
+
+
+def _write(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def test_train_and_eval_cli(backbone_dir, records, tmp_path, capsys):
+    data = _write(tmp_path / "train.jsonl", records[:40])
+    held = _write(tmp_path / "held.jsonl", records[40:])
+    out = tmp_path / "prm-out"
+    args = ["--data", str(data), "--backbone", str(backbone_dir), "--out", str(out), "--epochs", "1",
+            "--batch-size", "8", "--lr", "1e-3", "--num-threads", "1", "--device", "cpu", "--no-progress",
+            "--eval-data", str(held), "--save-every", "2"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "eval step_auc" in printed and "final loss" in printed
+    assert (out / "prm_config.json").is_file() and (out / "train_info.json").is_file()
+    assert not (tmp_path / "prm-out.checkpoints").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folders left
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["target"] == "labels" and info["training"]["loss"] == "bce" and info["training"]["steps"] == 5
+
+    assert main(args) == 2  # --out exists
+    assert "--overwrite" in capsys.readouterr().err
+
+    from prm.eval import main as eval_main
+
+    assert eval_main(["--data", str(held), "--prm", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["traces"] == 20 and 0 <= result["step_auc"] <= 1 and 0 <= result["first_error_acc"] <= 1
+
+    # a saved PRM goes on training (its head kept); an ORM on soft values
+    orm_out = tmp_path / "orm-out"
+    assert main(["--data", str(data), "--backbone", str(out), "--out", str(orm_out), "--kind", "orm",
+                 "--target", "values", "--epochs", "1", "--batch-size", "8", "--no-progress", "--device", "cpu"]) == 0
+    orm = json.loads((orm_out / "prm_config.json").read_text())
+    assert orm["mode"] == "orm" and json.loads((orm_out / "train_info.json").read_text())["training"]["loss"] == "mse"
+
+
+def test_bad_data_exits_2_and_writes_nothing(backbone_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"problem": "1 + 1", "steps": ["a", "b"], "labels": [1]}) + "\n")
+    out = tmp_path / "never"
+    assert main(["--data", str(bad), "--backbone", str(backbone_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:1: field 'labels': 1 labels for 2 steps" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
+    assert main(["--data", str(tmp_path / "missing.jsonl"), "--backbone", str(backbone_dir),
+                 "--out", str(out)]) == 2
+    good = _write(tmp_path / "good.jsonl", [{"problem": "1 + 1", "steps": ["a"], "labels": [1]}])
+    capsys.readouterr()
+    assert main(["--data", str(good), "--backbone", str(tmp_path / "nobackbone"), "--out", str(out)]) == 2
+    assert "nobackbone" in capsys.readouterr().err and not out.exists()
+
+
+def test_quick_toy_build_is_cached_and_evaluates(tmp_path, capsys):
+    from prm.eval import main as eval_main
+    from prm.toy import ensure_toy_pprm, ensure_toy_prm, toy_cache_dir
+
+    folder = ensure_toy_prm(tmp_path, quick=True, progress=False)
+    assert folder == toy_cache_dir("prm", True, tmp_path)
+    stamp = (folder / "train_info.json").stat().st_mtime_ns
+    assert ensure_toy_prm(tmp_path, quick=True) == folder
+    assert (folder / "train_info.json").stat().st_mtime_ns == stamp  # not rebuilt
+    prm = PRM.from_pretrained(folder, device="cpu")
+    assert 0 <= prm.score([Prefix("1 + 2")], ["1 + 2 = 3, so 3\n"])[0] <= 1
+    pfolder = ensure_toy_pprm(tmp_path, quick=True, progress=False)
+    capsys.readouterr()
+    assert eval_main(["--prm", str(folder), "--pprm", str(pfolder), "--toy", "40", "--seed", "3", "--json",
+                      "--slip-rate", "0.3"]) == 0
+    result = json.loads(capsys.readouterr().out.strip())
+    assert {"step_auc", "first_error_acc", "pairwise_acc"} <= set(result)
+    assert result["traces"] == 40
+
+
+# ---------------------------------------------------------------------------------------------------
+# The toy build's training aids (prm.toy): dense labels, next-token targets, a grown backbone
+
+
+def test_dense_labels_flip_at_the_first_character_that_leaves_the_canonical_step():
+    from prm.toy import dense_labels, lm_labels
+
+    problem = "3 + 4 * 2"
+    wrong = ["4 * 2 = 9, so 3 + 9\n", "3 + 9 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
+    head = len(problem) + 2  # <bos>, the problem, its newline: one token per character
+    ends, at = [], head - 1
+    for s in wrong:
+        at += len(s)
+        ends.append(at)
+    labels, weights = dense_labels(problem, wrong, [0, 0, 0], ends, ends[-1] + 1, 0.3)
+    first = labels[head:ends[0] + 1]
+    assert first == [1.0] * 8 + [0.0] * (len(wrong[0]) - 8)  # "4 * 2 = " agrees, "9" does not
+    assert set(labels[ends[0] + 1:]) == {0.0}  # everything after a wrong step
+    assert labels[:head] == [IGNORE_INDEX] * head and weights[:head] == [0.0] * head
+    assert [weights[e] for e in ends] == [1.0] * 3 and weights[head] == 0.3
+    right = ["4 * 2 = 8, so 3 + 8\n", "3 + 8 = 11, so 11\n", "The answer is \\boxed{11}.\n"]
+    labels, _ = dense_labels(problem, right, [1, 1, 1], ends, ends[-1] + 1, 0.3)
+    assert set(labels[head:]) == {1.0}
+    ids = list(range(ends[-1] + 1))
+    lm = lm_labels(ids, [1, 0, 0], ends, wrong, "\n")
+    assert lm[head - 1:ends[0]] == ids[head:ends[0] + 1] and set(lm[ends[0]:]) == {-100}
+    assert lm[:head - 1] == [-100] * (head - 1)
+
+
+def test_grown_backbone_starts_as_the_original_and_trains_with_the_next_token_loss(backbone_dir, records):
+    from prm.toy import AuxLMLoss, FULL_BUILD, _rows, grow_backbone
+
+    model = PRM.from_backbone(backbone_dir, device="cpu")
+    prefixes = [Prefix(r["problem"], tuple(r["steps"])) for r in records[:4]]
+    before = model.score_traces(prefixes)
+    grow_backbone(model, 2, seed=0)
+    assert model.backbone.config.num_hidden_layers == 3
+    after = model.score_traces(prefixes)
+    assert all(a == pytest.approx(b, abs=1e-6) for x, y in zip(before, after) for a, b in zip(x, y))
+    rows = _rows(model, records, dataclasses.replace(FULL_BUILD, dense_weight=0.3, lm_weight=1.0))
+    assert all("weights" in r and "lm_labels" in r for r in rows)
+    old = {n: p.detach().clone() for n, p in model.named_parameters()}
+    info = train_rows(model, rows, dataclasses.replace(FAST, epochs=2), loss="bce", pad_id=model.pad_id,
+                      progress=False, loss_fn=AuxLMLoss("bce", 1.0, layer=1))
+    assert info["final_loss"] < info["first_loss"]
+    new = dict(model.named_parameters())
+    assert not torch.equal(old["backbone.layers.2.mlp.down_proj.weight"], new["backbone.layers.2.mlp.down_proj.weight"])
