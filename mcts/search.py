@@ -28,12 +28,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from mcts.core import EXPANDED, PRUNED, TERMINAL, Forest, backup, expand, select
-from mcts.grading import extract_answer, is_equivalent, normalize
+from mcts.grading import extract_answer, normalize
 from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 
 __all__ = [
@@ -66,7 +66,7 @@ TREE_RULES: dict[str, TreeRules] = {
 }
 BASELINE_NAMES = ("greedy", "best_of_n", "self_consistency", "weighted_self_consistency", "beam")
 ALGORITHMS = (*TREE_RULES, *BASELINE_NAMES)
-ANSWER_SELECTIONS = ("max_value", "weighted_vote", "majority")
+ANSWER_SELECTIONS = ("max_value", "weighted_vote", "majority", "ebc")
 LEAF_VALUES = ("mean", "max")
 PRIORS = ("length_normalized", "sequence", "uniform")
 STEP_AGGREGATES = ("min", "last", "mean", "prod")
@@ -99,8 +99,9 @@ class SearchConfig:
     stop_value: float | None = dataclasses.field(default=None, metadata=_help(
         "stop a tree once a finished answer's step value reaches this; None: never early"))
     answer_selection: str | None = dataclasses.field(default=None, metadata=_help(
-        f"how the answer is chosen among finished traces: {', '.join(ANSWER_SELECTIONS)}; None: "
-        "the algorithm's own (max_value for trees, best_of_n and beam; majority for "
+        f"how the answer is chosen among finished traces: {', '.join(ANSWER_SELECTIONS)} (Enhanced "
+        "Borda Count over a pairwise PPRM's preferences and the candidates' values: needs --pprm); "
+        "None: the algorithm's own (max_value for trees, best_of_n and beam; majority for "
         "self_consistency; weighted_vote for weighted_self_consistency)"))
     leaf_value: str = dataclasses.field(default="mean", metadata=_help(
         "value backed up from a freshly expanded leaf: 'mean' (prior-weighted mean of its "
@@ -191,15 +192,32 @@ class SearchResult:
         return dataclasses.asdict(self)
 
 
-def choose_answer(candidates: Sequence[Candidate], rule: str) -> tuple[Candidate | None, float]:
+def choose_answer(candidates: Sequence[Candidate], rule: str, *, problem: str | None = None,
+                  judge=None) -> tuple[Candidate | None, float]:
     """The chosen solution among finished candidates, and its score under `rule`.
 
     max_value: the candidate with the highest value (first on ties).
     weighted_vote: answers are grouped by their normalised spelling; the group with the largest
       sum of values wins (its best candidate is returned, the score is its share of the total).
     majority: as weighted_vote with every value counted as 1.
+    ebc: Enhanced Borda Count (LLaMA-Berry): `judge.select(problem, candidates)`, where `judge` is
+      the search's scorer loaded with a PPRM (`load_scorer(..., pprm=...)`, a `prm.ebc.EBCScorer`);
+      it combines the PPRM's Borda score with each candidate's value (its local Q); the score is
+      the chosen candidate's global quality.
     Candidates without an answer only win when no candidate states one.
+
+    Args:
+        candidates: the finished solutions of one problem.
+        rule: one of ANSWER_SELECTIONS.
+        problem: the problem text (read by the PPRM; needed by "ebc" only).
+        judge: anything with `select(problem, candidates) -> (Candidate | None, float)` (needed by
+            "ebc" only; the scorer of the search).
     """
+    if rule == "ebc":
+        if problem is None or not callable(getattr(judge, "select", None)):
+            raise ValueError("answer_selection 'ebc' needs the problem text and a scorer loaded with a "
+                             "pairwise PPRM (--pprm DIR|tiny; mcts.search.load_scorer(prm, pprm=...))")
+        return judge.select(problem, candidates)
     if not candidates:
         return None, 0.0
     answered = [c for c in candidates if c.answer is not None]
@@ -636,15 +654,26 @@ def make_parser() -> argparse.ArgumentParser:
     models.add_argument("--model", default="tiny", help="the policy: a local transformers model folder, "
                         "'tiny' (the toy world's tiny transformer, built on first use) or 'scripted' "
                         "(the toy world's scripted policy)")
-    models.add_argument("--prm", default="oracle", help="the scorer: a local PRM folder or 'oracle' "
+    models.add_argument("--prm", default="oracle", help="the scorer: a local PRM folder, 'tiny' (the toy "
+                        "world's trained PRM, built on first use: python -m prm.toy build) or 'oracle' "
                         "(the toy world's oracle, with --oracle-noise)")
     models.add_argument("--oracle-noise", type=float, default=0.1,
                         help="probability that the oracle PRM flips a step's score")
+    models.add_argument("--pprm", default=None, help="a pairwise PPRM folder or 'tiny' (the toy world's, "
+                        "built on first use): the judge of --answer-selection ebc")
+    models.add_argument("--ebc-alpha", type=float, default=0.5, help="--answer-selection ebc: weight of the "
+                        "normalised Borda score against the candidates' values (in [0, 1])")
     models.add_argument("--backend", default="hf", choices=POLICY_BACKENDS,
                         help="what runs --model: hf (transformers, CPU or GPU) or vllm (pip install -e .[vllm])")
     models.add_argument("--device", default=None, help="torch device of the models (default: cuda if "
                         "available, else cpu)")
     models.add_argument("--max-new-tokens", type=int, default=None, help="most tokens in one step")
+    models.add_argument("--tensor-parallel-size", type=int, default=None,
+                        help="--backend vllm: GPUs one engine shards the model over")
+    models.add_argument("--dtype", default=None, help="--backend vllm: weights' dtype (auto, float16, "
+                        "bfloat16, float32)")
+    models.add_argument("--gpu-memory-utilization", type=float, default=None,
+                        help="--backend vllm: fraction of the GPU's memory the engine may take")
     models.add_argument("--delimiter", default=None, help="the step delimiter of --model DIR, as a Python "
                         "string literal (default: what the folder declares, else '\\n\\n')")
     search = parser.add_argument_group("search (shared by every algorithm, for equal budgets)")
@@ -660,7 +689,16 @@ def make_parser() -> argparse.ArgumentParser:
                 field.type, type(field.default))
             search.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"])
     search.add_argument("--batch", type=int, default=16, help="problems searched together (trees per forest)")
-    search.add_argument("--seed", type=int, default=0, help="seed of the policy's sampling and the oracle's noise")
+    search.add_argument("--seed", type=int, default=0, help="seed of the run: batch k's policy sampling is "
+                        "seeded from (seed, k), the oracle's noise from seed")
+    where = parser.add_argument_group("where the search runs (mcts.executor)")
+    where.add_argument("--executor", default="local", choices=("local", "ray"), help="local: this process; "
+                       "ray: the batches are shared out over Ray actors, one policy and one PRM each "
+                       "(pip install -e .[ray]); same results for the same seed")
+    where.add_argument("--actors", type=int, default=None, help="--executor ray: number of actors "
+                       "(default: one per GPU of the cluster, else 1)")
+    where.add_argument("--ray-address", default=None, help="--executor ray: the cluster to join ('auto', "
+                       "'ray://host:10001'); default: start a local one")
     return parser
 
 
@@ -696,15 +734,21 @@ POLICY_BACKENDS = ("hf", "vllm")
 
 def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = (), seed: int = 0,
                   device: str | None = None, max_new_tokens: int | None = None,
-                  delimiter: str | None = None) -> StepProposer:
+                  delimiter: str | None = None, engine_options: Mapping[str, Any] | None = None) -> StepProposer:
     """The policy named by `model`: 'scripted' (the toy world's scripted policy), 'tiny' (the toy
     world's tiny transformer, built on first use), or a local transformers model folder (its step
     delimiter: `delimiter`, else what the folder declares, else blank lines), run by `backend`:
     'hf' (transformers) or 'vllm' (mcts.policy.vllm_policy; for 'tiny', its built folder).
 
+    `engine_options`: more `VLLMPolicyConfig` fields for --backend vllm (tensor_parallel_size,
+    dtype, gpu_memory_utilization); the transformers backend refuses them.
+
     Raises ValueError (or OSError for an unreadable folder) with a message naming what is wrong;
     `problems` are checked to be toy-world expressions where the policy needs them.
     """
+    engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
+    if engine_options and backend != "vllm":
+        raise ValueError(f"{', '.join(sorted(engine_options))}: vLLM engine options need --backend vllm")
     if model == "scripted":
         from mcts.policy.toy import ScriptedPolicy
 
@@ -722,7 +766,7 @@ def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = 
 
             model = str(ensure_toy_policy())
         options.pop("device", None)  # vLLM places the model itself
-        return VLLMPolicy.from_pretrained(Path(model), VLLMPolicyConfig(**options))
+        return VLLMPolicy.from_pretrained(Path(model), VLLMPolicyConfig(**options, **engine_options))
     if model == "tiny":
         from mcts.envs.tiny_models import load_toy_policy
 
@@ -733,19 +777,52 @@ def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = 
 
 
 def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str] | None = None,
-                oracle_noise: float = 0.0, seed: int = 0, device: str | None = None) -> StepScorer:
-    """The scorer named by `prm`: 'oracle' (the toy world's oracle PRM, flipping a score with
-    probability `oracle_noise`; `golds` maps problem text to gold answer) or a local PRM folder."""
+                oracle_noise: float = 0.0, seed: int = 0, device: str | None = None, pprm: str | None = None,
+                ebc_alpha: float = 0.5, progress: bool = True) -> StepScorer:
+    """The scorer named by `prm`, optionally with a pairwise judge for `answer_selection='ebc'`.
+
+    Args:
+        prm: 'oracle' (the toy world's oracle PRM, flipping a score with probability
+            `oracle_noise`; `golds` maps problem text to gold answer), 'tiny' (the toy world's
+            trained PRM, built on first use: `prm.toy.ensure_toy_prm`) or a local PRM folder.
+        pprm: None, 'tiny' (the toy world's PPRM, built on first use) or a local PPRM folder: the
+            scorer then also ranks finished candidates by Enhanced Borda Count
+            (`prm.ebc.EBCScorer`, what `choose_answer(..., 'ebc')` calls).
+        ebc_alpha: EBC's weight of the normalised Borda score against the candidates' values.
+        progress: show the build's progress bar when a 'tiny' model is built on first use.
+
+    Returns:
+        A `StepScorer`; ValueError (or OSError for an unreadable folder) names what is wrong.
+    """
     if prm == "oracle":
         from mcts.envs.arith import OraclePRM
 
         _check_toy(problems, "--prm oracle")
-        return OraclePRM(noise=oracle_noise, seed=seed, answers=golds)
+        scorer: StepScorer = OraclePRM(noise=oracle_noise, seed=seed, answers=golds)
+    else:
+        try:
+            from prm.model import PRM
+        except ImportError:
+            raise ValueError("a PRM folder needs prm.model (the trainable PRM), which this install lacks") from None
+        if prm == "tiny":
+            from prm.toy import ensure_toy_prm
+
+            prm = str(ensure_toy_prm(progress=progress))
+        scorer = PRM.from_pretrained(Path(prm), device=device)
+    if pprm is None:
+        return scorer
+    from prm.ebc import EBCScorer
+    from prm.pairwise import PPRM
+
+    if pprm == "tiny":
+        from prm.toy import ensure_toy_pprm
+
+        pprm = str(ensure_toy_pprm(progress=progress))
     try:
-        from prm.model import PRM
-    except ImportError:
-        raise ValueError("a PRM folder needs prm.model (the trainable PRM), which this install lacks") from None
-    return PRM.from_pretrained(Path(prm), device=device)
+        judge = PPRM.from_pretrained(Path(pprm), device=device)
+    except OSError as err:
+        raise ValueError(f"--pprm {pprm}: {err}") from None
+    return EBCScorer(scorer, judge, alpha=ebc_alpha)
 
 
 def _delimiter(text: str | None) -> str | None:
@@ -821,8 +898,7 @@ def summarize(records: Sequence[dict], searched: int, seconds: float) -> str:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
+    from mcts.executor import EngineLoadError, EngineSpec, ExecutorError, make_executor, search_problems
     from mcts.problems import ProblemFileError, load_problems
 
     config = _config_from_args(args)
@@ -830,57 +906,44 @@ def run_cli(args: argparse.Namespace) -> int:
         raise CliError(f"--batch must be >= 1, got {args.batch}")
     if args.limit is not None and args.limit < 0:
         raise CliError(f"--limit must be >= 0, got {args.limit}")
+    if args.actors is not None and args.actors < 1:
+        raise CliError(f"--actors must be >= 1, got {args.actors}")
+    if args.executor != "ray" and (args.actors is not None or args.ray_address is not None):
+        raise CliError("--actors and --ray-address need --executor ray")
     try:
         problems = load_problems(args.problem_file, limit=args.limit)
     except ProblemFileError as err:
         raise CliError(str(err)) from None
+    if (config.selection == "ebc") != (args.pprm is not None):
+        raise CliError("--answer-selection ebc needs --pprm DIR|tiny (the pairwise judge), and --pprm is "
+                       "only read by --answer-selection ebc")
+    if not 0.0 <= args.ebc_alpha <= 1.0:
+        raise CliError(f"--ebc-alpha must be in [0, 1], got {args.ebc_alpha}")
+    judge = {"pprm": args.pprm, "ebc_alpha": args.ebc_alpha} if args.pprm is not None else {}
+    spec = EngineSpec(model=args.model, prm=args.prm, backend=args.backend, device=args.device, seed=args.seed,
+                      oracle_noise=args.oracle_noise, max_new_tokens=args.max_new_tokens,
+                      delimiter=_delimiter(args.delimiter), config=config, scorer_options=judge,
+                      proposer_options={"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
+                                        "gpu_memory_utilization": args.gpu_memory_utilization})
+    if config.selection == "ebc" and not spec.needs_scorer:
+        raise CliError(f"--answer-selection ebc: --algorithm {config.algorithm} loads no scorer to judge with")
+    try:
+        executor = make_executor(args.executor, actors=args.actors, address=args.ray_address)
+    except ImportError as err:
+        raise CliError(f"--executor {args.executor}: {err}") from None
     out = Path(args.out)
-    done: list[dict] = read_results(out) if args.resume and out.exists() else []
-    done_ids = {r["id"] for r in done}
-    todo = [p for p in problems if p.id not in done_ids]
-    texts = [p.problem for p in todo]
-    proposer = scorer = None
-    if todo:
-        try:
-            proposer = load_proposer(args.model, backend=args.backend, problems=texts, seed=args.seed,
-                                     device=args.device, max_new_tokens=args.max_new_tokens,
-                                     delimiter=_delimiter(args.delimiter))
-        except (OSError, ValueError, ImportError) as err:  # ImportError: an optional backend not installed
-            raise CliError(f"--model {args.model}: {err}") from None
-    if todo and config.algorithm not in ("greedy", "self_consistency"):
-        try:
-            scorer = load_scorer(args.prm, problems=texts, golds={p.problem: p.answer for p in todo if p.answer},
-                                 oracle_noise=args.oracle_noise, seed=args.seed, device=args.device)
-        except (OSError, ValueError) as err:
-            raise CliError(f"--prm {args.prm}: {err}") from None
-    trees_out = Path(args.trees_out) if args.trees_out else None
-    if trees_out is not None:
-        trees_out.mkdir(parents=True, exist_ok=True)
-
-    records = list(done)
-    start = time.perf_counter()
-    new: list[dict] = []
-    with tqdm(total=len(todo), desc=f"{config.algorithm}", unit="problem", disable=not todo) as bar:
-        for i in range(0, len(todo), args.batch):
-            batch = todo[i:i + args.batch]
-            on_tree = (lambda b, tree: _write_tree(trees_out, batch[b].id, tree)) if trees_out else None
-            results = run_algorithm([p.problem for p in batch], proposer, scorer, config, on_tree=on_tree)
-            for p, r in zip(batch, results):
-                correct = None if p.answer is None else is_equivalent(r.answer, p.answer)
-                record = {"id": p.id, "answer": r.answer, "gold": p.answer, "correct": correct,
-                          "algorithm": config.algorithm, **r.record()}
-                new.append(record)
-            records = list(done) + new
-            write_jsonl_atomic(out, records)
-            graded = [r["correct"] for r in new if r["correct"] is not None]
-            bar.set_postfix(acc=f"{sum(graded) / len(graded):.3f}" if graded else "n/a")
-            bar.update(len(batch))
-    elapsed = time.perf_counter() - start
-    if not todo:
+    try:
+        run = search_problems(problems, spec, executor, batch=args.batch, out_path=out, resume=args.resume,
+                              trees_out=args.trees_out, progress=True)
+    except EngineLoadError as err:
+        raise CliError(f"--{err.part} {err.name}: {err.reason}") from None
+    except ExecutorError as err:
+        raise CliError(f"--executor {args.executor}: {err}") from None
+    finally:
+        executor.close()
+    if not run.searched:
         print(f"nothing to search: all {len(problems)} problems are already in {out}", file=sys.stderr)
-        if not out.exists():
-            write_jsonl_atomic(out, records)
-    print(summarize(records, len(new), elapsed))
+    print(summarize(run.records, run.searched, run.seconds))
     print(f"results: {out}")
     return 0
 

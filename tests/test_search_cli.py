@@ -131,3 +131,17 @@ def test_module_entry_point_runs(toy_file, tmp_path):
                            "--limit", "2", *FAST], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(read_jsonl(out)) == 2 and "accuracy" in done.stdout
+
+
+def test_vllm_engine_flags_need_the_vllm_backend(tmp_path, capsys):
+    from mcts.search import load_proposer, main
+
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"problem": "1 + 2", "answer": "3"}\n')
+    out = tmp_path / "r.jsonl"
+    assert main(["--problem-file", str(problems), "--model", "tiny", "--tensor-parallel-size", "2",
+                 "--out", str(out)]) == 2
+    assert "vLLM engine options need --backend vllm" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="need --backend vllm"):
+        load_proposer("tiny", engine_options={"dtype": "float16"})

@@ -52,6 +52,12 @@ class StepProposer(Protocol):
         """Returns, for each prefix, `n` sampled next steps (fewer if a prefix cannot continue)."""
         ...
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the sampling from `seed`: the calls that follow draw exactly as those of a fresh
+        proposer seeded with `seed`. The executors (`mcts.executor`) reseed at the start of every
+        shard, so a shard's steps do not depend on which worker searched it or what came before."""
+        ...
+
 
 @runtime_checkable
 class StepScorer(Protocol):

@@ -421,6 +421,12 @@ class HFPolicy:
             return []
         return self.tokenizer(texts, add_special_tokens=self._add_special_tokens)["input_ids"]
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the sampling from `seed`: the next calls draw as those of a fresh policy built
+        with `config.seed = seed` (the counter of draws starts again at 0)."""
+        self.config = dataclasses.replace(self.config, seed=seed)
+        self._draws = 0
+
     def propose(self, prefixes: Sequence[Prefix], n: int, temperature: float = 1.0, *,
                 greedy: bool = False) -> list[list[Step]]:
         """Generates `n` next steps for every prefix, batched across all of them.

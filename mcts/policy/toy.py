@@ -249,6 +249,11 @@ class ScriptedPolicy:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
 
+    def reseed(self, seed: int) -> None:
+        """Restarts the generator from `seed`, as a fresh `ScriptedPolicy(config, seed)` would."""
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
     def distribution(self, prefix: Prefix, temperature: float = 1.0) -> list[tuple[Step, float]]:
         """Every step the policy can propose after `prefix`, with its probability at `temperature`.
 

@@ -1,0 +1,674 @@
+"""Where search runs: in this process, or sharded over Ray actors (one policy + one PRM each).
+
+The unit of work is a *shard*: `batch` consecutive problems of the problem list, in file order,
+with index k (`make_shards`). A shard is one batched search (one forest of `batch` trees). Its
+randomness depends only on (seed, k): the engine reseeds its proposer with `shard_seed(seed, k)` at
+the start of every shard, so a shard's records are the same whichever worker searches it, in
+whatever order, and the local and Ray executors write identical results for the same seed.
+
+    from mcts.executor import EngineSpec, LocalExecutor, RayExecutor, search_problems
+    from mcts.problems import load_problems
+
+    spec = EngineSpec(model="tiny", prm="oracle", seed=0, config=SearchConfig(simulations=32))
+    run = search_problems(load_problems("toy.jsonl"), spec, RayExecutor(actors=4),
+                          batch=16, out_path="results.jsonl", resume=True, progress=True)
+    run.records        # every record of the results file, file order (finished ones first on resume)
+
+API:
+
+    EngineSpec          what every worker builds once: the policy (`model`, `backend`, `device`,
+                        `max_new_tokens`, `delimiter`), the scorer (`prm`, `oracle_noise`,
+                        `golds`, `scorer_options`), `seed` and the `SearchConfig`. A frozen,
+                        picklable dataclass; `spec.check(texts)` validates problems up front,
+                        `spec.build()` returns an `Engine`.
+    Engine              one proposer and one scorer (`load_proposer` / `load_scorer` of
+                        `mcts.search`); `engine.search(shard)` -> `ShardResult`.
+    Shard               index, problems (tuple of `mcts.problems.Problem`), trees (also return
+                        each tree's JSON). `make_shards(problems, batch, done_ids)`.
+    ShardResult         index, records (one dict per problem, as `python -m mcts.search` writes
+                        them), trees (or None), seconds (search time in the worker), worker,
+                        cpu_seconds (the worker process's CPU time during the search).
+    LocalExecutor()     searches the shards one after another in this process; the engine is
+                        built on first use and kept while the spec stays the same.
+    RayExecutor(actors=None, address=None, num_cpus_per_actor=1, num_gpus_per_actor=None,
+                max_attempts=3, keep_actors=False)
+                        N actors (default: one per GPU of the cluster, else 1), each with
+                        `num_gpus=1` when the cluster has GPUs; each actor starts searching as
+                        soon as its engine is built, and shards are handed out one at a time to
+                        whichever actor is free; an actor that dies (`RayActorError`) is
+                        replaced and its shard re-queued (at most `max_attempts` tries a shard).
+                        Connects to `address` ('auto', 'ray://...') or starts a local Ray when
+                        none is running. Actors are killed at the end of every run (freeing
+                        their GPUs for training) unless `keep_actors`, which keeps them for the
+                        next run of an equal spec. `executor.start(spec)` starts the actors and
+                        waits for their engines (optional). `executor.stats` (`RayStats`): actor
+                        start times, per-shard round-trip overheads, restarts, re-queued shards.
+    executor.run(spec, shards, on_shard_done)
+                        the one method of both executors: searches every shard and calls
+                        `on_shard_done(ShardResult)` in the calling thread as each one finishes
+                        (in completion order, each shard exactly once). Errors raised by the
+                        search itself (a bad model folder: `EngineLoadError`) are raised here;
+                        `ExecutorError` when the cluster cannot hold an actor or a shard kills
+                        its workers `max_attempts` times (`ShardFailedError`).
+    executor.close()    frees the workers (Ray: kills the actors; shuts Ray down if it started it).
+    search_problems(problems, spec, executor=None, *, batch=16, out_path=None, resume=False,
+                    trees_out=None, on_record=None, progress=False) -> SearchRun
+                        the whole driver: skips finished problems (`resume`), shards the rest,
+                        writes `out_path` atomically (temporary file + rename) after every
+                        finished shard, finished records first then new ones in file order,
+                        dumps trees, calls `on_record(record)` per new record, one tqdm bar over
+                        all problems. `SearchRun`: records, searched, seconds.
+
+Ray is imported only by `RayExecutor` (`pip install -e .[ray]`); without it, an ImportError says
+how to install it. On a multi-node cluster the workers must be able to import treesearch (install
+it on every node, or pass a `runtime_env` to `RayExecutor`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+
+from mcts.problems import Problem
+from mcts.search import SearchConfig, run_algorithm
+
+__all__ = [
+    "Engine", "EngineLoadError", "EngineSpec", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RayStats",
+    "SearchRun", "SearchWorker", "Shard", "ShardFailedError", "ShardResult", "make_executor", "make_shards",
+    "search_problems", "shard_seed",
+]
+
+EXECUTORS = ("local", "ray")
+# Algorithms that never call the scorer: their workers load none.
+_UNSCORED = ("greedy", "self_consistency")
+
+
+def shard_seed(seed: int, index: int) -> int:
+    """The proposer's seed for shard `index` of a run seeded with `seed`: a hash of both, below
+    2**31 (vLLM's per-request seeds must fit), so neighbouring shards share no random stream."""
+    digest = hashlib.blake2b(f"treesearch-shard:{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 2**31
+
+
+# ---------------------------------------------------------------------------------------------------
+# The engine: one policy and one scorer
+
+
+class EngineLoadError(ValueError):
+    """The policy or scorer of a spec cannot be built: `part` is 'model' or 'prm', `name` what
+    the spec names, `reason` why (the message of the underlying error)."""
+
+    def __init__(self, part: str, name: str, reason: str):
+        self.part, self.name, self.reason = part, name, reason
+        super().__init__(f"{part} {name}: {reason}")
+
+    def __reduce__(self):  # picklable across Ray's process boundary
+        return type(self), (self.part, self.name, self.reason)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSpec:
+    """Everything a worker needs to build its engine; picklable (it is shipped to every actor)."""
+
+    model: str = "tiny"  # 'scripted', 'tiny' or a local model folder (`load_proposer`)
+    prm: str = "oracle"  # 'oracle' or a local PRM folder (`load_scorer`)
+    backend: str = "hf"  # what runs `model`: 'hf' or 'vllm'
+    device: str | None = None  # torch device; None: cuda when the worker sees one, else cpu
+    seed: int = 0  # the run's seed: shard k's proposer is seeded with shard_seed(seed, k)
+    oracle_noise: float = 0.1  # flip probability of the oracle PRM
+    max_new_tokens: int | None = None  # most tokens in one step (None: the policy's default)
+    delimiter: str | None = None  # step delimiter of a model folder (None: what it declares)
+    config: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    golds: Mapping[str, str] | None = None  # problem text -> gold answer, for the oracle
+    scorer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # more load_scorer kwargs
+    proposer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # vLLM engine options
+
+    @property
+    def needs_scorer(self) -> bool:
+        return self.config.algorithm not in _UNSCORED
+
+    def check(self, problems: Sequence[str]) -> None:
+        """Raises `EngineLoadError` when the spec cannot search these problem texts (the toy
+        world's scripted policy and oracle know only arithmetic); cheap, loads no model."""
+        from mcts.search import _check_toy
+
+        if self.model == "scripted":
+            try:
+                _check_toy(problems, "--model scripted")
+            except ValueError as err:
+                raise EngineLoadError("model", self.model, str(err)) from None
+        if self.needs_scorer and self.prm == "oracle":
+            try:
+                _check_toy(problems, "--prm oracle")
+            except ValueError as err:
+                raise EngineLoadError("prm", self.prm, str(err)) from None
+
+    def build(self) -> "Engine":
+        return Engine(self)
+
+
+class Engine:
+    """One proposer and one scorer built from a spec, searching shards.
+
+    Attributes:
+        spec: the `EngineSpec`.
+        proposer: the policy (a `StepProposer`).
+        scorer: the PRM (a `StepScorer`), None for algorithms that do not score.
+    """
+
+    def __init__(self, spec: EngineSpec):
+        """Loads the models; raises `EngineLoadError` naming the part that failed."""
+        from mcts.search import load_proposer, load_scorer
+
+        self.spec = spec
+        try:
+            self.proposer = load_proposer(spec.model, backend=spec.backend, seed=spec.seed, device=spec.device,
+                                          max_new_tokens=spec.max_new_tokens, delimiter=spec.delimiter,
+                                          engine_options=dict(spec.proposer_options))
+        except (OSError, ValueError, ImportError) as err:  # ImportError: an optional backend not installed
+            raise EngineLoadError("model", spec.model, str(err)) from err
+        self.scorer = None
+        if spec.needs_scorer:
+            golds = dict(spec.golds) if spec.golds is not None else None
+            try:
+                self.scorer = load_scorer(spec.prm, golds=golds, oracle_noise=spec.oracle_noise, seed=spec.seed,
+                                          device=spec.device, **dict(spec.scorer_options))
+            except (OSError, ValueError, ImportError) as err:
+                raise EngineLoadError("prm", spec.prm, str(err)) from err
+
+    def search(self, shard: "Shard") -> "ShardResult":
+        """Searches one shard as one batch, its proposer (and a scorer that can) reseeded first.
+
+        Returns:
+            The shard's records in its problems' order (and trees when `shard.trees`).
+        """
+        from mcts.grading import is_equivalent
+
+        seed = shard_seed(self.spec.seed, shard.index)
+        self.proposer.reseed(seed)
+        if self.scorer is not None and hasattr(self.scorer, "reseed"):  # the oracle and PRMs are stateless
+            self.scorer.reseed(seed)
+        config = self.spec.config
+        trees: list[dict | None] | None = [None] * len(shard.problems) if shard.trees else None
+
+        def on_tree(b: int, tree: dict) -> None:
+            trees[b] = tree
+
+        start, cpu = time.perf_counter(), time.process_time()
+        results = run_algorithm([p.problem for p in shard.problems], self.proposer, self.scorer, config,
+                                on_tree=on_tree if shard.trees else None)
+        records = []
+        for p, r in zip(shard.problems, results):
+            correct = None if p.answer is None else is_equivalent(r.answer, p.answer)
+            records.append({"id": p.id, "answer": r.answer, "gold": p.answer, "correct": correct,
+                            "algorithm": config.algorithm, **r.record()})
+        return ShardResult(shard.index, records, trees, time.perf_counter() - start, _worker_name(),
+                           time.process_time() - cpu)
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shards
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One batch of problems searched together: shard `index` of the run (its seed's key)."""
+
+    index: int
+    problems: tuple[Problem, ...]
+    trees: bool = False  # return each tree's JSON with the records
+
+
+@dataclasses.dataclass
+class ShardResult:
+    """What a worker sends back for one shard."""
+
+    index: int
+    records: list[dict]  # one per problem, the shard's order
+    trees: list[dict | None] | None  # one per problem when asked for (None: no tree), else None
+    seconds: float  # search time inside the worker
+    worker: str  # host:pid of the worker that searched it
+    cpu_seconds: float = 0.0  # CPU time of the worker's process during the search (all its threads)
+
+
+def make_shards(problems: Sequence[Problem], batch: int, done_ids: Iterable[str] = (), *,
+                trees: bool = False) -> list[Shard]:
+    """Cuts the problem list, in file order, into shards of `batch` consecutive problems.
+
+    Shard k always covers problems [k * batch, (k + 1) * batch) of `problems`; finished problems
+    (`done_ids`) are left out of their shard and empty shards are dropped, so a run restarted after
+    a crash searches each unfinished shard exactly as the first run would have. (Only a shard that
+    was finished in part, e.g. by an earlier run with another `--limit`, is searched with fewer trees.)
+
+    Args:
+        problems: [P] problems.
+        batch: problems per shard (>= 1).
+        done_ids: ids of problems not to search.
+        trees: ask workers for each tree's JSON.
+
+    Returns:
+        The shards that have problems left, by index.
+    """
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    done = set(done_ids)
+    shards = []
+    for k, start in enumerate(range(0, len(problems), batch)):
+        # Problem.meta (a MATH solution, ...) is not needed by the search: it is not shipped.
+        todo = tuple(dataclasses.replace(p, meta={}) for p in problems[start:start + batch] if p.id not in done)
+        if todo:
+            shards.append(Shard(k, todo, trees))
+    return shards
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executors
+
+OnShardDone = Callable[[ShardResult], None]
+
+
+class Executor(Protocol):
+    """Runs shards somewhere and streams each finished one back."""
+
+    def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Searches the shards one after another in this process."""
+
+    def __init__(self):
+        self._engine: Engine | None = None
+
+    def engine(self, spec: EngineSpec) -> Engine:
+        """The engine of `spec`, built on first use and reused while the spec stays equal."""
+        if self._engine is None or self._engine.spec != spec:
+            self._engine = None  # free the old models before loading new ones
+            self._engine = spec.build()
+        return self._engine
+
+    def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone) -> None:
+        if not shards:
+            return
+        engine = self.engine(spec)
+        for shard in shards:
+            on_shard_done(engine.search(shard))
+
+    def close(self) -> None:
+        self._engine = None
+
+
+class SearchWorker:
+    """The body of a Ray actor: builds its engine once (on `setup` or its first shard)."""
+
+    def __init__(self, spec: EngineSpec):
+        self.spec = spec
+        self.engine: Engine | None = None
+
+    def setup(self) -> str:
+        """Builds the engine; returns the worker's name."""
+        if self.engine is None:
+            self.engine = self.spec.build()
+        return _worker_name()
+
+    def search(self, shard: Shard) -> ShardResult:
+        self.setup()
+        return self.engine.search(shard)
+
+    def ping(self, payload: Any = None) -> Any:
+        """Returns `payload` (to measure the round trip of a call)."""
+        return payload
+
+
+class ExecutorError(RuntimeError):
+    """The executor cannot do its work: the cluster cannot hold an actor, or workers keep dying."""
+
+
+class ShardFailedError(ExecutorError):
+    """A shard whose workers died `max_attempts` times (e.g. it runs them out of memory)."""
+
+
+@dataclasses.dataclass
+class RayStats:
+    """What a `RayExecutor` measured (seconds; lists grow over every `run`)."""
+
+    actor_start: list[float] = dataclasses.field(default_factory=list)  # create + build engine, per first actor
+    startup_seconds: list[float] = dataclasses.field(default_factory=list)  # per run: until every actor is ready
+    search_seconds: list[float] = dataclasses.field(default_factory=list)  # per run: first shard sent to last back
+    round_trip_overhead: list[float] = dataclasses.field(default_factory=list)  # driver wall - worker search, per shard
+    shards: int = 0  # shards finished
+    restarts: int = 0  # actors replaced after dying
+    requeued: list[int] = dataclasses.field(default_factory=list)  # indices of re-queued shards
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("the ray executor needs Ray: pip install -e '.[ray]' (or pip install 'ray>=2.9')") from None
+    return ray
+
+
+class RayExecutor:
+    """Shards searched by N Ray actors, each holding one engine (policy + PRM) on its GPU or CPU.
+
+    The driver hands out one shard per free actor and collects results as they finish; an actor
+    starts searching as soon as its own engine is built. An actor that dies takes only its
+    unfinished shard with it: the shard goes back to the front of the queue and a fresh actor
+    replaces the dead one. Finished shards have been passed to `on_shard_done` already, so nothing
+    finished is lost or searched twice.
+    """
+
+    def __init__(self, actors: int | None = None, *, address: str | None = None, num_cpus_per_actor: float = 1,
+                 num_gpus_per_actor: float | None = None, max_attempts: int = 3, keep_actors: bool = False,
+                 runtime_env: dict | None = None, worker_cls: type = SearchWorker):
+        """Args:
+            actors: number of actors (default: one per GPU of the cluster, else 1); a run starts no
+                more than it has shards.
+            address: the Ray cluster to join when Ray is not initialised yet ('auto', 'ray://host:10001');
+                None starts a local one.
+            num_cpus_per_actor: CPUs Ray reserves per actor (Ray also sets its OMP threads to it).
+            num_gpus_per_actor: GPUs per actor; None: 1 when the cluster has GPUs, else 0.
+            max_attempts: tries per shard before `ShardFailedError`.
+            keep_actors: keep the actors (and their models) between runs of the same spec; False
+                frees them (and their GPUs) at the end of every run.
+            runtime_env: passed to `ray.init` when this executor starts Ray.
+            worker_cls: the actor's class (`SearchWorker` or a subclass; tests inject faults with one).
+        """
+        if actors is not None and actors < 1:
+            raise ValueError(f"actors must be >= 1, got {actors}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.actors = actors
+        self.address = address
+        self.num_cpus_per_actor = num_cpus_per_actor
+        self.num_gpus_per_actor = num_gpus_per_actor
+        self.max_attempts = max_attempts
+        self.keep_actors = keep_actors
+        self.runtime_env = runtime_env
+        self.worker_cls = worker_cls
+        self.stats = RayStats()
+        self.live: dict[Any, int | None] = {}  # actor handle -> index of the shard it searches (None: idle)
+        self._ready: set = set()  # actors whose engine is built
+        self._spec: EngineSpec | None = None
+        self._spec_ref = self._actor_cls = None
+        self._started_ray = False
+
+    # -----------------------------------------------------------------------------------------------
+
+    def _ray(self):
+        ray = _import_ray()
+        if not ray.is_initialized():
+            kwargs = {"address": self.address, "log_to_driver": False}
+            if self.runtime_env is not None:
+                kwargs["runtime_env"] = self.runtime_env
+            ray.init(**kwargs)
+            self._started_ray = True
+        return ray
+
+    def resources(self) -> tuple[int, float, float]:
+        """(actors, cpus per actor, gpus per actor) on the cluster Ray is connected to.
+
+        Raises ExecutorError when not even one actor fits the cluster. Actors beyond what fits now
+        wait for resources (an autoscaling cluster may add them) and get shards once they start.
+        """
+        ray = self._ray()
+        total = ray.cluster_resources()
+        cpus, gpus = float(total.get("CPU", 0)), float(total.get("GPU", 0))
+        per_gpu = self.num_gpus_per_actor if self.num_gpus_per_actor is not None else (1.0 if gpus >= 1 else 0.0)
+        actors = self.actors if self.actors is not None else (max(1, int(gpus // per_gpu)) if per_gpu else 1)
+        if self.num_cpus_per_actor > cpus or per_gpu > gpus:
+            raise ExecutorError(f"an actor needs {self.num_cpus_per_actor:g} CPUs and {per_gpu:g} GPUs, but the Ray "
+                             f"cluster has {cpus:g} CPUs and {gpus:g} GPUs")
+        return actors, self.num_cpus_per_actor, per_gpu
+
+    def _prepare(self, spec: EngineSpec, n: int) -> None:
+        """Actors for `spec`: those of another spec are killed, missing ones created (not awaited)."""
+        ray = self._ray()
+        if self._spec != spec:
+            self._kill_all()
+            self._spec, self._spec_ref = spec, ray.put(spec)  # shipped once, shared by every actor
+        if self._actor_cls is None:
+            _, cpus, gpus = self.resources()
+            # max_restarts=0: a dead actor stays dead and the driver decides what to redo.
+            self._actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(self.worker_cls)
+        while len(self.live) < n:
+            self.live[self._actor_cls.remote(self._spec_ref)] = None
+
+    def _kill(self, actor) -> None:
+        import ray
+
+        self.live.pop(actor, None)
+        self._ready.discard(actor)
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # already gone
+            pass
+
+    def _kill_all(self) -> None:
+        for actor in list(self.live):
+            self._kill(actor)
+
+    @staticmethod
+    def _unwrap(err: Exception) -> Exception:
+        # An error raised by the search itself (RayTaskError): hand the driver the original one.
+        cause = getattr(err, "cause", None)
+        return cause if isinstance(cause, Exception) else err
+
+    # -----------------------------------------------------------------------------------------------
+
+    def start(self, spec: EngineSpec) -> None:
+        """Starts the actors of `spec` and waits until every one has built its engine (optional:
+        `run` starts them itself; this separates start-up from search, e.g. to time them)."""
+        self.run(spec, [], lambda result: None, _wait_for_actors=True)
+
+    def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone, *,
+            _wait_for_actors: bool = False) -> None:
+        if not shards and not _wait_for_actors:
+            return
+        ray = self._ray()
+        lost = (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError, ray.exceptions.ObjectLostError)
+        wanted = self.resources()[0]
+        self._prepare(spec, wanted if _wait_for_actors else min(wanted, len(shards)))
+        pending = collections.deque(shards)
+        remaining = len(shards)
+        attempts: collections.Counter = collections.Counter()
+        inflight: dict[Any, tuple[Any, Shard | None, float]] = {}  # ref -> (actor, shard or None: setup, sent)
+        start = time.perf_counter()
+        searching: float | None = None
+        setup_deaths = 0
+
+        def dispatch(actor) -> None:
+            nonlocal searching
+            if actor not in self._ready:
+                inflight[actor.setup.remote()] = (actor, None, time.perf_counter())
+            elif pending:
+                shard = pending.popleft()
+                attempts[shard.index] += 1
+                searching = time.perf_counter() if searching is None else searching
+                inflight[actor.search.remote(shard)] = (actor, shard, time.perf_counter())
+                self.live[actor] = shard.index
+
+        def replace(actor) -> None:
+            self._kill(actor)
+            self.stats.restarts += 1
+            new = self._actor_cls.remote(self._spec_ref)
+            self.live[new] = None
+            dispatch(new)
+
+        ok = False
+        try:
+            for actor in list(self.live):
+                dispatch(actor)
+            while remaining or (_wait_for_actors and len(self._ready) < len(self.live)):
+                if not inflight:
+                    raise AssertionError("RayExecutor: shards left but no actor to run them")  # a bug, not a fault
+                [ref], _ = ray.wait(list(inflight), num_returns=1)
+                actor, shard, sent = inflight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except lost:
+                    if shard is not None:
+                        if attempts[shard.index] >= self.max_attempts:
+                            raise ShardFailedError(f"shard {shard.index}: its worker died {attempts[shard.index]} "
+                                                   f"times; giving up") from None
+                        self.stats.requeued.append(shard.index)
+                        pending.appendleft(shard)
+                    else:
+                        setup_deaths += 1
+                        if setup_deaths >= self.max_attempts * max(1, len(self.live)):
+                            raise ShardFailedError("actors keep dying while they build their engines; "
+                                                   "giving up") from None
+                    replace(actor)
+                    continue
+                except ray.exceptions.RayTaskError as err:
+                    raise self._unwrap(err) from None
+                if shard is None:  # the actor's engine is built
+                    self._ready.add(actor)
+                    self.stats.actor_start.append(time.perf_counter() - sent)
+                    if len(self._ready) == len(self.live):
+                        self.stats.startup_seconds.append(time.perf_counter() - start)
+                else:
+                    self.live[actor] = None
+                    remaining -= 1
+                    self.stats.shards += 1
+                    self.stats.round_trip_overhead.append(time.perf_counter() - sent - result.seconds)
+                    on_shard_done(result)
+                dispatch(actor)
+            if searching is not None:
+                self.stats.search_seconds.append(time.perf_counter() - searching)
+            ok = True
+        finally:
+            if not (ok and (self.keep_actors or _wait_for_actors)):
+                self._kill_all()
+
+    def measure_round_trip(self, payload: Any = None, repeats: int = 20) -> float:
+        """Median seconds of one call to an idle actor carrying `payload` both ways (Ray's own cost
+        per shard, without any search); starts and kills one actor."""
+        ray = self._ray()
+        actor = ray.remote(num_cpus=self.num_cpus_per_actor, max_restarts=0)(self.worker_cls).remote(EngineSpec())
+        try:
+            ray.get(actor.ping.remote(None))
+            times = []
+            for _ in range(repeats):
+                t = time.perf_counter()
+                ray.get(actor.ping.remote(payload))
+                times.append(time.perf_counter() - t)
+        finally:
+            ray.kill(actor, no_restart=True)
+        return sorted(times)[len(times) // 2]
+
+    def close(self) -> None:
+        """Kills the actors (freeing their GPUs); shuts Ray down if this executor started it."""
+        if self._started_ray or self.live:
+            self._kill_all()
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+
+def make_executor(name: str, *, actors: int | None = None, address: str | None = None) -> Executor:
+    """The executor named `name` ('local' or 'ray'); 'ray' raises ImportError without Ray."""
+    if name == "local":
+        return LocalExecutor()
+    if name == "ray":
+        _import_ray()
+        return RayExecutor(actors, address=address)
+    raise ValueError(f"executor={name!r} is not one of {', '.join(EXECUTORS)}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclasses.dataclass
+class SearchRun:
+    """The outcome of `search_problems`."""
+
+    records: list[dict]  # every record (finished ones from `out_path` first, then new ones in file order)
+    searched: int  # problems searched in this run
+    seconds: float  # wall time of the search (engine start included)
+
+
+def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Executor | None = None, *,
+                    batch: int = 16, out_path: str | os.PathLike | None = None, resume: bool = False,
+                    trees_out: str | os.PathLike | None = None, on_record: Callable[[dict], None] | None = None,
+                    progress: bool = False) -> SearchRun:
+    """Searches every problem with `executor` (default: a fresh `LocalExecutor`) and collects the
+    records, writing them as shards finish.
+
+    Args:
+        problems: [P] problems, in file order (shard k is problems [k * batch, (k + 1) * batch)).
+        spec: the engine every worker builds; `spec.golds` None is filled from the problems' answers.
+        executor: where the shards run; not closed here.
+        batch: problems per shard (trees per forest).
+        out_path: the results file, rewritten atomically after every finished shard; None: not written.
+        resume: keep the records already in `out_path` and search only the other problems.
+        trees_out: folder for one JSON file per searched tree (tree algorithms).
+        on_record: called with each new record, as its shard finishes.
+        progress: show a tqdm bar over the problems.
+
+    Returns:
+        The `SearchRun`. Raises `EngineLoadError` when the spec cannot search these problems, and
+        (from `mcts.search.read_results`) `CliError` for a results file that cannot be resumed.
+    """
+    from tqdm import tqdm
+
+    from mcts.search import _write_tree, read_results, write_jsonl_atomic
+
+    out = Path(out_path) if out_path is not None else None
+    done = read_results(out) if resume and out is not None and out.exists() else []
+    done_ids = {r["id"] for r in done}
+    todo = [p for p in problems if p.id not in done_ids]
+    if todo:
+        spec.check([p.problem for p in todo])
+    if spec.golds is None and spec.needs_scorer and spec.prm == "oracle":
+        spec = dataclasses.replace(spec, golds={p.problem: p.answer for p in todo if p.answer})
+    tree_dir = Path(trees_out) if trees_out is not None else None
+    if tree_dir is not None:
+        tree_dir.mkdir(parents=True, exist_ok=True)
+    shards = make_shards(problems, batch, done_ids, trees=tree_dir is not None)
+    position = {p.id: i for i, p in enumerate(problems)}
+    new: list[dict] = []
+    written: set[str] = set()
+    executor = LocalExecutor() if executor is None else executor
+
+    with tqdm(total=len(todo), desc=spec.config.algorithm, unit="problem", disable=not (progress and todo)) as bar:
+        def on_shard_done(result: ShardResult) -> None:
+            fresh = [r for r in result.records if r["id"] not in written]  # never write a problem twice
+            written_now = {r["id"] for r in fresh}
+            written.update(r["id"] for r in fresh)
+            new.extend(fresh)
+            new.sort(key=lambda r: position[r["id"]])
+            if out is not None:
+                write_jsonl_atomic(out, [*done, *new])
+            if tree_dir is not None and result.trees is not None:
+                for record, tree in zip(result.records, result.trees):
+                    if tree is not None and record["id"] in written_now:
+                        _write_tree(tree_dir, record["id"], tree)
+            if on_record is not None:
+                for record in fresh:
+                    on_record(record)
+            graded = [r["correct"] for r in new if r["correct"] is not None]
+            bar.set_postfix(acc=f"{sum(graded) / len(graded):.3f}" if graded else "n/a")
+            bar.update(len(fresh))
+
+        start = time.perf_counter()
+        executor.run(spec, shards, on_shard_done)
+        elapsed = time.perf_counter() - start
+    if out is not None and not todo and not out.exists():
+        write_jsonl_atomic(out, done)
+    return SearchRun([*done, *new], len(new), elapsed)
