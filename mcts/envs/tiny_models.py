@@ -155,6 +155,9 @@ class ToyTrainConfig:
         "bound on |every intermediate value| of a training problem (ArithConfig.max_value); None: unbounded"))
     ops_weights: tuple[float, ...] | None = dataclasses.field(default=(4, 3, 2, 1, 1, 1), metadata=_help(
         "relative frequency of each number of operations min_ops..max_ops; None: uniform"))
+    distinct_traces: int | None = dataclasses.field(default=None, metadata=_help(
+        "train on only the first this many traces, over and over (a deliberately data-starved policy, "
+        "the starting point of self-training); None: a fresh trace every time"))
     noisy_fraction: float = dataclasses.field(default=0.25, metadata=_help(
         "fraction of traces rolled out by the noisy scripted policy (slips in context, no loss on them)"))
     slip_rate: float = dataclasses.field(default=0.15, metadata=_help(
@@ -182,6 +185,8 @@ class ToyTrainConfig:
                              f"{self.hidden_size} / {self.num_heads}")
         if not self.min_ops <= self.max_ops <= 8:
             raise ValueError(f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
+        if self.distinct_traces is not None and self.distinct_traces < 1:
+            raise ValueError(f"distinct_traces must be None or >= 1, got {self.distinct_traces}")
         if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
             raise ValueError(f"seconds must be None or > 0, got {self.seconds}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup_steps >= 0 and self.grad_clip > 0):
@@ -347,9 +352,14 @@ def _batches(tokenizer, config: ToyTrainConfig, pool_batches: int = 32) -> Itera
     rng = random.Random(f"toy-batches:{config.seed}")
     pool = config.batch_size * pool_batches
     start = 0
+    distinct = ([encode_trace(tokenizer, t) for t in make_traces(0, config.distinct_traces, config)]
+                if config.distinct_traces is not None else None)
     while True:
-        examples = [encode_trace(tokenizer, t) for t in make_traces(start, pool, config)]
-        start += pool
+        if distinct is not None:  # draw from the same few traces again and again
+            examples = [distinct[rng.randrange(len(distinct))] for _ in range(pool)]
+        else:
+            examples = [encode_trace(tokenizer, t) for t in make_traces(start, pool, config)]
+            start += pool
         examples.sort(key=lambda e: len(e[0]))
         chunks = [examples[i:i + config.batch_size] for i in range(0, pool, config.batch_size)]
         rng.shuffle(chunks)

@@ -1,0 +1,387 @@
+"""The configuration of a self-training run: one dataclass tree, read from YAML and flags, checked
+before any work starts.
+
+    RunConfig                      the run (loop, iterations, problems, models, where it runs)
+      .search   SearchConfig       the tree search of the training problems (mcts.search)
+      .sft      SFTConfig          policy fine-tuning (selftrain.sft)
+      .prm_train TrainConfig       PRM / PPRM / critic training (prm.train)
+      .alphallm AlphaLLMConfig     the AlphaLLM loop's own knobs (selftrain.alphallm)
+      .llama_berry BerryConfig     the LLaMA-Berry loop's own knobs (selftrain.llama_berry)
+
+`load_config(path, overrides)` reads a YAML file (sections are nested mappings) and `key=value`
+overrides (`search.simulations=32`); an unknown key, a value of the wrong type or a value the
+dataclass refuses raises ConfigError naming the file, the line and the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping
+
+from mcts.search import SearchConfig
+from prm.train import TrainConfig
+from selftrain.sft import SFTConfig
+
+__all__ = ["ALGORITHMS", "AlphaLLMConfig", "BerryConfig", "ConfigError", "RunConfig", "config_fingerprint", "load_config", "to_dict"]
+
+ALGORITHMS = ("rest_mcts", "alphallm", "llama_berry", "rest_em")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, line and key."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AlphaLLMConfig:
+    """The AlphaLLM loop's own settings (selftrain.alphallm)."""
+
+    imagined_problems: int = dataclasses.field(default=64, metadata=_help(
+        "problems synthesised per iteration (seeds: the training problems, in turn)"))
+    consistency_samples: int = dataclasses.field(default=8, metadata=_help(
+        "answers sampled per synthesised problem to check that they agree"))
+    min_agreement: float = dataclasses.field(default=0.5, metadata=_help(
+        "keep a synthesised problem when this share of its sampled answers agree (the majority "
+        "answer becomes its pseudo-gold)"))
+    imagine_max_steps: int = dataclasses.field(default=4, metadata=_help(
+        "chat models: most steps of a synthesised problem's text"))
+    min_width: int = dataclasses.field(default=2, metadata=_help(
+        "eta-MCTS: fewest children of a node (the probe sampled before its importance is known)"))
+    max_width: int = dataclasses.field(default=6, metadata=_help("eta-MCTS: most children of a node"))
+    width_scale: float = dataclasses.field(default=10.0, metadata=_help(
+        "eta-MCTS: children = floor(width_scale * I(s)), clipped to [min_width, max_width], with "
+        "I(s) = max over the probed children |v(child) - v(s)|"))
+    merge_threshold: float = dataclasses.field(default=0.05, metadata=_help(
+        "eta-MCTS: siblings closer than this normalised edit distance are merged (never two that "
+        "state different answers); 0 merges nothing. Toy steps that differ by one slipped digit are "
+        "about 0.07 apart, so keep it below that there"))
+    rollout_depth: int = dataclasses.field(default=2, metadata=_help(
+        "eta-MCTS: fast greedy rollout steps from the best new child (0: none)"))
+    value_weight: float = dataclasses.field(default=0.4, metadata=_help("node value: weight of the value function"))
+    prm_weight: float = dataclasses.field(default=0.4, metadata=_help("node value: weight of the PRM"))
+    orm_weight: float = dataclasses.field(default=0.2, metadata=_help("node value: weight of the ORM (finished steps)"))
+
+    def __post_init__(self):
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.imagined_problems >= 0, f"imagined_problems must be >= 0, got {self.imagined_problems}")
+        need(self.consistency_samples >= 1, f"consistency_samples must be >= 1, got {self.consistency_samples}")
+        need(0 < self.min_agreement <= 1, f"min_agreement must be in (0, 1], got {self.min_agreement}")
+        need(self.imagine_max_steps >= 1, f"imagine_max_steps must be >= 1, got {self.imagine_max_steps}")
+        need(1 <= self.min_width <= self.max_width,
+             f"need 1 <= min_width <= max_width, got min_width={self.min_width}, max_width={self.max_width}")
+        need(self.width_scale >= 0, f"width_scale must be >= 0, got {self.width_scale}")
+        need(0 <= self.merge_threshold < 1, f"merge_threshold must be in [0, 1), got {self.merge_threshold}")
+        need(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
+        weights = (self.value_weight, self.prm_weight, self.orm_weight)
+        need(min(weights) >= 0 and self.prm_weight + self.value_weight > 0,
+             f"critic weights must be >= 0 with value_weight + prm_weight > 0 (an unfinished step needs a "
+             f"critic), got value_weight={self.value_weight}, prm_weight={self.prm_weight}, "
+             f"orm_weight={self.orm_weight}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BerryConfig:
+    """The LLaMA-Berry loop's own settings (selftrain.llama_berry)."""
+
+    rollouts: int = dataclasses.field(default=8, metadata=_help(
+        "SR-MCTS: selections per problem after the root's expansion, each a critique and rewrite"))
+    initial_solutions: int = dataclasses.field(default=2, metadata=_help(
+        "SR-MCTS: sampled solutions under the root (beside the dummy \"I don't know\")"))
+    rewrites: int = dataclasses.field(default=1, metadata=_help(
+        "SR-MCTS: rewritten solutions per expansion (the children of a refined node)"))
+    c: float = dataclasses.field(default=1.0, metadata=_help("SR-MCTS: UCT exploration constant"))
+    critique_threshold: float = dataclasses.field(default=0.5, metadata=_help(
+        "toy critique: the first step the PRM scores below this is the error (else the lowest)"))
+    solution_value: str = dataclasses.field(default="last", metadata=_help(
+        "a solution's value from its PRM step values: last (the PRM's reading of the whole "
+        "solution), min, mean or prod"))
+    alpha: float = dataclasses.field(default=0.5, metadata=_help("EBC: weight of the Borda score against local Q"))
+    ebc_candidates: int = dataclasses.field(default=8, metadata=_help(
+        "EBC: the distinct answered solutions with the highest Q that the PPRM compares (N(N-1) readings)"))
+    best_solutions: int = dataclasses.field(default=4, metadata=_help(
+        "SFT: the verified-correct solutions of a problem with the highest Q that the policy learns"))
+
+    def __post_init__(self):
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        for name in ("rollouts", "initial_solutions", "rewrites", "ebc_candidates", "best_solutions"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.c >= 0, f"c must be >= 0, got {self.c}")
+        need(0 <= self.critique_threshold <= 1, f"critique_threshold must be in [0, 1], got {self.critique_threshold}")
+        need(self.solution_value in ("last", "min", "mean", "prod"),
+             f"solution_value must be last, min, mean or prod, got {self.solution_value!r}")
+        need(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A self-training run. Defaults: ReST-MCTS* on the toy world, from a deliberately weak tiny
+    policy and a PRM head that has seen nothing, three iterations, on a CPU."""
+
+    name: str = dataclasses.field(default="toy", metadata=_help("run folder name under runs_dir"))
+    runs_dir: str = dataclasses.field(default="runs", metadata=_help("where run folders live"))
+    algorithm: str = dataclasses.field(default="rest_mcts", metadata=_help(
+        f"the loop: {', '.join(ALGORITHMS)} (rest_em: rejection sampling without search, the baseline)"))
+    iterations: int = dataclasses.field(default=3, metadata=_help("self-training iterations after the base"))
+    seed: int = dataclasses.field(default=0, metadata=_help("seed of everything"))
+    policy: str = dataclasses.field(default="weak", metadata=_help(
+        "starting policy: 'weak' (the toy policy trained for weak_steps only), 'tiny' (the full toy "
+        "policy) or a local model folder"))
+    weak_steps: int = dataclasses.field(default=600, metadata=_help(
+        "optimizer steps of the weak toy policy (batches of 32)"))
+    weak_traces: int = dataclasses.field(default=200, metadata=_help(
+        "distinct solutions the weak toy policy is trained on (over and over)"))
+    prm: str = dataclasses.field(default="fresh", metadata=_help(
+        "starting PRM: 'fresh' (a new head on the starting policy's backbone: it knows nothing), "
+        "'tiny' (the toy world's trained PRM) or a PRM folder"))
+    prm_target: str = dataclasses.field(default="labels", metadata=_help(
+        "what the PRM fits from the trees: 'labels' (inferred step correctness, BCE) or 'values' "
+        "(ReST-MCTS* quality values, MSE)"))
+    sft_filter: str = dataclasses.field(default="outcome", metadata=_help(
+        "which correct-answer solutions the policy learns from: 'outcome' (every one whose final "
+        "answer is verified) or 'steps' (only those whose every step a checker accepts; the toy "
+        "world has one)"))
+    sft_from: str = dataclasses.field(default="previous", metadata=_help(
+        "fine-tune the policy from the 'previous' iteration's or from the 'base' policy"))
+    accumulate: bool = dataclasses.field(default=True, metadata=_help(
+        "train on the data harvested by every iteration so far (else this iteration's only)"))
+    backend: str = dataclasses.field(default="hf", metadata=_help("policy engine: hf or vllm"))
+    executor: str = dataclasses.field(default="local", metadata=_help(
+        "where the search stages run: local or ray (mcts.executor)"))
+    actors: int | None = dataclasses.field(default=None, metadata=_help("Ray actors (None: one per GPU, else 1)"))
+    device: str | None = dataclasses.field(default=None, metadata=_help("torch device of the models (None: auto)"))
+    threads: int = dataclasses.field(default=1, metadata=_help(
+        "torch CPU threads of training and scoring (fixed, so that a run is reproducible; the toy "
+        "models gain little from more, and threads that outnumber free cores stall)"))
+    train_file: str | None = dataclasses.field(default=None, metadata=_help(
+        "training problems with answers (JSONL); None: generated toy problems"))
+    train_problems: int = dataclasses.field(default=384, metadata=_help("training problems searched per iteration"))
+    eval_file: str | None = dataclasses.field(default=None, metadata=_help(
+        "held-out problems with answers; None: generated toy problems (other seeds)"))
+    eval_problems: int = dataclasses.field(default=300, metadata=_help("held-out problems for greedy accuracy"))
+    eval_search_problems: int = dataclasses.field(default=60, metadata=_help(
+        "held-out problems for search accuracy (a subset of the above)"))
+    prm_eval_traces: int = dataclasses.field(default=400, metadata=_help(
+        "oracle-labelled held-out traces for the PRM's step AUC (toy world only)"))
+    prm_eval: str = dataclasses.field(default="policy", metadata=_help(
+        "whose traces the PRM's AUC is measured on: 'policy' (sampled from the starting policy: the "
+        "steps the PRM is asked to judge in this run) or 'scripted' (the scripted policy's slips)"))
+    min_ops: int = dataclasses.field(default=1, metadata=_help("generated toy problems: fewest operations"))
+    max_ops: int = dataclasses.field(default=3, metadata=_help("generated toy problems: most operations"))
+    batch: int = dataclasses.field(default=64, metadata=_help("problems searched together (one shard)"))
+    rest_em_samples: int | None = dataclasses.field(default=None, metadata=_help(
+        "rest_em: solutions sampled per problem (None: as many tokens as the tree search spent)"))
+    search: SearchConfig = dataclasses.field(
+        default_factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4),
+        metadata=_help("the search of the training problems"))
+    sft: SFTConfig = dataclasses.field(default_factory=lambda: SFTConfig(epochs=8.0, lr=2e-3),
+                                       metadata=_help("policy fine-tuning (defaults for the toy policy)"))
+    prm_train: TrainConfig = dataclasses.field(
+        default_factory=lambda: TrainConfig(epochs=2.0, batch_size=32, lr=1e-3, save_every=50),
+        metadata=_help("PRM training"))
+    alphallm: AlphaLLMConfig = dataclasses.field(default_factory=AlphaLLMConfig, metadata=_help("AlphaLLM loop"))
+    llama_berry: BerryConfig = dataclasses.field(default_factory=BerryConfig, metadata=_help("LLaMA-Berry loop"))
+
+    def __post_init__(self):
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ValueError(message)
+
+        need(self.algorithm in ALGORITHMS, f"algorithm={self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        need(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
+        need(self.prm_eval in ("policy", "scripted"), f"prm_eval must be 'policy' or 'scripted', got {self.prm_eval!r}")
+        need(self.prm_target in ("labels", "values"), f"prm_target must be 'labels' or 'values', got {self.prm_target!r}")
+        need(self.sft_filter in ("outcome", "steps"), f"sft_filter must be 'outcome' or 'steps', got {self.sft_filter!r}")
+        need(self.sft_from in ("previous", "base"), f"sft_from must be 'previous' or 'base', got {self.sft_from!r}")
+        need(self.backend in ("hf", "vllm"), f"backend must be 'hf' or 'vllm', got {self.backend!r}")
+        need(self.executor in ("local", "ray"), f"executor must be 'local' or 'ray', got {self.executor!r}")
+        for name in ("train_problems", "eval_problems", "batch", "threads", "weak_steps", "weak_traces"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(0 <= self.eval_search_problems <= self.eval_problems,
+             f"eval_search_problems must be in [0, eval_problems], got {self.eval_search_problems}")
+        need(1 <= self.min_ops <= self.max_ops <= 8, f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
+        need(self.name and "/" not in self.name and self.name not in (".", ".."), f"name must be a folder name, got {self.name!r}")
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+
+# Fields that change where or how fast a run goes, not what it computes: a run may resume with others.
+RUNTIME_FIELDS = ("runs_dir", "executor", "actors", "iterations")
+
+
+def to_dict(config) -> dict:
+    """A dataclass tree as plain JSON-able data."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=list))
+
+
+def config_fingerprint(config: RunConfig) -> str:
+    """What decides a run's results: every field but RUNTIME_FIELDS."""
+    data = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
+    return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading: YAML with line numbers, key=value overrides, type checks
+
+
+def _where(source: str, line: int | None, key: str) -> str:
+    return f"{source}:{line}: {key}" if line is not None else f"{source}: {key}"
+
+
+def _check_value(value: Any, hint: Any, key: str, where: str) -> Any:
+    """`value` converted to the annotated type `hint`, or ConfigError."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_value(value, option, key, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: unexpected null")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = typing.get_args(hint)[0]
+        return tuple(_check_value(v, inner, key, where) for v in value)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {type(value).__name__} {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: cannot read a value of type {hint}")
+
+
+def _field_default(field: dataclasses.Field):
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None if field.default is dataclasses.MISSING else field.default
+
+
+def _build(cls, data: Mapping, lines: Mapping[str, int], source: str, prefix: str = "", base=None):
+    """An instance of dataclass `cls` from a mapping (over the instance `base`, when given); nested
+    dataclass fields from nested mappings, over their defaults."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        where = _where(source, lines.get(path), path)
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key (known keys{' of ' + prefix[:-1] if prefix else ''}: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {value!r}")
+            kwargs[key] = _build(hint, value, lines, source, f"{path}.", base=_field_default(fields[key]))
+        else:
+            kwargs[key] = _check_value(value, hint, key, where)
+    try:
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        section = prefix[:-1] or "the run"
+        line = min((lines[k] for k in lines if k.startswith(prefix) and k[len(prefix):] in kwargs), default=None)
+        raise ConfigError(f"{_where(source, line, section)}: {err}") from None
+
+
+def _yaml_lines(node, prefix: str = "", out: dict | None = None) -> dict[str, int]:
+    """key path -> 1-based line of every key of a composed YAML mapping."""
+    import yaml
+
+    out = {} if out is None else out
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}{key.value}"
+            out[path] = key.start_mark.line + 1
+            _yaml_lines(value, f"{path}.", out)
+    return out
+
+
+def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _yaml_lines(yaml.compose(text)) if data else {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of keys, got {type(data).__name__}")
+    return data, lines
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value (e.g. search.simulations=32)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
+                sets: list[str] | None = None) -> RunConfig:
+    """The run's configuration: defaults, then the YAML file, then `overrides` (top-level keys, e.g.
+    from flags), then `sets` ('section.key=value' strings). Raises ConfigError."""
+    data: dict = {}
+    lines: dict[str, int] = {}
+    source = str(path) if path is not None else "<flags>"
+    if path is not None:
+        data, lines = _read_yaml(Path(path))
+    data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            data[key] = value
+    for text in sets or []:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {k} is not a section")
+        node[keys[-1]] = value
+    return _build(RunConfig, data, lines, source)

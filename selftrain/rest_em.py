@@ -1,0 +1,94 @@
+"""ReST-EM, the no-search baseline: sample solutions of every training problem from the policy,
+keep the verified-correct ones, fine-tune on them, repeat (rejection sampling; Singh et al. 2023).
+
+The samples are stored as a tree of independent chains (one per sample, sharing nothing), so the
+same harvest gives the same kinds of data as a searched tree: SFT solutions, and PRM targets in
+which a correct sample's steps are all labelled 1 and a wrong one's all 0 (without a tree nothing
+finer can be inferred). With `rest_em_samples` left at None each problem gets as many samples as
+fit in the tokens that the tree search of the same configuration spends per problem (measured on
+the first shard), so the two loops compare at equal generated tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Sequence
+
+from mcts.policy.base import Prefix
+from mcts.search import Candidate, Counters, SearchResult, Trace, choose_answer, sample_traces
+from selftrain.rest_mcts import harvest_stage, train_and_hand_on
+from selftrain.run import RunContext
+
+__all__ = ["chain_tree", "iteration", "sample_solutions"]
+
+
+def chain_tree(problem: str, traces: Sequence[Trace]) -> dict:
+    """Independent samples as one tree JSON (the format of `TreeSearch.to_json`): a chain per sample."""
+    nodes = [{"id": 0, "parent": -1, "depth": 0, "step": None, "terminal": False, "answer": None}]
+    for t in traces:
+        parent = 0
+        for depth, step in enumerate(t.prefix.steps, start=1):
+            last = depth == len(t.prefix.steps)
+            nodes.append({"id": len(nodes), "parent": parent, "depth": depth, "step": step,
+                          "terminal": last, "answer": t.answer if last else None})
+            parent = len(nodes) - 1
+    return {"problem": problem, "algorithm": "rest_em", "nodes": nodes}
+
+
+def sample_solutions(samples: int, max_depth: int, temperature: float) -> Callable:
+    """A `run(texts, proposer, scorer, on_tree)` for `RunContext.search`: `samples` solutions per
+    problem, the majority answer as the result."""
+
+    def run(texts: Sequence[str], proposer, scorer, on_tree) -> list[SearchResult]:
+        started = time.perf_counter()
+        counters = Counters.zeros(len(texts))
+        traces = [Trace(b, Prefix(text, ())) for b, text in enumerate(texts) for _ in range(samples)]
+        sample_traces(traces, proposer, None, max_depth=max_depth, temperature=temperature, counters=counters)
+        results = []
+        for b, text in enumerate(texts):
+            mine = [t for t in traces if t.owner == b]
+            on_tree(b, chain_tree(text, mine))
+            chosen, value = choose_answer([Candidate(t.answer, 1.0, t.prefix.steps) for t in mine if t.finished],
+                                          "majority")
+            results.append(SearchResult(
+                answer=chosen.answer if chosen else None, trace="".join(chosen.steps) if chosen else "",
+                value=float(value), tokens=int(counters.tokens[b]), simulations=samples,
+                policy_calls=int(counters.policy_calls[b]), scorer_calls=0,
+                seconds=time.perf_counter() - started, num_candidates=len(mine)))
+        return results
+
+    return run
+
+
+def samples_for(ctx: RunContext, k: int) -> int:
+    """config.rest_em_samples, else the samples that spend the tree search's tokens per problem: a
+    probe of the first shard with the same policy (its search is not kept)."""
+    cfg = ctx.config
+    if cfg.rest_em_samples is not None:
+        return cfg.rest_em_samples
+
+    def work(folder) -> dict:
+        from mcts.search import run_algorithm
+
+        policy, prm = ctx.models(k - 1)
+        shard = [p.problem for p in ctx.train[:cfg.batch]]
+        proposer = ctx.load_policy(policy, cfg.seed)
+        tree_tokens = sum(r.tokens for r in run_algorithm(shard, proposer, ctx.load_prm(prm), cfg.search)) / len(shard)
+        one = sample_solutions(1, cfg.search.max_depth, cfg.search.temperature)(shard, proposer, None, lambda *a: None)
+        sample_tokens = max(1.0, sum(r.tokens for r in one) / len(shard))
+        return {"samples": max(1, round(tree_tokens / sample_tokens)), "tree_tokens_per_problem": tree_tokens,
+                "sample_tokens": sample_tokens}
+
+    return int(ctx.stage(k, "budget", work)["samples"])
+
+
+def iteration(ctx: RunContext, k: int) -> None:
+    policy, prm = ctx.models(k - 1)
+    cfg = ctx.config
+    n = samples_for(ctx, k)
+    search = dataclasses.replace(cfg.search, algorithm="self_consistency", simulations=n)
+    ctx.search(k, "search", ctx.train, policy, None, search, seed=cfg.seed * 1000 + k,
+               run=sample_solutions(n, cfg.search.max_depth, cfg.search.temperature))
+    harvest_stage(ctx, k)
+    train_and_hand_on(ctx, k)
