@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from mcts.policy.base import Prefix, Step
+from mcts.policy.hf_policy import torch_threads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -163,19 +164,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _special_head(tokenizer) -> list[int]:
@@ -414,7 +402,7 @@ class PRM(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            with _threads(self.config.num_threads):
+            with torch_threads(self.config.num_threads):
                 for start in range(0, len(order), size):
                     chunk = order[start:start + size]
                     ids, mask = pad_right([rows[i][0] for i in chunk], self.pad_id)

@@ -369,7 +369,7 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     from flags), then `sets` ('section.key=value' strings). Raises ConfigError."""
     data: dict = {}
     lines: dict[str, int] = {}
-    source = str(path) if path is not None else "<flags>"
+    source = str(path) if path is not None else "command line"
     if path is not None:
         data, lines = _read_yaml(Path(path))
     data = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in data.items()}

@@ -27,7 +27,6 @@ place; a file lock keeps two processes from training the same folder at once.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
@@ -396,18 +395,6 @@ def default_threads() -> int:
     return max(1, min(cpus, cpus - int(busy)))
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _llama_config(config: ToyTrainConfig, tokenizer):
     from transformers import LlamaConfig
 
@@ -435,8 +422,10 @@ def train_toy_model(config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = Tr
     from transformers import GenerationConfig, LlamaForCausalLM
 
     tokenizer = build_char_tokenizer(config.max_positions)
+    from mcts.policy.hf_policy import torch_threads
+
     threads = config.num_threads or default_threads()
-    with _torch_threads(threads):
+    with torch_threads(threads):
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(_llama_config(config, tokenizer))
         model.generation_config = GenerationConfig(

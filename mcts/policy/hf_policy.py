@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["DEFAULT_DELIMITER", "POLICY_FILE", "ChatPrompt", "HFPolicy", "HFPolicyConfig", "PolicyStats", "PromptFn",
-           "plain_prompt", "read_policy_defaults", "write_policy_defaults"]
+           "plain_prompt", "read_policy_defaults", "torch_threads", "write_policy_defaults"]
 
 PromptFn = Callable[[Prefix], str]
 
@@ -293,7 +293,7 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @contextlib.contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
     """torch's intra-op thread count set to `n` for a block (None: unchanged)."""
     before = torch.get_num_threads()
     if n is None or n == before:
@@ -524,7 +524,7 @@ class HFPolicy:
         cuda = []
         if self.device.type == "cuda":
             cuda = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-        with torch.inference_mode(), torch.random.fork_rng(devices=cuda), _threads(self.config.num_threads):
+        with torch.inference_mode(), torch.random.fork_rng(devices=cuda), torch_threads(self.config.num_threads):
             torch.manual_seed(seed)
             sequences = self.model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_config,
