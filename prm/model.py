@@ -54,6 +54,7 @@ CONFIG_FILE = "prm_config.json"
 HEAD_FILE = "head.safetensors"
 IGNORE_INDEX = -100.0  # label of a position that carries no loss
 MODES = ("prm", "orm", "pairwise")  # "pairwise" folders are read by prm.pairwise.PPRM
+PAIR_READINGS = ("joint", "separate")
 
 
 def _help(text: str) -> dict:
@@ -78,6 +79,10 @@ class PRMConfig:
     max_length: int | None = dataclasses.field(default=None, metadata=_help(
         "most tokens read per sequence (longer ones lose their start); None: the backbone's "
         "max_position_embeddings"))
+    pair_reading: str = dataclasses.field(default="joint", metadata=_help(
+        "how a pairwise PPRM reads a pair: 'joint' (both solutions in one sequence, the head at its last "
+        "token) or 'separate' (each solution alone, P(a > b) = sigmoid(s(a) - s(b)): a Bradley-Terry "
+        "model over one score per solution)"))
     batch_size: int = dataclasses.field(default=64, metadata=_help("sequences per forward pass"))
     num_threads: int | None = dataclasses.field(default=None, metadata=_help(
         "torch CPU threads while scoring (restored after); None: leave torch's setting"))
@@ -89,6 +94,8 @@ class PRMConfig:
             raise ValueError(f"delimiter must be a non-empty string, got {self.delimiter!r}")
         if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 2):
             raise ValueError(f"max_length must be None or an int >= 2, got {self.max_length!r}")
+        if self.pair_reading not in PAIR_READINGS:
+            raise ValueError(f"pair_reading must be one of {PAIR_READINGS}, got {self.pair_reading!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
@@ -387,14 +394,15 @@ class PRM(nn.Module):
         return self.head(hidden.float()).squeeze(-1)
 
     @torch.inference_mode()
-    def _values(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
+    def _values(self, rows: Sequence[tuple[list[int], list[int]]], logits: bool = False) -> list[list[float]]:
         """Values at the given positions of each row, batched over right-padded chunks.
 
         Args:
             rows: [R] (ids, positions to read); a negative position reads NaN (cut off).
+            logits: return the head's logits instead of their sigmoid.
 
         Returns:
-            [R][len(positions)] values in [0, 1].
+            [R][len(positions)] values in [0, 1] (logits: reals).
         """
         out: list[list[float]] = [[] for _ in rows]
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths together
@@ -410,7 +418,8 @@ class PRM(nn.Module):
                     r_idx = [r for r, i in enumerate(chunk) for p in rows[i][1] if p >= 0]
                     t_idx = [p for i in chunk for p in rows[i][1] if p >= 0]
                     picked = hidden[torch.tensor(r_idx, device=self.device), torch.tensor(t_idx, device=self.device)]
-                    values = torch.sigmoid(self.head(picked.float()).squeeze(-1)).cpu().tolist()
+                    values = self.head(picked.float()).squeeze(-1)
+                    values = (values if logits else torch.sigmoid(values)).cpu().tolist()
                     it = iter(values)
                     for i in chunk:
                         out[i] = [next(it) if p >= 0 else math.nan for p in rows[i][1]]

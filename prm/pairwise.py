@@ -12,8 +12,20 @@ solution tells the model nothing. At inference both orders are read as well and 
 
     P(a > b) = (p(a, b) + 1 - p(b, a)) / 2,
 
-which makes P(a > b) + P(b > a) = 1 exactly. A PPRM folder is a PRM folder with mode "pairwise"
-(`prm.model.PRM.save_pretrained`); `preference_probs` gives the matrix `prm.ebc` ranks.
+which makes P(a > b) + P(b > a) = 1 exactly.
+
+With `PRMConfig.pair_reading = "separate"` the PPRM is a Bradley-Terry model instead: the backbone
+reads each solution alone, in the PRM's layout (problem, then its steps), the head gives one score
+s per solution at its last token, and
+
+    P(a > b) = sigmoid(s(a) - s(b)),
+
+trained with the same logistic loss on (chosen, rejected) pairs (`prm.train.encode_pair_rows`
+makes rows that carry both sequences). It has no position bias by construction, scores N
+solutions in N readings instead of N(N - 1), and starts well from a trained PRM, whose head at
+the last step already scores a solution (the toy PPRM is built that way). A PPRM folder is a PRM
+folder with mode "pairwise" (`prm.model.PRM.save_pretrained`); `preference_probs` gives the
+matrix `prm.ebc` ranks.
 """
 
 from __future__ import annotations
@@ -68,8 +80,32 @@ class PPRM(PRM):
         return encode_pieces(self.tokenizer, self.head_ids(problem),
                              pair_pieces(a_steps, b_steps, self.config.delimiter))[0]
 
+    @property
+    def separate(self) -> bool:
+        """True for a Bradley-Terry PPRM (each solution read alone)."""
+        return self.config.pair_reading == "separate"
+
+    def encode_solution(self, problem: str, steps: Sequence[str]) -> list[int]:
+        """Token ids of one solution read alone (the PRM layout), cut to `max_length` from the left."""
+        ids = self.encode(problem, steps)[0]
+        return ids[-self.max_length:] if self.max_length is not None and len(ids) > self.max_length else ids
+
+    def solution_scores(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[float]:
+        """Bradley-Terry scores s (logits) of (problem, steps) solutions, each read alone, one batched pass."""
+        rows = []
+        for problem, steps in items:
+            ids = self.encode_solution(problem, steps)
+            rows.append((ids, [len(ids) - 1]))
+        return [v[0] for v in self._values(rows, logits=True)]
+
     def compare(self, pairs: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[float]:
-        """One-order readings p(a, b) of (problem, a_steps, b_steps) triples, in one batched pass."""
+        """One-order readings p(a, b) of (problem, a_steps, b_steps) triples, in one batched pass
+        (separate reading: sigmoid(s(a) - s(b)))."""
+        if self.separate:
+            items = [(p, a) for p, a, _ in pairs] + [(p, b) for p, _, b in pairs]
+            scores = self.solution_scores(items)
+            n = len(pairs)
+            return [float(1.0 / (1.0 + np.exp(scores[n + i] - scores[i]))) for i in range(n)]
         rows = []
         for problem, a, b in pairs:
             ids = self.encode_pair(problem, a, b)
@@ -89,6 +125,11 @@ class PPRM(PRM):
         """[N, N] P(i > j) between the solutions of one problem (all ordered pairs in one batched
         pass, symmetrised; diagonal 0.5)."""
         n = len(solutions)
+        if self.separate:
+            s = np.array(self.solution_scores([(problem, list(x)) for x in solutions]), dtype=np.float64)
+            probs = 1.0 / (1.0 + np.exp(s[None, :] - s[:, None]))  # [i, j] = sigmoid(s_i - s_j)
+            np.fill_diagonal(probs, 0.5)
+            return probs
         order = [(i, j) for i in range(n) for j in range(n) if i != j]
         raw = np.full((n, n), 0.5)
         if order:

@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KINDS", "LOSSES", "TrainConfig", "TrainError", "batch_order", "collate", "default_threads", "encode_pair_rows",
-    "encode_step_rows", "load_model_for", "main", "make_parser", "masked_loss", "save_atomic", "train_rows",
+    "encode_step_rows", "load_model_for", "main", "make_parser", "masked_loss", "pair_logits", "save_atomic",
+    "train_rows",
 ]
 
 KINDS = ("prm", "orm", "pprm")
@@ -138,11 +139,23 @@ def encode_step_rows(model: "PRM", records: Iterable[Mapping], *, target: str, m
 
 
 def encode_pair_rows(model, records: Iterable[Mapping], *, max_length: int | None = None) -> list[dict]:
-    """Training rows of preference pairs, both orders: (chosen, rejected) -> 1, (rejected, chosen) -> 0,
-    the label on the last token (see `prm.pairwise.PPRM.encode_pair`)."""
+    """Training rows of preference pairs.
+
+    A joint PPRM (see `prm.pairwise`): both orders, (chosen, rejected) -> 1, (rejected, chosen) ->
+    0, the label on the last token of the pair sequence (`PPRM.encode_pair`). A separate-reading
+    (Bradley-Terry) PPRM: one row per pair, the chosen solution's ids with label 1 on its last
+    token, and the rejected one's as "input_ids_b" (`train_rows` fits sigmoid(s(a) - s(b)))."""
     from prm.model import IGNORE_INDEX
 
     rows = []
+    if getattr(model, "separate", False):
+        for r in records:
+            a = model.encode_solution(r["problem"], r["chosen"])
+            b = model.encode_solution(r["problem"], r["rejected"])
+            if max_length is not None:
+                a, b = a[-max_length:], b[-max_length:]
+            rows.append({"input_ids": a, "labels": [IGNORE_INDEX] * (len(a) - 1) + [1.0], "input_ids_b": b})
+        return rows
     for r in records:
         for a, b, y in ((r["chosen"], r["rejected"], 1.0), (r["rejected"], r["chosen"], 0.0)):
             ids = model.encode_pair(r["problem"], a, b)
@@ -181,7 +194,8 @@ def batch_order(lengths: Sequence[int], batch_size: int, epochs: float, seed: in
 def collate(rows: Sequence[Mapping], pad_id: int) -> dict:
     """Right-padded {"input_ids", "attention_mask", "labels"} tensors of a batch of rows, "weights"
     when the rows carry per-position weights (else every labelled position weighs 1), and
-    "lm_labels" (int64, -100 where no next-token loss; for a `loss_fn`) when they carry them."""
+    "lm_labels" (int64, -100 where no next-token loss; for a `loss_fn`) when they carry them, and
+    "input_ids_b"/"attention_mask_b" (the second solutions of Bradley-Terry pair rows)."""
     import torch
 
     from prm.model import IGNORE_INDEX, pad_right
@@ -203,7 +217,18 @@ def collate(rows: Sequence[Mapping], pad_id: int) -> dict:
             if "lm_labels" in r:
                 lm[i, :len(r["lm_labels"])] = torch.tensor(r["lm_labels"], dtype=torch.long)
         batch["lm_labels"] = lm
+    if any("input_ids_b" in r for r in rows):
+        batch["input_ids_b"], batch["attention_mask_b"] = pad_right([r["input_ids_b"] for r in rows], pad_id)
     return batch
+
+
+def pair_logits(logits: "torch.Tensor", mask: "torch.Tensor", logits_b: "torch.Tensor",
+                mask_b: "torch.Tensor") -> "torch.Tensor":
+    """[B] s(a) - s(b) of Bradley-Terry pair rows: each sequence's logit at its last real token."""
+    import torch
+
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, mask.sum(1) - 1] - logits_b[rows, mask_b.sum(1) - 1]
 
 
 def masked_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss: str,
@@ -373,6 +398,12 @@ def train_rows(model: "torch.nn.Module", rows: Sequence[Mapping], config: TrainC
             with accelerator.accumulate(model):
                 if loss_fn is not None:
                     value = loss_fn(model, batch)
+                elif "input_ids_b" in batch:  # Bradley-Terry pairs: the logistic loss of s(a) - s(b)
+                    diff = pair_logits(model(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"],
+                                       model(batch["input_ids_b"], batch["attention_mask_b"]), batch["attention_mask_b"])
+                    rows_idx = torch.arange(diff.shape[0], device=diff.device)
+                    target = batch["labels"][rows_idx, batch["attention_mask"].sum(1) - 1]
+                    value = masked_loss(diff[:, None], target[:, None], "bce")
                 else:
                     logits = model(batch["input_ids"], batch["attention_mask"])
                     value = masked_loss(logits, batch["labels"], loss, batch.get("weights"))
@@ -462,9 +493,11 @@ def save_atomic(out: Path, write: Callable[[Path], None], *, overwrite: bool = F
 
 
 def load_model_for(kind: str, backbone: str | Path, *, delimiter: str | None = None, max_length: int | None = None,
-                   seed: int = 0, device: str | None = "cpu"):
+                   seed: int = 0, device: str | None = "cpu", pair_reading: str | None = None):
     """The model to train: a PRM/ORM/PPRM folder of the same kind goes on training (head kept);
-    any other model folder (a causal LM, a PRM of another kind) gives its backbone a fresh head.
+    any other model folder (a causal LM, a PRM of another kind) gives its backbone a fresh head,
+    except that a separate-reading PPRM made from a PRM or ORM folder keeps its head (the value at
+    a solution's last step is already a score of the solution).
 
     Args:
         kind: "prm", "orm" or "pprm".
@@ -473,6 +506,8 @@ def load_model_for(kind: str, backbone: str | Path, *, delimiter: str | None = N
         max_length: reading limit (None: the backbone's).
         seed: seed of a fresh head.
         device: where to put it (accelerate moves it to the GPU when it uses one).
+        pair_reading: a PPRM's reading, "joint" or "separate" (`prm.model.PRMConfig`); None: a saved
+            PPRM's, else "joint".
     """
     import torch
 
@@ -483,6 +518,8 @@ def load_model_for(kind: str, backbone: str | Path, *, delimiter: str | None = N
     mode = {"prm": "prm", "orm": "orm", "pprm": "pairwise"}[kind]
     cls = PPRM if kind == "pprm" else PRM
     overrides = {"max_length": max_length} if max_length else {}
+    if kind == "pprm" and pair_reading is not None:
+        overrides["pair_reading"] = pair_reading
     if (folder / CONFIG_FILE).exists():
         config, _ = read_config(folder)
         if config.mode == mode:
@@ -490,6 +527,10 @@ def load_model_for(kind: str, backbone: str | Path, *, delimiter: str | None = N
                 overrides["delimiter"] = delimiter
             return cls.from_pretrained(folder, device=device, dtype=torch.float32, **overrides).train()
         delimiter = delimiter or config.delimiter
+        if kind == "pprm" and pair_reading == "separate" and config.mode in ("prm", "orm"):
+            source = PRM.from_pretrained(folder, device="cpu", dtype=torch.float32)
+            fresh = PRMConfig(mode=mode, delimiter=delimiter, **overrides)
+            return PPRM(source.backbone, source.tokenizer, fresh, head=source.head).to(device).train()
     config = PRMConfig(mode=mode, delimiter=delimiter or "\n", **overrides)
     return cls.from_backbone(folder, config, device=device, seed=seed)
 
@@ -515,6 +556,10 @@ def make_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace --out when it exists")
     io.add_argument("--kind", default="prm", choices=KINDS, help="prm (every step), orm (the last step), "
                     "pprm (pairs)")
+    io.add_argument("--pair-reading", choices=("joint", "separate"), default=None, help="--kind pprm: both "
+                    "solutions in one sequence (joint), or each alone with P(a > b) = sigmoid(s(a) - s(b)) "
+                    "(separate: Bradley-Terry; from a PRM folder its head is kept); default: a saved PPRM's, "
+                    "else joint")
     io.add_argument("--target", choices=("labels", "values"), help="which targets to fit (default: labels "
                     "when the data has them, else values)")
     io.add_argument("--delimiter", default=None, help="step delimiter of a fresh model (default '\\n'; "
@@ -584,7 +629,7 @@ def _train_cli(args: argparse.Namespace) -> int:
         raise TrainError(f"{out} exists; pass --overwrite to replace it")
     try:
         model = load_model_for(args.kind, args.backbone, delimiter=delimiter, max_length=config.max_length,
-                               seed=config.seed)
+                               seed=config.seed, pair_reading=args.pair_reading if args.kind == "pprm" else None)
     except (OSError, ValueError) as err:
         raise TrainError(f"--backbone {args.backbone}: {err}") from None
     limit = config.max_length or model.max_length

@@ -13,6 +13,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from mcts.policy.base import Prefix  # noqa: E402
 from prm.model import IGNORE_INDEX, PRM, PRMConfig, PRMLoadError  # noqa: E402
 from prm.pairwise import PPRM, pair_pieces, symmetric_matrix, symmetrize  # noqa: E402
 
@@ -105,3 +106,53 @@ def test_pair_training_rows_hold_both_orders(pprm):
         assert labelled == [(len(row["input_ids"]) - 1, y)]
     assert rows[0]["input_ids"] == pprm.encode_pair(PROBLEM, GOOD, BAD)
     assert rows[1]["input_ids"] == pprm.encode_pair(PROBLEM, BAD, GOOD)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Separate reading: a Bradley-Terry PPRM over one score per solution
+
+
+@pytest.fixture(scope="module")
+def bt(pprm):
+    import dataclasses
+
+    model = PPRM(pprm.backbone, pprm.tokenizer, dataclasses.replace(pprm.config, pair_reading="separate"),
+                 head=pprm.head)
+    return model.eval()
+
+
+def test_separate_reading_is_bradley_terry_without_position_bias(bt):
+    s_good, s_bad, s_other = bt.solution_scores([(PROBLEM, GOOD), (PROBLEM, BAD), (PROBLEM, OTHER)])
+    assert bt.encode_solution(PROBLEM, GOOD) == bt.encode(PROBLEM, GOOD)[0]  # the PRM's layout
+    p = bt.compare([(PROBLEM, GOOD, BAD), (PROBLEM, BAD, GOOD)])
+    assert p[0] == pytest.approx(1 / (1 + np.exp(s_bad - s_good)), abs=1e-6)
+    assert p[0] + p[1] == pytest.approx(1.0, abs=1e-6)  # no position bias, by construction
+    assert bt.prefer([(PROBLEM, GOOD, BAD)])[0] == pytest.approx(p[0], abs=1e-6)
+    m = bt.preference_probs(PROBLEM, [GOOD, BAD, OTHER])
+    assert m + m.T == pytest.approx(np.ones((3, 3)), abs=1e-6) and np.diag(m).tolist() == [0.5] * 3
+    assert m[2, 0] == pytest.approx(1 / (1 + np.exp(s_good - s_other)), abs=1e-6)
+
+
+def test_separate_reading_rows_train_the_score_difference(bt, pprm, tmp_path):
+    import dataclasses
+
+    from prm.train import TrainConfig, encode_pair_rows, load_model_for, train_rows
+
+    rows = encode_pair_rows(bt, [{"problem": PROBLEM, "chosen": GOOD, "rejected": BAD}])
+    assert len(rows) == 1 and rows[0]["input_ids"] == bt.encode_solution(PROBLEM, GOOD)
+    assert rows[0]["input_ids_b"] == bt.encode_solution(PROBLEM, BAD)
+    assert rows[0]["labels"][-1] == 1.0 and set(rows[0]["labels"][:-1]) == {IGNORE_INDEX}
+    # a separate PPRM made from a PRM folder keeps the PRM's head: s = the PRM's logit at the last step
+    prm = PRM(pprm.backbone, pprm.tokenizer, PRMConfig(mode="prm"), head=pprm.head)
+    prm.save_pretrained(tmp_path / "prm")
+    model = load_model_for("pprm", tmp_path / "prm", pair_reading="separate")
+    assert model.config.pair_reading == "separate" and torch.equal(model.head.weight, pprm.head.weight)
+    value = prm.score_outcomes([Prefix(PROBLEM, tuple(GOOD))])[0]
+    assert 1 / (1 + np.exp(-model.solution_scores([(PROBLEM, GOOD)])[0])) == pytest.approx(value, abs=1e-5)
+    data = [{"problem": PROBLEM, "chosen": GOOD, "rejected": b} for b in (BAD, OTHER)] * 8
+    before = model.prefer([(PROBLEM, GOOD, BAD)])[0]
+    config = TrainConfig(epochs=3, batch_size=4, lr=3e-3, warmup_ratio=0.0, num_threads=1, device="cpu")
+    train_rows(model, encode_pair_rows(model, data), config, loss="bce", pad_id=model.pad_id, progress=False)
+    assert model.prefer([(PROBLEM, GOOD, BAD)])[0] > max(before, 0.6)
+    model.save_pretrained(tmp_path / "bt")
+    assert PPRM.from_pretrained(tmp_path / "bt", device="cpu").separate
