@@ -18,7 +18,7 @@ import importlib
 _EXPORTS = {
     "PRM": "prm.model", "PRMConfig": "prm.model", "PRMLoadError": "prm.model",
     "PPRM": "prm.pairwise",
-    "borda_scores": "prm.ebc", "ebc_rank": "prm.ebc", "ebc_select": "prm.ebc", "preference_matrix": "prm.ebc",
+    "EBCScorer": "prm.ebc", "borda_scores": "prm.ebc", "ebc_rank": "prm.ebc", "ebc_select": "prm.ebc", "preference_matrix": "prm.ebc",
     "transitive_closure": "prm.ebc",
     "StepDataError": "prm.data", "ToyDataConfig": "prm.data", "load_pair_dataset": "prm.data",
     "load_step_dataset": "prm.data", "pair_records": "prm.data", "quality_values": "prm.data",

@@ -18,6 +18,11 @@ Command lines:
         pairwise_acc on the pairs of those traces that differ in outcome, with --pprm)
     python -m prm.eval --prm DIR --best-of-n 16 --problems 200 --min-ops 5 --max-ops 6 [--policy tiny]
         PRM best-of-N vs majority vote on fresh toy problems
+
+Toy problems default to the toy world's default distribution (operands up to 10, every value
+within 100, 1-6 operations; 5-6 for --best-of-n), the one the tiny models are trained on; seeds
+other than the builds' (data_seed + i, `prm.toy.EVAL_SEED`) give held-out problems. `--prm tiny`
+and `--pprm tiny` name the toy world's models (built on first use).
 """
 
 from __future__ import annotations
