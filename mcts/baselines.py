@@ -36,12 +36,12 @@ __all__ = ["BASELINES", "beam", "best_of_n", "greedy", "self_consistency", "weig
 
 
 def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Counters, config: SearchConfig,
-             simulations: Sequence[int], seconds: Sequence[float]) -> list[SearchResult]:
+             simulations: Sequence[int], seconds: Sequence[float], scorer=None) -> list[SearchResult]:
     out = []
     for b in range(len(problems)):
         candidates = [Candidate(t.answer, aggregate_step_values(t.step_values, config.step_aggregate),
                                 t.prefix.steps) for t in solutions[b]]
-        chosen, value = choose_answer(candidates, config.selection)
+        chosen, value = choose_answer(candidates, config.selection, problem=problems[b], judge=scorer)
         out.append(SearchResult(
             answer=chosen.answer if chosen else None, trace="".join(chosen.steps) if chosen else "",
             value=float(value), tokens=int(counters.tokens[b]), simulations=int(simulations[b]),
@@ -73,7 +73,7 @@ def _sample_solutions(problems: Sequence[str], proposer: StepProposer, scorer: S
         for trace in wave:
             solutions[trace.owner].append(trace)
             seconds[trace.owner] = now
-    return _results(problems, solutions, counters, config, [len(s) for s in solutions], seconds)
+    return _results(problems, solutions, counters, config, [len(s) for s in solutions], seconds, scorer)
 
 
 def greedy(problems, proposer, scorer, config: SearchConfig) -> list[SearchResult]:
@@ -162,7 +162,7 @@ def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchCon
             beams[t.owner].append(t)
             seconds[t.owner] = time.perf_counter() - start
     solutions = [[t for t in beams[b] if t.finished] for b in range(P)]
-    return _results(problems, solutions, counters, config, expansions, seconds)
+    return _results(problems, solutions, counters, config, expansions, seconds, scorer)
 
 
 BASELINES: dict[str, Callable[..., list[SearchResult]]] = {

@@ -569,7 +569,8 @@ class TreeSearch:
                 self.seconds[t.owner] = time.perf_counter() - self._start
 
     def result(self, b: int) -> SearchResult:
-        chosen, value = choose_answer(self.candidates(b), self.config.selection)
+        chosen, value = choose_answer(self.candidates(b), self.config.selection, problem=self.problems[b],
+                                      judge=self.scorer)
         if chosen is None:
             steps = self.prefix(b, self._best_partial(b)).steps
             chosen = Candidate(None, 0.0, steps)

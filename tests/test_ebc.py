@@ -231,3 +231,22 @@ def test_search_cli_checks_ebc_flags(tmp_path, capsys):
     assert main(base + ["--answer-selection", "ebc", "--pprm", "tiny", "--ebc-alpha", "2"]) == 2
     assert "--ebc-alpha" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("algorithm", ["mcts_star", "best_of_n"])
+def test_search_cli_answers_with_ebc(quick_models, tmp_path, algorithm):
+    """--answer-selection ebc end to end: the tree search and a sampling baseline hand their
+    finished candidates and the problem to the PPRM judge."""
+    import json
+
+    from mcts.search import main
+
+    prm_dir, pprm_dir = quick_models
+    problems = tmp_path / "p.jsonl"
+    problems.write_text('{"problem": "2 + 3 * 4", "answer": "14"}\n{"problem": "(7 - 2) * 3", "answer": "15"}\n')
+    out = tmp_path / "r.jsonl"
+    assert main(["--problem-file", str(problems), "--model", "scripted", "--prm", str(prm_dir), "--pprm",
+                 str(pprm_dir), "--answer-selection", "ebc", "--algorithm", algorithm, "--simulations", "6",
+                 "--out", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 2 and all(r["answer"] is not None and r["num_candidates"] >= 1 for r in records)
