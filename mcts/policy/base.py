@@ -8,6 +8,7 @@ calls each exactly once per round with the prefixes of every selected leaf of ev
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Protocol, Sequence, runtime_checkable
 
 
@@ -40,6 +41,14 @@ class Prefix:
     @property
     def depth(self) -> int:
         return len(self.steps)
+
+
+def check_propose_args(n: int, temperature: float) -> None:
+    """The argument checks every `StepProposer.propose` makes (ValueError naming the argument)."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
 
 
 @runtime_checkable

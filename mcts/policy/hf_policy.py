@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from mcts.grading import extract_answer
-from mcts.policy.base import Prefix, Step
+from mcts.policy.base import Prefix, Step, check_propose_args
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -441,10 +440,7 @@ class HFPolicy:
             [P][n] steps. A prefix whose last step states a final answer, or whose prompt plus
             `max_new_tokens` would exceed the model's context, gets an empty list.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        check_propose_args(n, temperature)
         greedy = greedy or temperature == 0
         self.stats.calls += 1
         self.stats.prefixes += len(prefixes)

@@ -45,13 +45,12 @@ Loading is local only: `VLLMPolicy.from_pretrained(folder)` reads the folder's
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mcts.grading import extract_answer
-from mcts.policy.base import Prefix, Step
+from mcts.policy.base import Prefix, Step, check_propose_args
 from mcts.policy.hf_policy import (DEFAULT_DELIMITER, ChatPrompt, PolicyStats, PromptFn, plain_prompt,
                                    read_policy_defaults)
 
@@ -450,10 +449,7 @@ class VLLMPolicy:
             [P][n] steps. A prefix whose last step states a final answer, or whose prompt plus
             `max_new_tokens` would exceed the model's context, gets an empty list.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be an int >= 1, got {n!r}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature}")
+        check_propose_args(n, temperature)
         if self.llm is None:
             raise RuntimeError("VLLMPolicy: the engine was closed")
         greedy = greedy or temperature == 0
