@@ -101,19 +101,9 @@ def test_tokenize_row_truncates_from_the_left_and_checks_lengths():
 
 
 @pytest.fixture(scope="module")
-def backbone_dir(tmp_path_factory):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from mcts.envs.tiny_models import build_char_tokenizer
-
-    tok = build_char_tokenizer(256)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
+def backbone_dir(tmp_path_factory, random_llama):
     folder = tmp_path_factory.mktemp("backbone")
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    random_llama(256, 2, folder)
     return folder
 
 
