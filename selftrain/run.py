@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mcts.grading import is_equivalent
 from mcts.problems import Problem
+from mcts.search import write_jsonl_atomic
 from selftrain.config import RunConfig, config_fingerprint, to_dict
 
 __all__ = ["RunContext", "RunError", "crash_point", "summary_table", "write_json_atomic"]
@@ -64,12 +65,6 @@ def read_jsonl(path: Path) -> list[dict]:
         return []
     with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def write_jsonl_atomic(path: Path, records: Sequence[Mapping]) -> None:
-    from mcts.search import write_jsonl_atomic as write
-
-    write(path, records)
 
 
 def _fmt(value: Any) -> str:
