@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from pathlib import Path
@@ -273,6 +274,8 @@ def _check_value(value: Any, hint: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {type(value).__name__} {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {type(value).__name__} {value!r}")
         return float(value)
@@ -281,6 +284,9 @@ def _check_value(value: Any, hint: Any, key: str, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
         return value
     raise ConfigError(f"{where}: cannot read a value of type {hint}")
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def _field_default(field: dataclasses.Field):

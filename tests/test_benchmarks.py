@@ -79,3 +79,26 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
                                                "weighted_self_consistency", "beam", "mcts_star", "uct", "puct"}
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["tokens_per_problem"] > 0
+
+
+def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
+    from prm.model import PRM
+
+    random_llama(512, 1, tmp_path / "backbone")
+    PRM.from_backbone(tmp_path / "backbone", device="cpu", seed=0).save_pretrained(tmp_path / "prm")
+    spec = importlib.util.spec_from_file_location("prm_best_of_n", SCRIPT.parent / "prm_best_of_n.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--prm", str(tmp_path / "prm"), "--pprm", "", "--n", "4", "--problems", "3", "--slip-rates", "0,0.3",
+            "--min-ops", "2", "--max-ops", "3", "--plot", str(tmp_path / "p.png"), "--json"]
+    assert module.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["policy"] for r in rows] == ["scripted 0", "scripted 0.3"]
+    for r in rows:
+        assert r["problems"] == 3 and r["n"] == 4
+        assert {"majority", "pass@4", "prm_best_min", "prm_vote_mean"} <= r["accuracy"].keys()
+        assert "ebc" not in r["accuracy"]
+    # a slip-free scripted policy writes the canonical solution every time: every rule is right
+    assert all(v == 1.0 for v in rows[0]["accuracy"].values())
+    assert "PRM best-of-4" in out and (tmp_path / "p.png").stat().st_size > 0

@@ -28,6 +28,11 @@ def test_config_defaults_and_overrides():
     assert config.iterations == 2 and config.name == "toy"
     assert config.search.simulations == 8 and config.search.width == 4  # the section's other defaults kept
     assert config.sft.lora is True
+    # YAML 1.1 reads 1e-3 (no dot) as a string; a float field takes it as the number it means
+    config = load_config(None, {}, ["sft.lr=1e-3", "prm_train.lr=2.5E-4"])
+    assert config.sft.lr == 1e-3 and config.prm_train.lr == 2.5e-4
+    with pytest.raises(ConfigError, match="sft.lr: expected a number, got str '1e-3x'"):
+        load_config(None, {}, ["sft.lr=1e-3x"])
 
 
 def test_config_unknown_key_names_file_line_and_key(tmp_path):
