@@ -129,8 +129,9 @@ class BerryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
-    """A self-training run. Defaults: ReST-MCTS* on the toy world, from a deliberately weak tiny
-    policy and a PRM head that has seen nothing, three iterations, on a CPU."""
+    """A self-training run. Defaults: ReST-MCTS* on the toy world (1-2 operations), from a
+    deliberately weak tiny policy and a PRM head that has seen nothing, three iterations, on a CPU
+    (about 20 minutes on one core, plus 4 to build the weak policy once)."""
 
     name: str = dataclasses.field(default="toy", metadata=_help("run folder name under runs_dir"))
     runs_dir: str = dataclasses.field(default="runs", metadata=_help("where run folders live"))
@@ -141,22 +142,32 @@ class RunConfig:
     policy: str = dataclasses.field(default="weak", metadata=_help(
         "starting policy: 'weak' (the toy policy trained for weak_steps only), 'tiny' (the full toy "
         "policy) or a local model folder"))
-    weak_steps: int = dataclasses.field(default=600, metadata=_help(
-        "optimizer steps of the weak toy policy (batches of 32)"))
-    weak_traces: int = dataclasses.field(default=200, metadata=_help(
-        "distinct solutions the weak toy policy is trained on (over and over)"))
+    weak_steps: int = dataclasses.field(default=1200, metadata=_help(
+        "optimizer steps of the weak toy policy (batches of 32; the full one takes 1600). At 1200 it "
+        "writes the format and knows some arithmetic facts; with fewer its samples are too rarely "
+        "sound for the search to find solutions to learn from"))
+    weak_traces: int | None = dataclasses.field(default=None, metadata=_help(
+        "distinct solutions the weak toy policy is trained on, over and over (None: a fresh one every "
+        "time, weak_steps * 32 in all)"))
     prm: str = dataclasses.field(default="fresh", metadata=_help(
         "starting PRM: 'fresh' (a new head on the starting policy's backbone: it knows nothing), "
         "'tiny' (the toy world's trained PRM) or a PRM folder"))
     prm_target: str = dataclasses.field(default="labels", metadata=_help(
         "what the PRM fits from the trees: 'labels' (inferred step correctness, BCE) or 'values' "
         "(ReST-MCTS* quality values, MSE)"))
-    sft_filter: str = dataclasses.field(default="outcome", metadata=_help(
+    sft_filter: str = dataclasses.field(default="auto", metadata=_help(
         "which correct-answer solutions the policy learns from: 'outcome' (every one whose final "
-        "answer is verified) or 'steps' (only those whose every step a checker accepts; the toy "
-        "world has one)"))
-    sft_from: str = dataclasses.field(default="previous", metadata=_help(
-        "fine-tune the policy from the 'previous' iteration's or from the 'base' policy"))
+        "answer is verified), 'steps' (only those whose every step a checker accepts; the toy "
+        "world has one: with small integer answers a wrong derivation often lands on the right "
+        "number) or 'auto' (steps where a checker exists, else outcome)"))
+    sft_balance: str = dataclasses.field(default="none", metadata=_help(
+        "'length': repeat the verified solutions of rarer lengths (up to 8 times) so that each "
+        "number of steps weighs about equally in SFT (a search verifies short solutions far more "
+        "often, and a policy tuned on those learns to stop early); 'none': as harvested"))
+    sft_from: str = dataclasses.field(default="base", metadata=_help(
+        "fine-tune the policy from the 'previous' iteration's or from the 'base' policy (with "
+        "accumulate: the base on every solution found so far, as ReST-EM does, so that no solution "
+        "is learnt over and over)"))
     accumulate: bool = dataclasses.field(default=True, metadata=_help(
         "train on the data harvested by every iteration so far (else this iteration's only)"))
     backend: str = dataclasses.field(default="hf", metadata=_help("policy engine: hf or vllm"))
@@ -169,7 +180,8 @@ class RunConfig:
         "models gain little from more, and threads that outnumber free cores stall)"))
     train_file: str | None = dataclasses.field(default=None, metadata=_help(
         "training problems with answers (JSONL); None: generated toy problems"))
-    train_problems: int = dataclasses.field(default=384, metadata=_help("training problems searched per iteration"))
+    train_problems: int = dataclasses.field(default=1536, metadata=_help(
+        "training problems searched per iteration (the same ones every iteration)"))
     eval_file: str | None = dataclasses.field(default=None, metadata=_help(
         "held-out problems with answers; None: generated toy problems (other seeds)"))
     eval_problems: int = dataclasses.field(default=300, metadata=_help("held-out problems for greedy accuracy"))
@@ -181,17 +193,19 @@ class RunConfig:
         "whose traces the PRM's AUC is measured on: 'policy' (sampled from the starting policy: the "
         "steps the PRM is asked to judge in this run) or 'scripted' (the scripted policy's slips)"))
     min_ops: int = dataclasses.field(default=1, metadata=_help("generated toy problems: fewest operations"))
-    max_ops: int = dataclasses.field(default=3, metadata=_help("generated toy problems: most operations"))
+    max_ops: int = dataclasses.field(default=2, metadata=_help(
+        "generated toy problems: most operations (the weak policy almost never finds a sound "
+        "3-operation solution, and a harvest of short solutions only teaches it to stop early)"))
     batch: int = dataclasses.field(default=64, metadata=_help("problems searched together (one shard)"))
     rest_em_samples: int | None = dataclasses.field(default=None, metadata=_help(
         "rest_em: solutions sampled per problem (None: as many tokens as the tree search spent)"))
     search: SearchConfig = dataclasses.field(
         default_factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4),
         metadata=_help("the search of the training problems"))
-    sft: SFTConfig = dataclasses.field(default_factory=lambda: SFTConfig(epochs=8.0, lr=2e-3),
+    sft: SFTConfig = dataclasses.field(default_factory=lambda: SFTConfig(epochs=8.0, lr=3e-4),
                                        metadata=_help("policy fine-tuning (defaults for the toy policy)"))
     prm_train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=2.0, batch_size=32, lr=1e-3, save_every=50),
+        default_factory=lambda: TrainConfig(epochs=2.0, max_steps=150, batch_size=32, lr=1e-3, save_every=50),
         metadata=_help("PRM training"))
     alphallm: AlphaLLMConfig = dataclasses.field(default_factory=AlphaLLMConfig, metadata=_help("AlphaLLM loop"))
     llama_berry: BerryConfig = dataclasses.field(default_factory=BerryConfig, metadata=_help("LLaMA-Berry loop"))
@@ -205,12 +219,15 @@ class RunConfig:
         need(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
         need(self.prm_eval in ("policy", "scripted"), f"prm_eval must be 'policy' or 'scripted', got {self.prm_eval!r}")
         need(self.prm_target in ("labels", "values"), f"prm_target must be 'labels' or 'values', got {self.prm_target!r}")
-        need(self.sft_filter in ("outcome", "steps"), f"sft_filter must be 'outcome' or 'steps', got {self.sft_filter!r}")
+        need(self.sft_filter in ("outcome", "steps", "auto"),
+             f"sft_filter must be 'outcome', 'steps' or 'auto', got {self.sft_filter!r}")
+        need(self.sft_balance in ("none", "length"), f"sft_balance must be 'none' or 'length', got {self.sft_balance!r}")
         need(self.sft_from in ("previous", "base"), f"sft_from must be 'previous' or 'base', got {self.sft_from!r}")
         need(self.backend in ("hf", "vllm"), f"backend must be 'hf' or 'vllm', got {self.backend!r}")
         need(self.executor in ("local", "ray"), f"executor must be 'local' or 'ray', got {self.executor!r}")
-        for name in ("train_problems", "eval_problems", "batch", "threads", "weak_steps", "weak_traces"):
+        for name in ("train_problems", "eval_problems", "batch", "threads", "weak_steps"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        need(self.weak_traces is None or self.weak_traces >= 1, f"weak_traces must be None or >= 1, got {self.weak_traces}")
         need(0 <= self.eval_search_problems <= self.eval_problems,
              f"eval_search_problems must be in [0, eval_problems], got {self.eval_search_problems}")
         need(1 <= self.min_ops <= self.max_ops <= 8, f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
@@ -318,7 +335,9 @@ def _build(cls, data: Mapping, lines: Mapping[str, int], source: str, prefix: st
         return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except (TypeError, ValueError) as err:
         section = prefix[:-1] or "the run"
-        line = min((lines[k] for k in lines if k.startswith(prefix) and k[len(prefix):] in kwargs), default=None)
+        given = [k for k in lines if k.startswith(prefix) and k[len(prefix):] in kwargs]
+        named = [k for k in given if re.search(rf"\b{re.escape(k[len(prefix):])}\b", str(err))]
+        line = min((lines[k] for k in named or given), default=None)  # the line of the key the error names
         raise ConfigError(f"{_where(source, line, section)}: {err}") from None
 
 

@@ -32,8 +32,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 from mcts.grading import is_equivalent
 from prm.data import pair_records, quality_values
 
-__all__ = ["Harvest", "SFT_FILE", "PRM_FILE", "PAIRS_FILE", "MANIFEST", "harvest_tree", "harvest_trees",
-           "read_harvest", "write_harvest"]
+__all__ = ["Harvest", "SFT_FILE", "PRM_FILE", "PAIRS_FILE", "MANIFEST", "balance_by_length", "harvest_tree",
+           "harvest_trees", "read_harvest", "unique_solutions", "write_harvest"]
 
 SFT_FILE, PRM_FILE, PAIRS_FILE, MANIFEST = "sft.parquet", "prm.parquet", "pairs.parquet", "manifest.json"
 
@@ -61,6 +61,26 @@ class Harvest:
         return {"sft_traces": len(self.sft), "prm_traces": len(self.prm),
                 "prm_values": sum(len(r["steps"]) for r in self.prm), "pairs": len(self.pairs),
                 "problems_solved": len({r["problem"] for r in self.sft})}
+
+
+def balance_by_length(traces: Sequence[Mapping], max_repeat: int = 8) -> list[dict]:
+    """The SFT traces with those of rarer lengths (number of steps) repeated, so that each length
+    weighs about as much as the most common one: ceil(most / count) copies, at most `max_repeat`.
+
+    Why: a search harvests easy problems far more often than hard ones, so verified solutions are
+    mostly short, and a policy fine-tuned on them learns to stop early (difficulty-aware rejection
+    tuning, DART-Math, makes the same correction by sampling hard problems more).
+    """
+    if max_repeat < 1:
+        raise ValueError(f"max_repeat must be >= 1, got {max_repeat}")
+    counts: dict[int, int] = defaultdict(int)
+    for t in traces:
+        counts[len(t["steps"])] += 1
+    most = max(counts.values(), default=0)
+    out = []
+    for t in traces:
+        out += [dict(t)] * min(max_repeat, -(-most // counts[len(t["steps"])]))
+    return out
 
 
 def _paths(nodes: Sequence[Mapping]) -> tuple[dict[int, list[int]], dict[int, int]]:
@@ -130,11 +150,25 @@ def harvest_tree(tree: Mapping, gold: str | int | None, *, grade: Callable[[str 
 
 
 def harvest_trees(trees: Iterable[Mapping], golds: Mapping[str, object], **options) -> Harvest:
-    """`harvest_tree` over many trees; `golds` maps problem text to its verified answer."""
+    """`harvest_tree` over many trees; `golds` maps problem text to its verified answer. A solution
+    found in the trees of two copies of one problem is kept once (small problem spaces repeat)."""
     out = Harvest()
     for i, tree in enumerate(trees):
         out.extend(harvest_tree(tree, golds.get(tree["problem"]), seed=i, **options))
+    out.sft = unique_solutions(out.sft)
     return out
+
+
+def unique_solutions(traces: Iterable[Mapping]) -> list:
+    """The solutions with repeats (same problem, same steps) dropped, first occurrence kept."""
+    seen: set[tuple[str, tuple[str, ...]]] = set()
+    unique = []
+    for t in traces:
+        key = (t["problem"], tuple(t["steps"]))
+        if key not in seen:
+            seen.add(key)
+            unique.append(t)
+    return unique
 
 
 def _to_parquet(records: list[dict], path: Path, columns: Sequence[str]) -> None:

@@ -27,8 +27,9 @@ def toy_steps_sound(problem: str, steps) -> bool:
 
 
 def step_checker(ctx: RunContext):
-    """config.sft_filter 'steps': the domain's step checker (the toy world has one); 'outcome': none."""
-    if ctx.config.sft_filter == "outcome":
+    """config.sft_filter 'steps': the domain's step checker (the toy world has one); 'outcome': none;
+    'auto': the checker where the domain has one."""
+    if ctx.config.sft_filter == "outcome" or (ctx.config.sft_filter == "auto" and not ctx.toy):
         return None
     if not ctx.toy:
         raise ValueError("sft_filter='steps' needs a step checker, and only the toy world has one")

@@ -136,9 +136,9 @@ class RunContext:
         if name in done:
             return done[name]
         folder = self.iter_dir(k) / name
+        previous = float(self._partial_seconds(k, name))  # an interrupted attempt's, read before `work` adds to it
         started = time.perf_counter()
         info = dict(work(folder) or {})
-        previous = float(self._partial_seconds(k, name))
         info["seconds"] = round(previous + time.perf_counter() - started, 2)
         done = self.stages(k)
         done[name] = info
@@ -299,14 +299,16 @@ class RunContext:
         return read_jsonl(self.iter_dir(k) / name / "results.jsonl")
 
     def harvests(self, k: int, name: str = "harvest"):
-        """The harvested data this iteration trains on: iteration k's, or every iteration's so far."""
-        from selftrain.harvest import Harvest, read_harvest
+        """The harvested data this iteration trains on: iteration k's, or every iteration's so far
+        (a solution found again in a later iteration is learnt once)."""
+        from selftrain.harvest import Harvest, read_harvest, unique_solutions
 
         out = Harvest()
         for j in (range(1, k + 1) if self.config.accumulate else [k]):
             folder = self.iter_dir(j) / name
             if (folder / "manifest.json").exists():
                 out.extend(read_harvest(folder))
+        out.sft = unique_solutions(out.sft)
         return out
 
     def sft(self, k: int, traces: Sequence[Mapping]) -> dict:
@@ -315,10 +317,13 @@ class RunContext:
         def work(folder: Path) -> dict:
             from selftrain.train_stage import job_config, run_training
 
+            from selftrain.harvest import balance_by_length
+
             if not traces:
                 return {"skipped": "no verified solution to learn from"}
             start = self.models(0)[0] if self.config.sft_from == "base" else self.models(k - 1)[0]
-            return run_training({"kind": "sft", "start": str(start), "records": [dict(t) for t in traces],
+            rows = balance_by_length(traces) if self.config.sft_balance == "length" else [dict(t) for t in traces]
+            return run_training({"kind": "sft", "start": str(start), "records": rows,
                                  "sft": job_config(self.config.sft), "seed": self.config.seed + k,
                                  "threads": self.config.threads, "progress": self.progress,
                                  "device": "cpu" if self.config.device == "cpu" else "auto"}, folder)
@@ -416,15 +421,17 @@ class RunContext:
 # The starting models and the driver
 
 
-def weak_policy_dir(steps: int, traces: int, seed: int) -> Path:
+def weak_policy_dir(steps: int, traces: int | None, seed: int) -> Path:
     from mcts.envs.tiny_models import FORMAT_VERSION, default_cache_dir
 
-    return default_cache_dir().parent / f"toy-policy-weak-{traces}t-{steps}s-s{seed}-v{FORMAT_VERSION}"
+    data = "fresh" if traces is None else f"{traces}t"
+    return default_cache_dir().parent / f"toy-policy-weak-{data}-{steps}s-s{seed}-v{FORMAT_VERSION}"
 
 
-def build_weak_policy(steps: int, traces: int, seed: int, *, threads: int, progress: bool) -> Path:
-    """The toy policy trained on only `traces` distinct solutions for `steps` optimizer steps:
-    deliberately weak (it has seen few arithmetic facts), cached beside the full toy policy
+def build_weak_policy(steps: int, traces: int | None, seed: int, *, threads: int, progress: bool) -> Path:
+    """The toy policy trained for only `steps` optimizer steps of 32 solutions (the full one takes
+    1600), on `traces` distinct solutions or (None) a fresh one every time: deliberately weak (it
+    writes the format but has learnt few arithmetic facts), cached beside the full toy policy
     (training is deterministic under its seed and threads)."""
     from mcts.envs.tiny_models import FULL_CONFIG, build_toy_policy
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from selftrain.config import ConfigError, RunConfig, load_config
-from selftrain.harvest import Harvest, harvest_tree, read_harvest, write_harvest
+from selftrain.harvest import Harvest, balance_by_length, harvest_tree, harvest_trees, read_harvest, write_harvest
 from selftrain.rest_em import chain_tree
 from selftrain.run import RunContext, RunError, summary_table
 
@@ -62,6 +62,9 @@ def test_config_refused_value_and_bad_yaml(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config(None, sets=["search.simulations"])
+    path.write_text("name: a\nsft_balance: depth\n")
+    with pytest.raises(ConfigError, match=r"run\.yaml:2: the run: sft_balance must be 'none' or 'length'"):
+        load_config(path)
 
 
 def test_cli_rejects_a_bad_config_before_any_work(tmp_path, capsys):
@@ -109,6 +112,25 @@ def test_harvest_tree_infers_labels_values_and_pairs():
     wrong_early = by_end["The answer is \\boxed{6}.\n"]
     assert wrong_early["labels"] == [0.0, 0.0] and wrong_early["values"] == [0.0, 0.0]
     assert len(h.pairs) == 2 and all(p["chosen"] == right["steps"] for p in h.pairs)
+    twice = harvest_trees([TREE, TREE], {TREE["problem"]: "7"})  # a problem drawn twice
+    assert len(twice.sft) == 1 and len(twice.prm) == 6
+
+
+def test_balance_by_length_repeats_rarer_lengths_up_to_a_cap():
+    def trace(problem, n):
+        return {"problem": problem, "steps": [f"s{i}\n" for i in range(n)]}
+
+    traces = [trace(f"p{i}", 2) for i in range(9)] + [trace("q", 3), trace("r", 3), trace("long", 5)]
+    out = balance_by_length(traces, max_repeat=8)
+    lengths = [len(t["steps"]) for t in out]
+    assert lengths.count(2) == 9  # the most common length stays as it is
+    assert lengths.count(3) == 2 * 5  # ceil(9 / 2) copies of each
+    assert lengths.count(5) == 8  # ceil(9 / 1) = 9, capped at 8
+    assert [t["problem"] for t in out[:9]] == [f"p{i}" for i in range(9)]  # order kept, copies adjacent
+    assert balance_by_length([]) == []
+    assert balance_by_length(traces[:3]) == traces[:3]  # one length: unchanged
+    with pytest.raises(ValueError, match="max_repeat"):
+        balance_by_length(traces, max_repeat=0)
 
 
 def test_harvest_without_gold_or_correct_answer():
@@ -160,6 +182,21 @@ def test_train_and_held_out_problems_do_not_overlap(tmp_path):
     ctx = RunContext(RunConfig(runs_dir=str(tmp_path), train_problems=200, eval_problems=200, max_ops=1))
     assert not {p.problem for p in ctx.train} & {p.problem for p in ctx.eval}
     assert all(p.answer is not None for p in ctx.train)
+
+
+def test_a_resumed_stage_counts_the_seconds_of_its_interrupted_attempt_once(tmp_path):
+    ctx = RunContext(RunConfig(runs_dir=str(tmp_path), train_problems=8, eval_problems=8, eval_search_problems=4,
+                               max_ops=1))
+    folder = ctx.iter_dir(1) / "search"
+    folder.mkdir(parents=True)
+    (folder / "progress.json").write_text(json.dumps({"seconds": 50.0}))  # what the killed attempt took
+
+    def work(out):  # as the search does: its progress file carries the seconds of every attempt
+        (out / "progress.json").write_text(json.dumps({"seconds": 50.0 + 0.01}))
+        return {}
+
+    info = ctx.stage(1, "search", work)
+    assert 50.0 <= info["seconds"] < 51.0
 
 
 def test_summary_table_lists_every_metric():
@@ -247,3 +284,23 @@ def test_step_checker_keeps_lucky_guesses_out_of_the_sft_data():
     assert len(harvest_tree(tree, "12").sft) == 2
     assert [r["steps"] for r in harvest_tree(tree, "12", check_steps=toy_steps_sound).sft] == [sound]
     assert len(harvest_tree(tree, "12", check_steps=toy_steps_sound).prm) == 2  # the PRM still sees both
+
+
+@pytest.mark.parametrize("sft_filter, toy, checks", [("auto", True, True), ("auto", False, False),
+                                                      ("outcome", True, False), ("steps", True, True)])
+def test_sft_filter_picks_the_step_checker(sft_filter, toy, checks):
+    from types import SimpleNamespace
+
+    from selftrain.rest_mcts import step_checker, toy_steps_sound
+
+    ctx = SimpleNamespace(config=SimpleNamespace(sft_filter=sft_filter), toy=toy)
+    assert step_checker(ctx) is (toy_steps_sound if checks else None)
+
+
+def test_sft_filter_steps_needs_a_checker():
+    from types import SimpleNamespace
+
+    from selftrain.rest_mcts import step_checker
+
+    with pytest.raises(ValueError, match="only the toy world has one"):
+        step_checker(SimpleNamespace(config=SimpleNamespace(sft_filter="steps"), toy=False))
