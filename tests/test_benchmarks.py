@@ -102,3 +102,17 @@ def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
     # a slip-free scripted policy writes the canonical solution every time: every rule is right
     assert all(v == 1.0 for v in rows[0]["accuracy"].values())
     assert "PRM best-of-4" in out and (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("selftrain_curve", SCRIPT.parent / "selftrain_curve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--loops", "rest_mcts", "--iterations", "1", "--quick", "--runs-dir", str(tmp_path / "runs"),
+            "--plot", str(tmp_path / "curve.png"), "--json", "--no-progress", "--set", "threads=1"]
+    assert module.main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [(r["loop"], r["iteration"]) for r in rows] == [("rest_mcts", 0), ("rest_mcts", 1)]
+    assert all(0 <= r["greedy_acc"] <= 1 and r["prm_auc"] is not None for r in rows)
+    assert (tmp_path / "runs" / "rest_mcts" / "iter_1" / "metrics.json").exists()
+    assert (tmp_path / "curve.png").stat().st_size > 0
