@@ -131,7 +131,7 @@ class BerryConfig:
 class RunConfig:
     """A self-training run. Defaults: ReST-MCTS* on the toy world (1-2 operations), from a
     deliberately weak tiny policy and a PRM head that has seen nothing, three iterations, on a CPU
-    (about 20 minutes on one core, plus 4 to build the weak policy once)."""
+    (about 10 minutes on one core, plus about 4 to build the weak policy once)."""
 
     name: str = dataclasses.field(default="toy", metadata=_help("run folder name under runs_dir"))
     runs_dir: str = dataclasses.field(default="runs", metadata=_help("where run folders live"))

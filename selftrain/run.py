@@ -315,9 +315,8 @@ class RunContext:
         """Stage `policy`: the policy fine-tuned on `traces` (from the previous or the base policy)."""
 
         def work(folder: Path) -> dict:
-            from selftrain.train_stage import job_config, run_training
-
             from selftrain.harvest import balance_by_length
+            from selftrain.train_stage import job_config, run_training
 
             if not traces:
                 return {"skipped": "no verified solution to learn from"}
