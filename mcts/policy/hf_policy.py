@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["DEFAULT_DELIMITER", "POLICY_FILE", "ChatPrompt", "HFPolicy", "HFPolicyConfig", "PolicyStats", "PromptFn",
-           "plain_prompt", "read_policy_defaults", "torch_threads", "write_policy_defaults"]
+           "plain_prompt", "prompt_requests", "read_policy_defaults", "torch_threads", "write_policy_defaults"]
 
 PromptFn = Callable[[Prefix], str]
 
@@ -247,6 +247,26 @@ class _DelimiterStop:
 # The policy
 
 
+def prompt_requests(policy, prefixes: Sequence[Prefix]) -> list[tuple[int, list[int]]]:
+    """The (prefix index, prompt ids) of every prefix `policy` (an `HFPolicy` or a `VLLMPolicy`)
+    should generate for, in order.
+
+    Left out: a prefix whose last step states a final answer, and one whose prompt plus
+    `max_new_tokens` exceeds the policy's `max_context` (counted in `stats.too_long`). Raises
+    ValueError for a prefix that renders to an empty prompt.
+    """
+    live = [i for i, p in enumerate(prefixes) if not (p.steps and extract_answer(p.steps[-1]) is not None)]
+    out = []
+    for i, prompt in zip(live, policy.prompt_ids([prefixes[i] for i in live])):
+        if not prompt:
+            raise ValueError(f"{type(policy).__name__}: prefix {i} renders to an empty prompt")
+        if policy.max_context is not None and len(prompt) + policy.config.max_new_tokens > policy.max_context:
+            policy.stats.too_long += 1
+            continue
+        out.append((i, list(prompt)))
+    return out
+
+
 def read_policy_defaults(folder: str | Path) -> dict:
     """The `HFPolicyConfig` settings a model folder declares in its `POLICY_FILE` ({} without one).
 
@@ -446,17 +466,9 @@ class HFPolicy:
         self.stats.prefixes += len(prefixes)
         out: list[list[Step]] = [[] for _ in prefixes]
 
-        live = [i for i, p in enumerate(prefixes) if not (p.steps and extract_answer(p.steps[-1]) is not None)]
-        ids = self.prompt_ids([prefixes[i] for i in live])
-        rows: list[tuple[int, list[int]]] = []  # (prefix index, prompt ids), one per sequence
         copies = 1 if greedy else n
-        for i, prompt in zip(live, ids):
-            if not prompt:
-                raise ValueError(f"HFPolicy: prefix {i} renders to an empty prompt")
-            if self.max_context is not None and len(prompt) + self.config.max_new_tokens > self.max_context:
-                self.stats.too_long += 1
-                continue
-            rows.extend((i, prompt) for _ in range(copies))
+        # (prefix index, prompt ids), one per sequence
+        rows = [request for request in prompt_requests(self, prefixes) for _ in range(copies)]
         # Longest first, so that each chunk holds prompts of similar lengths (little padding).
         rows.sort(key=lambda row: -len(row[1]))
 

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, check_propose_args
 from mcts.policy.hf_policy import (DEFAULT_DELIMITER, ChatPrompt, PolicyStats, PromptFn, plain_prompt,
-                                   read_policy_defaults)
+                                   prompt_requests, read_policy_defaults)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -411,22 +411,9 @@ class VLLMPolicy:
         return self.tokenizer(texts, add_special_tokens=self._add_special_tokens)["input_ids"]
 
     def requests(self, prefixes: Sequence[Prefix]) -> list[tuple[int, list[int]]]:
-        """The (prefix index, prompt ids) of every prefix that gets a request, in order.
-
-        Left out: a prefix whose last step states a final answer, and one whose prompt plus
-        `max_new_tokens` exceeds `max_context` (counted in `stats.too_long`). Raises ValueError
-        for a prefix that renders to an empty prompt.
-        """
-        live = [i for i, p in enumerate(prefixes) if not (p.steps and extract_answer(p.steps[-1]) is not None)]
-        out = []
-        for i, prompt in zip(live, self.prompt_ids([prefixes[i] for i in live])):
-            if not prompt:
-                raise ValueError(f"VLLMPolicy: prefix {i} renders to an empty prompt")
-            if self.max_context is not None and len(prompt) + self.config.max_new_tokens > self.max_context:
-                self.stats.too_long += 1
-                continue
-            out.append((i, list(prompt)))
-        return out
+        """The (prefix index, prompt ids) of every prefix that gets a request, in order
+        (`mcts.policy.hf_policy.prompt_requests`: the same rule as HFPolicy)."""
+        return prompt_requests(self, prefixes)
 
     def _seed(self) -> int | None:
         if self.config.seed is None:
