@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -155,8 +154,3 @@ def sft_policy(base: str | Path, traces: Sequence[Mapping], out: str | Path, con
         save_atomic(out, write, overwrite=True)
         shutil.rmtree(checkpoints, ignore_errors=True)
     return info
-
-
-def epochs_for(traces: int, batch_size: int, min_steps: int) -> float:
-    """Epochs that give at least `min_steps` optimizer steps on `traces` solutions."""
-    return max(1.0, math.ceil(min_steps * batch_size / max(1, traces)))
