@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from prm.pairwise import PPRM
 
 __all__ = [
-    "best_of_n", "first_error_accuracy", "main", "make_parser", "pairwise_accuracy", "pairwise_metrics",
+    "best_of_n", "choose_among", "first_error_accuracy", "main", "make_parser", "pairwise_accuracy", "pairwise_metrics",
     "predicted_first_error", "step_auc", "step_metrics", "toy_eval",
 ]
 
@@ -185,12 +185,7 @@ def pairwise_metrics(pprm: "PPRM", pairs: Sequence[Mapping]) -> dict:
 
 def best_of_n(prm: "PRM | None", problems: Sequence[Mapping], policy, *, n: int = 16, temperature: float = 1.0,
               pprm: "PPRM | None" = None, alpha: float = 0.5, max_steps: int = 14) -> dict:
-    """Answer choice among `n` sampled solutions per problem, every rule on the same samples.
-
-    Rules: majority vote; pass@n (some sample is right: the ceiling); with a PRM, best-of-N by
-    each step aggregate (min, last, mean, prod of the trace's step values; `mcts.search`'s
-    `aggregate_step_values` and `choose_answer`) and the PRM-weighted vote by each; with a PPRM,
-    Enhanced Borda Count (`prm.ebc.ebc_select`, local Q = the min aggregate).
+    """Answer choice among `n` solutions per problem sampled from `policy` (`choose_among`).
 
     Args:
         prm: the PRM (None: only the votes).
@@ -204,18 +199,49 @@ def best_of_n(prm: "PRM | None", problems: Sequence[Mapping], policy, *, n: int 
     Returns:
         {"problems", "n", "accuracy": {rule: fraction correct}, "seconds": {...}}.
     """
-    from mcts.grading import extract_answer, is_equivalent
-    from mcts.policy.base import Prefix
-    from mcts.search import Candidate, aggregate_step_values, choose_answer
     from prm.data import rollout
 
     started = time.perf_counter()
+    traces = rollout(policy, [p["problem"] for p in problems], samples=n, temperature=temperature,
+                     max_steps=max_steps)
+    sampling = round(time.perf_counter() - started, 1)
+    out = choose_among(prm, problems, traces, pprm=pprm, alpha=alpha)
+    out["seconds"] = {"sampling": sampling, **out["seconds"]}
+    return out
+
+
+def choose_among(prm: "PRM | None", problems: Sequence[Mapping], traces: Sequence[tuple[str, Sequence[str]]], *,
+                 pprm: "PPRM | None" = None, alpha: float = 0.5) -> dict:
+    """Answer choice among given solutions of each problem, every rule on the same solutions.
+
+    Rules: majority vote; pass@n (some solution is right: the ceiling); with a PRM, best-of-N by
+    each step aggregate (min, last, mean, prod of the trace's step values; `mcts.search`'s
+    `aggregate_step_values` and `choose_answer`) and the PRM-weighted vote by each; with a PPRM,
+    Enhanced Borda Count (`prm.ebc.ebc_select`, local Q = the min aggregate).
+
+    Args:
+        prm: the PRM (None: only the votes).
+        problems: [P] {"problem", "answer"}.
+        traces: (problem, step texts) pairs, n per problem (`prm.data.rollout`'s output; saved
+            samples can be scored by several PRMs).
+        pprm, alpha: for EBC.
+
+    Returns:
+        {"problems", "n", "accuracy": {rule: fraction correct}, "seconds": {"scoring", "ebc"}}.
+    """
+    from mcts.grading import extract_answer, is_equivalent
+    from mcts.policy.base import Prefix
+    from mcts.search import Candidate, aggregate_step_values, choose_answer
+
     texts = [p["problem"] for p in problems]
-    traces = rollout(policy, texts, samples=n, temperature=temperature, max_steps=max_steps)
-    sample_seconds = time.perf_counter() - started
     by_problem: dict[str, list[list[str]]] = {t: [] for t in texts}
     for problem, steps in traces:
-        by_problem[problem].append(steps)
+        if problem in by_problem:
+            by_problem[problem].append(list(steps))
+    counts = {len(v) for v in by_problem.values()}
+    if len(counts) != 1:
+        raise ValueError(f"every problem needs the same number of solutions, got counts {sorted(counts)}")
+    n = counts.pop()
     started = time.perf_counter()
     flat = [(p, s) for p in texts for s in by_problem[p]]
     values = prm.score_traces([Prefix(p, tuple(s)) for p, s in flat]) if prm is not None else [[] for _ in flat]
@@ -227,7 +253,7 @@ def best_of_n(prm: "PRM | None", problems: Sequence[Mapping], policy, *, n: int 
         problem, gold = record["problem"], str(record["answer"])
         samples = by_problem[problem]
         step_values = [next(it) for _ in samples]
-        answers = [extract_answer(s[-1]) for s in samples]
+        answers = [extract_answer(s[-1]) if s else None for s in samples]
         right = lambda c: c is not None and c.answer is not None and is_equivalent(c.answer, gold)  # noqa: E731
         plain = [Candidate(a, 0.0, tuple(s)) for a, s in zip(answers, samples)]
         outcome = {"majority": right(choose_answer(plain, "majority")[0]),
@@ -250,8 +276,7 @@ def best_of_n(prm: "PRM | None", problems: Sequence[Mapping], policy, *, n: int 
             hits[rule] = hits.get(rule, 0) + bool(ok)
     return {"problems": len(problems), "n": n,
             "accuracy": {rule: hits[rule] / max(1, len(problems)) for rule in hits},
-            "seconds": {"sampling": round(sample_seconds, 1), "scoring": round(score_seconds, 1),
-                        "ebc": round(ebc_seconds, 1)}}
+            "seconds": {"scoring": round(score_seconds, 1), "ebc": round(ebc_seconds, 1)}}
 
 
 def toy_eval(prm: "PRM | None", *, traces: int, seed: int, policy: str = "scripted", slip_rate: float = 0.05,

@@ -69,3 +69,28 @@ def test_first_error_accuracy():
 def test_pairwise_accuracy():
     assert pairwise_accuracy([0.9, 0.6, 0.4, 0.5]) == pytest.approx((1 + 1 + 0 + 0.5) / 4)
     assert math.isnan(pairwise_accuracy([]))
+
+
+class _OraclePRM:
+    """A perfect PRM: each step's oracle label."""
+
+    def score_traces(self, prefixes):
+        from mcts.envs.arith import label_steps
+
+        return [[float(y) for y in label_steps(p.problem, p.steps)] for p in prefixes]
+
+
+def test_choose_among_hand_made_samples():
+    from prm.eval import choose_among
+
+    right = ["3 * 4 = 12, so 2 + 12\n", "2 + 12 = 14, so 14\n", "The answer is \\boxed{14}.\n"]
+    wrong = ["3 * 4 = 13, so 2 + 13\n", "2 + 13 = 15, so 15\n", "The answer is \\boxed{15}.\n"]
+    problems = [{"problem": "2 + 3 * 4", "answer": 14}, {"problem": "1 + 1", "answer": 2}]
+    other = [["1 + 1 = 3, so 3\n", "The answer is \\boxed{3}.\n"]] * 3
+    traces = [("2 + 3 * 4", s) for s in (wrong, right, wrong)] + [("1 + 1", s) for s in other]
+    votes = choose_among(None, problems, traces)
+    assert votes["n"] == 3 and votes["accuracy"] == {"majority": 0.0, "pass@3": 0.5}
+    scored = choose_among(_OraclePRM(), problems, traces)["accuracy"]
+    assert scored["prm_best_min"] == scored["prm_best_prod"] == scored["prm_vote_min"] == 0.5  # the lone right one
+    with pytest.raises(ValueError, match="same number of solutions"):
+        choose_among(None, problems, traces[:-1])
