@@ -367,6 +367,12 @@ def test_folder_declares_its_policy_settings(bigram_model, tokenizer, tmp_path):
     assert (policy.delimiter, policy.config.num_threads, policy.config.seed) == ("\n", 1, 3)
     assert HFPolicy.from_pretrained(folder, HFPolicyConfig(delimiter="\n\n")).delimiter == "\n\n"  # set: kept
     assert HFPolicy.from_pretrained(folder, delimiter="##").delimiter == "##"  # overrides win
+    plain = HFPolicy.from_pretrained(folder, device="cpu").config
+    assert (plain.max_new_tokens, plain.batch_size) == (256, 32)  # not declared: the generic defaults
+    write_policy_defaults(folder, delimiter="\n", max_new_tokens=40, batch_size=7)
+    declared = HFPolicy.from_pretrained(folder, device="cpu").config
+    assert (declared.max_new_tokens, declared.batch_size) == (40, 7)
+    assert HFPolicy.from_pretrained(folder, HFPolicyConfig(batch_size=5), device="cpu").config.batch_size == 5
     (folder / POLICY_FILE).write_text('{"delimiter": "\\n", "colour": "red"}')
     with pytest.raises(ValueError, match=POLICY_FILE):
         HFPolicy.from_pretrained(folder)

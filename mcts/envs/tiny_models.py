@@ -236,7 +236,8 @@ def toy_problem_config(ops: int | None = None, config: ToyTrainConfig | None = N
 
 
 # Declared in the model folder (`HFPolicy.from_pretrained` reads them): any loader gets them right.
-TOY_POLICY_DEFAULTS = {"delimiter": DELIMITER, "chat_template": False, "num_threads": 1}
+TOY_POLICY_DEFAULTS = {"delimiter": DELIMITER, "chat_template": False, "num_threads": 1, "max_new_tokens": 160,
+                       "batch_size": 128}
 
 
 def toy_policy_config(**overrides) -> "HFPolicyConfig":
@@ -245,7 +246,7 @@ def toy_policy_config(**overrides) -> "HFPolicyConfig":
     6-operation problem is about 60)."""
     from mcts.policy.hf_policy import HFPolicyConfig
 
-    settings = dict(TOY_POLICY_DEFAULTS, max_new_tokens=160, batch_size=128)
+    settings = dict(TOY_POLICY_DEFAULTS)
     settings.update(overrides)
     return HFPolicyConfig(**settings)
 

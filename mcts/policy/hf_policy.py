@@ -45,6 +45,9 @@ DEFAULT_DELIMITER = "\n\n"
 # A model folder may declare the policy settings it was trained for (delimiter, chat_template, ...):
 # `from_pretrained` fills the config fields left at None from this file.
 POLICY_FILE = "treesearch_policy.json"
+# What a field left at None becomes when the model folder declares nothing for it.
+DEFAULT_MAX_NEW_TOKENS = 256
+DEFAULT_BATCH_SIZE = 32
 
 
 def _help(text: str) -> dict:
@@ -55,11 +58,11 @@ def _help(text: str) -> dict:
 class HFPolicyConfig:
     """How the transformers policy generates steps."""
 
-    max_new_tokens: int = dataclasses.field(default=256, metadata=_help(
+    max_new_tokens: int | None = dataclasses.field(default=None, metadata=_help(
         "most tokens one step may take; a step that reaches it without the delimiter is truncated "
-        "(a dead end: finished)"))
-    batch_size: int = dataclasses.field(default=32, metadata=_help(
-        "sequences (prompts x samples) per generate call"))
+        "(a dead end: finished); None: what the model folder declares in treesearch_policy.json, else 256"))
+    batch_size: int | None = dataclasses.field(default=None, metadata=_help(
+        "sequences (prompts x samples) per generate call; None: what the model folder declares, else 32"))
     delimiter: str | None = dataclasses.field(default=None, metadata=_help(
         "the step delimiter ('\\n\\n' for MATH-style models, '\\n' for the toy world); None: the one the "
         "model folder declares in treesearch_policy.json, else '\\n\\n'"))
@@ -85,15 +88,15 @@ class HFPolicyConfig:
     def __post_init__(self):
         for name in ("max_new_tokens", "batch_size"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
         if self.delimiter is not None and (not isinstance(self.delimiter, str) or not self.delimiter):
             raise ValueError(f"delimiter must be None or a non-empty string, got {self.delimiter!r}")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
             raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
-        if self.max_context is not None and self.max_context <= self.max_new_tokens:
+        if self.max_context is not None and self.max_context <= (self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS):
             raise ValueError(f"max_context must be None or > max_new_tokens, got max_context={self.max_context}, "
                              f"max_new_tokens={self.max_new_tokens}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
@@ -355,8 +358,9 @@ class HFPolicy:
                 (and `config.chat_template` is not False), else `plain_prompt`.
         """
         config = HFPolicyConfig() if config is None else config
-        if config.delimiter is None:
-            config = dataclasses.replace(config, delimiter=DEFAULT_DELIMITER)
+        fallbacks = {"delimiter": DEFAULT_DELIMITER, "max_new_tokens": DEFAULT_MAX_NEW_TOKENS,
+                     "batch_size": DEFAULT_BATCH_SIZE}
+        config = dataclasses.replace(config, **{k: v for k, v in fallbacks.items() if getattr(config, k) is None})
         self.config = config
         self.delimiter = config.delimiter
         if self.config.device != "auto":
