@@ -673,7 +673,8 @@ def copy_slip(step: str, rng: random.Random) -> str | None:
 
 
 def single_step_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: float = 0.5,
-                       copy_fraction: float = 0.3, isolate: bool = False) -> list[tuple[str, list[str]]]:
+                       copy_fraction: float = 0.3, isolate: bool = False, negate_fraction: float = 0.0,
+                       max_value: int | None = 100) -> list[tuple[str, list[str]]]:
     """One-step traces from the states of canonical solutions: short, and every one a first-error
     example (the cheapest signal for learning to check one step).
 
@@ -685,11 +686,16 @@ def single_step_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction
     few, swapped digits, wrong operator; answer slips at the last step), drawn by their
     probabilities.
 
+    With `isolate`, the state is the operation alone (`a op b`), and with probability
+    `negate_fraction` one or both of its operands change sign first (where the result stays within
+    `max_value`): arithmetic on negative numbers (`3 - -1`, `-11 * 4`) is where a small checker
+    slips most, and solutions meet it less often than they need it.
+
     Returns:
         [P] (state, [step]).
     """
-    from mcts.envs.arith import (DELIMITER, BinOp, parse_expression, parse_step, reduce_once, reduction_step,
-                                 render, solution_steps)
+    from mcts.envs.arith import (DELIMITER, BinOp, apply_op, parse_expression, parse_step, reduce_once,
+                                 reduction_step, render, solution_steps)
     from mcts.policy.base import Prefix
     from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig
 
@@ -704,8 +710,15 @@ def single_step_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction
         if isolate:  # the operation alone: `a op b` (an arithmetic fact to check), or the answer
             red = reduce_once(parse_expression(state))
             if red is not None:
-                state = render(BinOp(red.op, red.a, red.b))
-                step = reduction_step(red.a, red.op, red.b, red.result, red.result) + DELIMITER
+                a, b = red.a, red.b
+                if negate_fraction and rng.random() < negate_fraction:
+                    sign_a, sign_b = rng.choice(((-1, 1), (1, -1), (-1, -1)))
+                    value = apply_op(red.op, sign_a * a, sign_b * b)
+                    if max_value is None or abs(value) <= max_value:
+                        a, b = sign_a * a, sign_b * b
+                result = apply_op(red.op, a, b)
+                state = render(BinOp(red.op, a, b))
+                step = reduction_step(a, red.op, b, result, result) + DELIMITER
         if rng.random() < wrong_fraction:
             slip = copy_slip(step, rng) if rng.random() < copy_fraction else None
             if slip is None:

@@ -271,6 +271,29 @@ def test_copy_slip_changes_the_copied_expression_only():
     assert copy_slip("7 + 1 = 8, so 8", rng) != "7 + 1 = 8, so 8"
 
 
+def test_isolated_facts_with_negated_operands():
+    from mcts.envs.arith import BinOp, apply_op, parse_expression
+    from prm.data import toy_problems
+
+    problems = [p["problem"] for p in toy_problems(600, 11)]
+    plain = single_step_traces(problems, seed=3, isolate=True)
+    assert single_step_traces(problems, seed=3, isolate=True, negate_fraction=0.0) == plain  # off: same data
+    negated = single_step_traces(problems, seed=3, isolate=True, negate_fraction=1.0, max_value=100)
+
+    def negative_operand(state):
+        expr = parse_expression(state)
+        return isinstance(expr, BinOp) and min(expr.left, expr.right) < 0
+
+    assert sum(map(negative_operand, (s for s, _ in negated))) > 2 * sum(map(negative_operand, (s for s, _ in plain)))
+    for record in toy_records(negated):
+        expr = parse_expression(record["problem"])
+        if isinstance(expr, BinOp):
+            assert abs(apply_op(expr.op, expr.left, expr.right)) <= 100
+            value = apply_op(expr.op, expr.left, expr.right)
+            canonical = record["steps"][0] == f"{record['problem']} = {value}, so {value}\n"
+            assert record["labels"] == [int(canonical)]  # the oracle agrees: only the canonical step is right
+
+
 @pytest.mark.parametrize("isolate", [False, True])
 def test_single_step_traces_balance_right_and_wrong_steps(isolate):
     from mcts.envs.arith import evaluate, parse_expression
