@@ -239,9 +239,9 @@ def choose_among(prm: "PRM | None", problems: Sequence[Mapping], traces: Sequenc
         if problem in by_problem:
             by_problem[problem].append(list(steps))
     counts = {len(v) for v in by_problem.values()}
-    if len(counts) != 1:
+    if len(counts) > 1:
         raise ValueError(f"every problem needs the same number of solutions, got counts {sorted(counts)}")
-    n = counts.pop()
+    n = counts.pop() if counts else 0
     started = time.perf_counter()
     flat = [(p, s) for p in texts for s in by_problem[p]]
     values = prm.score_traces([Prefix(p, tuple(s)) for p, s in flat]) if prm is not None else [[] for _ in flat]

@@ -224,7 +224,7 @@ def _training_records(build: ToyBuild) -> list[dict]:
             records += toy_records(single_step_traces(problems, seed=build.data_seed + salt, isolate=isolate,
                                                       wrong_fraction=build.wrong_fraction,
                                                       copy_fraction=build.copy_fraction,
-                                                      negate_fraction=build.fact_negate_fraction if isolate else 0.0,
+                                                      negate_fraction=build.fact_negate_fraction,
                                                       max_value=build.max_value))
     if build.branch_problems:
         problems = toy_problems(build.branch_problems, build.data_seed + 104729, *arith)

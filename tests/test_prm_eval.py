@@ -92,5 +92,6 @@ def test_choose_among_hand_made_samples():
     assert votes["n"] == 3 and votes["accuracy"] == {"majority": 0.0, "pass@3": 0.5}
     scored = choose_among(_OraclePRM(), problems, traces)["accuracy"]
     assert scored["prm_best_min"] == scored["prm_best_prod"] == scored["prm_vote_min"] == 0.5  # the lone right one
+    assert choose_among(None, [], [])["accuracy"] == {}  # nothing to choose among
     with pytest.raises(ValueError, match="same number of solutions"):
         choose_among(None, problems, traces[:-1])

@@ -35,8 +35,9 @@ from mcts.policy.base import Prefix, Step, check_propose_args
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["DEFAULT_DELIMITER", "POLICY_FILE", "ChatPrompt", "HFPolicy", "HFPolicyConfig", "PolicyStats", "PromptFn",
-           "plain_prompt", "prompt_requests", "read_policy_defaults", "torch_threads", "write_policy_defaults"]
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DELIMITER", "DEFAULT_MAX_NEW_TOKENS", "POLICY_FILE", "ChatPrompt", "HFPolicy",
+           "HFPolicyConfig", "PolicyStats", "PromptFn", "plain_prompt", "prompt_requests", "read_policy_defaults",
+           "torch_threads", "write_policy_defaults"]
 
 PromptFn = Callable[[Prefix], str]
 

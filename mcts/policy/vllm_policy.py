@@ -51,8 +51,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, check_propose_args
-from mcts.policy.hf_policy import (DEFAULT_DELIMITER, ChatPrompt, PolicyStats, PromptFn, plain_prompt,
-                                   prompt_requests, read_policy_defaults)
+from mcts.policy.hf_policy import (DEFAULT_DELIMITER, DEFAULT_MAX_NEW_TOKENS, ChatPrompt, PolicyStats, PromptFn,
+                                   plain_prompt, prompt_requests, read_policy_defaults)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -88,7 +88,7 @@ def _import_vllm():
 class VLLMPolicyConfig:
     """How the vLLM policy generates steps, and how its engine is started."""
 
-    max_new_tokens: int = dataclasses.field(default=256, metadata=_help(
+    max_new_tokens: int = dataclasses.field(default=DEFAULT_MAX_NEW_TOKENS, metadata=_help(
         "most tokens one step may take; a step that reaches it without the delimiter is truncated "
         "(a dead end: finished)"))
     delimiter: str | None = dataclasses.field(default=None, metadata=_help(
