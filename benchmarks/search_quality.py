@@ -8,12 +8,17 @@ operations), the same generated problems are searched by every algorithm at seve
     beam                                        beam width in --beam-widths
     greedy                                      one solution
 
-Every run reports its accuracy and the tokens the policy actually generated per problem, so the
-methods are compared on the budget they really spent. The scorer is the toy world's oracle PRM with
-label noise (--oracle-noise), or a trained PRM folder (--prm). The table goes to stdout (and JSON
-lines with --json); the plot (one panel per policy and difficulty, accuracy against tokens on a
-log axis) to --plot.
+Every run is repeated over --seeds (the policy's sampling and the oracle's noise) and reports:
+accuracy with a 95% confidence interval (bootstrap over problems, the seeds averaged inside each
+resample), tokens the policy actually generated per problem (the budget really spent), finished
+candidates per problem, and pass@k: the share of problems where some finished candidate states the
+gold answer, the ceiling a perfect answer selector would reach. The scorer is the toy world's
+oracle PRM with label noise (--oracle-noise; it reads the gold answer, and the table says so), or a
+trained PRM folder (--prm). The table goes to stdout (and JSON lines with --json); the plot (one
+panel per policy and difficulty, accuracy against tokens on a log axis) to --plot.
 
+    python benchmarks/search_quality.py --policies tiny --ops 1-4 --per-ops --problems 80 \
+        --algorithms greedy,best_of_n,self_consistency,mcts_star --simulations 32 --samples 32 --seeds 0,1,2
     python benchmarks/search_quality.py                 # full sweep (tens of minutes on 2 cores)
     python benchmarks/search_quality.py --quick         # a few minutes
 
@@ -25,10 +30,13 @@ between the sampling methods. The tiny transformer makes systematic mistakes, as
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from tqdm import tqdm
 
@@ -51,21 +59,41 @@ def make_parser() -> argparse.ArgumentParser:
                    help="largest operand (the tiny transformer is trained on operands up to 10)")
     p.add_argument("--max-value", type=int, default=100,
                    help="bound on every value a solution writes (the tiny transformer's training bound)")
-    p.add_argument("--problems", type=int, default=40, help="problems per difficulty")
+    p.add_argument("--problems", type=int, default=40, help="problems per difficulty (with --per-ops: per "
+                   "difficulty, spread evenly over its numbers of operations)")
+    p.add_argument("--per-ops", action="store_true", help="draw each number of operations of a difficulty "
+                   "separately (equal shares) and add a column of accuracy per number of operations")
     p.add_argument("--algorithms", default="greedy,best_of_n,self_consistency,weighted_self_consistency,beam,"
                    "mcts_star,uct,puct")
     p.add_argument("--simulations", type=_ints, default=[4, 8, 16, 32], help="tree search budgets")
     p.add_argument("--samples", type=_ints, default=[2, 4, 8, 16], help="sampling baselines' N")
     p.add_argument("--beam-widths", type=_ints, default=[2, 4])
     p.add_argument("--width", type=int, default=4, help="steps sampled per expanded leaf")
+    p.add_argument("--tree-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
+                   help="also run every tree algorithm with these SearchConfig fields changed, labelled NAME, "
+                        "e.g. 'fixed:max_children=4,revisit_terminals=true' (repeatable)")
     p.add_argument("--prm", default="oracle", help="'oracle' or a trained PRM folder")
     p.add_argument("--oracle-noise", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=64, help="problems searched together")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_ints, default=[0], help="comma list: every run is repeated per seed")
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the confidence interval")
     p.add_argument("--quick", action="store_true", help="a small sweep for a smoke run")
     p.add_argument("--json", action="store_true", help="also print one JSON object per row")
     p.add_argument("--plot", default="search_quality.png", help="PNG output ('' for none)")
     return p
+
+
+def _variant(text: str) -> tuple[str, dict]:
+    """'NAME:key=value,...' -> (NAME, SearchConfig fields), values read as JSON where they parse."""
+    name, _, body = text.partition(":")
+    fields = {}
+    for item in filter(None, body.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            fields[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            fields[key.strip()] = value
+    return name, fields
 
 
 def _settings(args) -> list[tuple[str, str, SearchConfig]]:
@@ -82,54 +110,99 @@ def _settings(args) -> list[tuple[str, str, SearchConfig]]:
         elif algorithm in TREE_RULES:
             out += [(algorithm, f"sims={s}", SearchConfig(algorithm=algorithm, simulations=s, width=args.width))
                     for s in args.simulations]
+            for name, fields in map(_variant, args.tree_variant):
+                out += [(f"{algorithm} ({name})", f"sims={s}",
+                         SearchConfig(algorithm=algorithm, simulations=s, width=args.width, **fields))
+                        for s in args.simulations]
         else:
             raise SystemExit(f"unknown algorithm {algorithm!r}")
     return out
 
 
+def _problems(lo: int, hi: int, args) -> list[dict]:
+    def draw(n: int, a: int, b: int) -> list[dict]:
+        config = ArithConfig(min_ops=a, max_ops=b, max_operand=args.max_operand, max_value=args.max_value)
+        return [dict(p, ops=len(p["problem"].split()) // 2) for p in generate_problems(n, 1000 * a + b, config)]
+
+    if not args.per_ops:
+        return draw(args.problems, lo, hi)
+    ops = range(lo, hi + 1)
+    return [p for k in ops for p in draw(args.problems // len(ops), k, k)]
+
+
+def bootstrap_ci(correct: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean accuracy: problems resampled with replacement, `correct` being
+    [seeds, problems] (each resample averages its problems over every seed)."""
+    rng = np.random.default_rng(seed)
+    per_problem = correct.mean(axis=0)
+    idx = rng.integers(0, len(per_problem), size=(resamples, len(per_problem)))
+    means = per_problem[idx].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
 def run(args) -> list[dict]:
     rows = []
-    difficulties = [tuple(int(x) for x in d.split("-")) for d in args.ops.split(",")]
+    difficulties = [tuple(int(x) for x in d.split("-")) if "-" in d else (int(d), int(d)) for d in args.ops.split(",")]
     settings = _settings(args)
     policies = args.policies.split(",")
-    bar = tqdm(total=len(policies) * len(difficulties) * len(settings), desc="search quality", unit="run",
-               file=sys.stderr)
+    bar = tqdm(total=len(policies) * len(difficulties) * len(settings) * len(args.seeds), desc="search quality",
+               unit="run", file=sys.stderr)
     for policy_name in policies:
         for lo, hi in difficulties:
-            problems = generate_problems(args.problems, seed=args.seed + 1000 * lo + hi,
-                                         config=ArithConfig(min_ops=lo, max_ops=hi, max_operand=args.max_operand,
-                                                                max_value=args.max_value))
+            problems = _problems(lo, hi, args)
             texts = [p["problem"] for p in problems]
             golds = {p["problem"]: str(p["answer"]) for p in problems}
             for algorithm, budget, config in settings:
-                # fresh models per run, so every run sees the same random streams
-                proposer = load_proposer(policy_name, problems=texts, seed=args.seed)
-                scorer = load_scorer(args.prm, problems=texts, golds=golds, oracle_noise=args.oracle_noise,
-                                     seed=args.seed)
-                start = time.perf_counter()
-                results = []
-                for i in range(0, len(texts), args.batch):
-                    results += run_algorithm(texts[i:i + args.batch], proposer, scorer, config)
-                seconds = time.perf_counter() - start
-                correct = [is_equivalent(r.answer, str(p["answer"])) for r, p in zip(results, problems)]
+                correct, found, tokens, candidates, seconds = [], [], [], [], 0.0
+                for seed in args.seeds:
+                    # fresh models per run, so every run sees the same random streams
+                    proposer = load_proposer(policy_name, problems=texts, seed=seed)
+                    scorer = load_scorer(args.prm, problems=texts, golds=golds, oracle_noise=args.oracle_noise,
+                                         seed=seed)
+                    start = time.perf_counter()
+                    results = []
+                    for i in range(0, len(texts), args.batch):
+                        results += run_algorithm(texts[i:i + args.batch], proposer, scorer, config)
+                    seconds += time.perf_counter() - start
+                    correct.append([is_equivalent(r.answer, str(p["answer"])) for r, p in zip(results, problems)])
+                    found.append([any(is_equivalent(a, str(p["answer"])) for a in r.candidate_answers)
+                                  for r, p in zip(results, problems)])
+                    tokens += [r.tokens for r in results]
+                    candidates += [r.num_candidates for r in results]
+                    bar.update()
+                hits = np.array(correct, np.float64)
+                low, high = bootstrap_ci(hits, args.bootstrap)
+                by_ops = collections.defaultdict(list)
+                for j, p in enumerate(problems):
+                    by_ops[p["ops"]].append(hits[:, j].mean())
                 rows.append({
                     "policy": policy_name, "ops": f"{lo}-{hi}", "algorithm": algorithm, "budget": budget,
-                    "accuracy": sum(correct) / len(correct),
-                    "tokens_per_problem": sum(r.tokens for r in results) / len(results),
-                    "policy_calls_per_problem": sum(r.policy_calls for r in results) / len(results),
+                    "scorer": "oracle (reads the gold answer), noise " + str(args.oracle_noise)
+                              if args.prm == "oracle" else args.prm,
+                    "seeds": len(args.seeds), "problems": len(problems),
+                    "accuracy": float(hits.mean()), "ci_low": low, "ci_high": high,
+                    "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},
+                    "pass_at_k": float(np.mean(found)),
+                    "tokens_per_problem": float(np.mean(tokens)),
+                    "candidates_per_problem": float(np.mean(candidates)),
                     "seconds": seconds,
                 })
-                bar.update()
     bar.close()
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'tokens/problem':>15} {'seconds':>8}"
-    lines = [head, "-" * len(head)]
+    scorers = sorted({r["scorer"] for r in rows})
+    head = (f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'95% CI':>13} "
+            f"{'by ops':<24} {'pass@k':>6} {'tokens/problem':>14} {'cands/problem':>13} {'seconds':>8}")
+    lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}", head, "-" * len(head)]
     for r in rows:
+        ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+        by = " ".join(f"{v:.2f}" for v in r["accuracy_by_ops"].values()) if len(r["accuracy_by_ops"]) > 1 else ""
         lines.append(f"{r['policy'][:10]:<10} {r['ops']:<5} {r['algorithm']:<26} {r['budget']:<8} "
-                     f"{r['accuracy']:>8.3f} {r['tokens_per_problem']:>15.1f} {r['seconds']:>8.1f}")
+                     f"{r['accuracy']:>8.3f} {ci:>13} {by:<24} "
+                     f"{r['pass_at_k']:>6.3f} {r['tokens_per_problem']:>14.1f} {r['candidates_per_problem']:>13.1f} "
+                     f"{r['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
@@ -160,7 +233,7 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.quick:
-        args.problems, args.ops = min(args.problems, 16), "1-2,3-4"
+        args.problems, args.ops, args.seeds = min(args.problems, 16), "1-2,3-4", args.seeds[:1]
         args.simulations, args.samples, args.beam_widths = [4, 16], [4, 16], [4]
     rows = run(args)
     print(table(rows))

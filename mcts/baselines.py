@@ -29,6 +29,8 @@ from mcts.search import (
     Trace,
     aggregate_step_values,
     choose_answer,
+    distinct_answers,
+    propose,
     sample_traces,
 )
 
@@ -47,6 +49,7 @@ def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Co
             value=float(value), tokens=int(counters.tokens[b]), simulations=int(simulations[b]),
             policy_calls=int(counters.policy_calls[b]), scorer_calls=int(counters.scorer_calls[b]),
             seconds=float(seconds[b]), num_candidates=sum(c.answer is not None for c in candidates),
+            candidate_answers=distinct_answers(candidates),
         ))
     return out
 
@@ -68,7 +71,7 @@ def _sample_solutions(problems: Sequence[str], proposer: StepProposer, scorer: S
         if not wave:
             break
         sample_traces(wave, proposer, scorer, max_depth=config.max_depth, temperature=temperature,
-                      counters=counters)
+                      counters=counters, truncation=config.truncation)
         now = time.perf_counter() - start
         for trace in wave:
             solutions[trace.owner].append(trace)
@@ -122,8 +125,8 @@ def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchCon
         if not live:
             break
         # greedy decoding has one answer per prefix: asking for k copies would only be charged
-        proposals = proposer.propose([t.prefix for t in live], 1 if config.temperature == 0 else k,
-                                     config.temperature)
+        proposals = propose(proposer, [t.prefix for t in live], 1 if config.temperature == 0 else k,
+                            config.temperature, config.truncation)
         counters.charge_policy([t.owner for t in live], proposals)
         children: list[tuple[Trace, object]] = []
         for parent, steps in zip(live, proposals):

@@ -38,7 +38,7 @@ from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 
 __all__ = [
     "ALGORITHMS", "TREE_RULES", "Candidate", "SearchConfig", "SearchResult", "Trace", "TreeSearch",
-    "choose_answer", "main", "make_parser", "run_algorithm", "sample_traces", "tree_search",
+    "choose_answer", "distinct_answers", "main", "make_parser", "run_algorithm", "sample_traces", "tree_search",
 ]
 
 
@@ -70,6 +70,11 @@ ANSWER_SELECTIONS = ("max_value", "weighted_vote", "majority", "ebc")
 LEAF_VALUES = ("mean", "max")
 PRIORS = ("length_normalized", "sequence", "uniform")
 STEP_AGGREGATES = ("min", "last", "mean", "prod")
+CANDIDATE_VALUES = ("q", "path")
+# Default progressive widening: a node may grow to this many times `width` children. Measured on 80
+# fresh 1-4 operation toy problems (tiny policy, oracle PRM with noise 0.1, 32 simulations):
+# MCTS* accuracy 0.31 with children fixed at 4, 0.40 with up to 16 (benchmarks/search_quality.py).
+WIDENING_FACTOR = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +93,30 @@ class SearchConfig:
     width: int = dataclasses.field(default=4, metadata=_help(
         "tree search: steps sampled per expanded leaf; beam: beam width and samples per beam; "
         "sampling baselines: traces generated side by side per problem"))
+    max_children: int | None = dataclasses.field(default=None, metadata=_help(
+        "tree search, progressive widening: the most children a node may get. A node with fewer "
+        "has a 'new step' arm beside its children, valued at what the PRM said the node is worth "
+        "and open while no child is worth as much; selecting it samples `width` more steps there "
+        "and adds the ones its children do not hold yet. None: 4 * width (greedy decoding: width); "
+        "equal to width: children fixed at expansion"))
+    revisit_terminals: bool = dataclasses.field(default=False, metadata=_help(
+        "tree search: a finished answer may be selected again after its first backup (it adds no "
+        "information: its value is fixed); False closes it once backed up, so simulations go to "
+        "open nodes"))
     leaves_per_tree: int = dataclasses.field(default=1, metadata=_help(
         "leaves selected per tree and round (kept apart by virtual loss)"))
     c: float = dataclasses.field(default=1.0, metadata=_help("exploration constant of the select rule"))
     virtual_loss: float = dataclasses.field(default=1.0, metadata=_help(
         "weight of a pending selection, in visits that returned 0"))
     temperature: float = dataclasses.field(default=1.0, metadata=_help("sampling temperature of the policy"))
+    top_p: float | None = dataclasses.field(default=None, metadata=_help(
+        "nucleus sampling: keep the most likely tokens (steps, for the scripted policy) up to this mass; "
+        "None: the policy's own setting (off by default)"))
+    top_k: int | None = dataclasses.field(default=None, metadata=_help(
+        "keep the k most likely tokens (0: off); None: the policy's own setting (off by default)"))
+    min_p: float | None = dataclasses.field(default=None, metadata=_help(
+        "keep the tokens at least this fraction as likely as the most likely one (0: off); None: the "
+        "policy's own setting (off by default)"))
     max_depth: int = dataclasses.field(default=16, metadata=_help(
         "most steps in a solution; a step at this depth that gives no answer ends its branch"))
     stop_value: float | None = dataclasses.field(default=None, metadata=_help(
@@ -116,6 +139,9 @@ class SearchConfig:
         "how the PRM values of a sampled trace's steps make its value: mean, min, last or prod "
         "(min and prod suit a calibrated PRM; one wrong step score sinks them, so mean is the "
         "robust default under label noise)"))
+    candidate_value: str = dataclasses.field(default="q", metadata=_help(
+        "tree search: the value of a finished solution for answer choice: 'q' (its answer node's "
+        "Q) or 'path' (`step_aggregate` over its steps' PRM values, as best-of-N values a trace)"))
     complete_unfinished: bool = dataclasses.field(default=True, metadata=_help(
         "when a search ends without a finished answer, complete its best partial trace greedily "
         "(the tokens count toward the problem's total)"))
@@ -132,12 +158,17 @@ class SearchConfig:
         need(self.budget_tokens is None or self.budget_tokens >= 1,
              f"budget_tokens must be None or >= 1, got {self.budget_tokens}")
         need(self.width >= 1, f"width must be >= 1, got {self.width}")
+        need(self.max_children is None or self.max_children >= self.width,
+             f"max_children must be None or >= width ({self.width}), got {self.max_children}")
         need(self.leaves_per_tree >= 1, f"leaves_per_tree must be >= 1, got {self.leaves_per_tree}")
         need(math.isfinite(self.c) and self.c >= 0, f"c must be finite and >= 0, got {self.c}")
         need(math.isfinite(self.virtual_loss) and self.virtual_loss >= 0,
              f"virtual_loss must be finite and >= 0, got {self.virtual_loss}")
         need(math.isfinite(self.temperature) and self.temperature >= 0,
              f"temperature must be finite and >= 0, got {self.temperature}")
+        need(self.top_p is None or 0 < self.top_p <= 1, f"top_p must be None or in (0, 1], got {self.top_p}")
+        need(self.top_k is None or self.top_k >= 0, f"top_k must be None or >= 0, got {self.top_k}")
+        need(self.min_p is None or 0 <= self.min_p <= 1, f"min_p must be None or in [0, 1], got {self.min_p}")
         need(self.max_depth >= 1, f"max_depth must be >= 1, got {self.max_depth}")
         need(self.max_depth < 2**15 - 1, f"max_depth must be < {2**15 - 1} (depth is int16), got {self.max_depth}")
         need(self.stop_value is None or 0 <= self.stop_value <= 1,
@@ -146,6 +177,8 @@ class SearchConfig:
              f"answer_selection={self.answer_selection!r} is not one of {', '.join(ANSWER_SELECTIONS)}")
         need(self.leaf_value in LEAF_VALUES, f"leaf_value={self.leaf_value!r} is not one of {', '.join(LEAF_VALUES)}")
         need(self.prior in PRIORS, f"prior={self.prior!r} is not one of {', '.join(PRIORS)}")
+        need(self.candidate_value in CANDIDATE_VALUES,
+             f"candidate_value={self.candidate_value!r} is not one of {', '.join(CANDIDATE_VALUES)}")
         need(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
         need(self.step_aggregate in STEP_AGGREGATES,
              f"step_aggregate={self.step_aggregate!r} is not one of {', '.join(STEP_AGGREGATES)}")
@@ -157,6 +190,20 @@ class SearchConfig:
             return self.answer_selection
         return {"self_consistency": "majority", "weighted_self_consistency": "weighted_vote"}.get(
             self.algorithm, "max_value")
+
+    @property
+    def children_per_node(self) -> int:
+        """The most children a node of a tree search can get (with widening, its slot block)."""
+        if self.max_children is not None:
+            return self.max_children
+        # Greedy decoding has one step per prefix: widening would only draw it again.
+        return self.width if self.temperature == 0 else WIDENING_FACTOR * self.width
+
+    @property
+    def truncation(self) -> dict[str, float | int]:
+        """The sampling truncation set here (top_p, top_k, min_p), for `StepProposer.propose`."""
+        return {k: v for k, v in (("top_p", self.top_p), ("top_k", self.top_k), ("min_p", self.min_p))
+                if v is not None}
 
     def over_budget(self, tokens: int) -> bool:
         return self.budget_tokens is not None and tokens >= self.budget_tokens
@@ -187,6 +234,9 @@ class SearchResult:
     scorer_calls: int  # batched scorer calls this problem took part in
     seconds: float  # wall time from the start of its batch to the end of its search
     num_candidates: int  # finished solutions the answer was chosen from
+    # distinct answers among those solutions, in the order found: what a perfect selector could pick
+    # (pass@k of the search, with a gold answer at hand)
+    candidate_answers: list[str] = dataclasses.field(default_factory=list)
 
     def record(self) -> dict:
         return dataclasses.asdict(self)
@@ -237,6 +287,15 @@ def choose_answer(candidates: Sequence[Candidate], rule: str, *, problem: str | 
     total = sum(totals.values())
     best = max(groups[key], key=lambda c: c.value)
     return best, (totals[key] / total if total > 0 else 0.0)
+
+
+def distinct_answers(candidates: Sequence[Candidate]) -> list[str]:
+    """The stated answers of `candidates`, one per normalised spelling, in order."""
+    seen: dict[str, str] = {}
+    for c in candidates:
+        if c.answer is not None:
+            seen.setdefault(normalize(c.answer), c.answer)
+    return list(seen.values())
 
 
 def aggregate_step_values(values: Sequence[float], how: str) -> float:
@@ -296,9 +355,25 @@ class Counters:
             self.scorer_calls[owner] += 1
 
 
+def propose(proposer: StepProposer, prefixes: Sequence[Prefix], n: int, temperature: float,
+            truncation: Mapping[str, float | int] | None = None) -> list[list[Step]]:
+    """`proposer.propose`, with the sampling truncation passed only where one is set (and never
+    to greedy decoding), so a policy without those options works until someone asks for them."""
+    if not truncation or temperature == 0:
+        return proposer.propose(prefixes, n, temperature)
+    try:
+        return proposer.propose(prefixes, n, temperature, **truncation)
+    except TypeError as err:
+        if "unexpected keyword" not in str(err):
+            raise
+        raise ValueError(f"{', '.join(sorted(truncation))}: the policy {type(proposer).__name__} takes no "
+                         f"sampling truncation ({err})") from None
+
+
 def sample_traces(traces: list[Trace], proposer: StepProposer, scorer: StepScorer | None, *,
                   max_depth: int, temperature: float, counters: Counters, max_steps: int | None = None,
-                  stop: Callable[[Trace], bool] | None = None) -> list[Trace]:
+                  stop: Callable[[Trace], bool] | None = None,
+                  truncation: Mapping[str, float | int] | None = None) -> list[Trace]:
     """Advances every trace step by step until it stops, one policy call (and one scorer call when
     a scorer is given) per step for all of them together.
 
@@ -311,6 +386,7 @@ def sample_traces(traces: list[Trace], proposer: StepProposer, scorer: StepScore
         counters: charged with the tokens and calls.
         max_steps: at most this many steps are added to each trace in this call (None: no limit).
         stop: checked for each live trace before every round; True stops it (e.g. a token budget).
+        truncation: top_p / top_k / min_p for the policy (`SearchConfig.truncation`).
 
     Returns:
         `traces`.
@@ -320,7 +396,7 @@ def sample_traces(traces: list[Trace], proposer: StepProposer, scorer: StepScore
         live = [t for t in traces if not t.stopped and not (stop is not None and stop(t))]
         if not live or (max_steps is not None and added >= max_steps):
             return traces
-        proposals = proposer.propose([t.prefix for t in live], 1, temperature)
+        proposals = propose(proposer, [t.prefix for t in live], 1, temperature, truncation)
         counters.charge_policy([t.owner for t in live], proposals)
         extended = []
         for trace, steps in zip(live, proposals):
@@ -360,9 +436,14 @@ class TreeSearch:
         self.proposer, self.scorer, self.config = proposer, scorer, config
         self.rules = TREE_RULES[config.algorithm]
         B = len(self.problems)
-        # Each backed-up leaf adds at most `width` children.
-        self.forest = Forest.empty(B, 1 + config.simulations * config.width)
-        self.steps: list[list[Step | None]] = [[None] for _ in range(B)]  # [tree][node]; the root has none
+        # Each backed-up leaf allocates at most `children_per_node` nodes (real children, then the
+        # empty slots that progressive widening fills later: a node's children stay contiguous).
+        self.forest = Forest.empty(B, 1 + config.simulations * config.children_per_node)
+        # [tree][node]: the step into each node; None for the root and for empty widening slots.
+        self.steps: list[list[Step | None]] = [[None] for _ in range(B)]
+        # [tree] {node: its arm, the next empty slot}, for every node that may still widen.
+        self.arms: list[dict[int, int]] = [{} for _ in range(B)]
+        self._closed_arms: list[tuple[int, int]] = []  # (tree, slot) of saturated nodes, closed after backup
         self.simulations = np.zeros(B, np.int64)
         self.counters = Counters.zeros(B)
         self.done = np.zeros(B, bool)
@@ -393,25 +474,60 @@ class TreeSearch:
         return [self.result(b) for b in range(self.forest.num_trees)]
 
     def round(self) -> None:
-        """One round for every live tree: select, propose, score, expand, back up."""
+        """One round for every live tree: select, propose, score, expand (or widen), back up.
+
+        A selected leaf is one of three kinds: a finished answer or dead end (backed up with its
+        value, then closed unless `revisit_terminals`), an empty widening slot (the 'new step' arm
+        of its parent: more steps are sampled at the parent), or a leaf to expand. Expansions and
+        widenings share one policy call and one scorer call.
+        """
         cfg, f = self.config, self.forest
         leaves = select(f, cfg.leaves_per_tree, self.rules.select, cfg.c, cfg.virtual_loss, backend=cfg.tree_backend)
         B, L = leaves.shape
         values = np.zeros((B, L), np.float64)
         to_expand: list[tuple[int, int, int]] = []  # (tree, slot, leaf)
+        to_widen: list[tuple[int, int, int]] = []  # (tree, slot, the node that gets more children)
+        closing: list[tuple[int, int]] = []
         for b, slot in zip(*np.nonzero(leaves >= 0)):
             b, slot, leaf = int(b), int(slot), int(leaves[b, slot])
             if f.flags[b, leaf] & TERMINAL:
                 values[b, slot] = self._terminal_value(b, leaf)
+                closing.append((b, leaf))
+            elif self._is_slot(b, leaf):
+                to_widen.append((b, slot, int(f.parent[b, leaf])))
             else:
                 to_expand.append((b, slot, leaf))
-        prefixes = [self.prefix(b, leaf) for b, _, leaf in to_expand]
-        children = self._propose(to_expand, prefixes)
-        rewards = self._score(to_expand, prefixes, children)
-        self._expand(leaves, to_expand, children, rewards, values)
+        asked = [*to_expand, *to_widen]
+        prefixes = [self.prefix(b, node) for b, _, node in asked]
+        proposed = self._propose(asked, prefixes)
+        proposed[len(to_expand):] = [self._new_siblings(b, node, steps)
+                                     for (b, _, node), steps in zip(to_widen, proposed[len(to_expand):])]
+        rewards = self._score(asked, prefixes, proposed)
+        n = len(to_expand)
+        self._expand(leaves, to_expand, proposed[:n], rewards[:n], values)
+        self._widen(leaves, to_widen, proposed[n:], rewards[n:], values)
         backup(f, leaves, values, self.rules.backup, backend=cfg.tree_backend)
+        if not cfg.revisit_terminals:
+            for b, leaf in closing:
+                f.flags[b, leaf] |= PRUNED
+        for b, arm in self._closed_arms:
+            f.flags[b, arm] |= PRUNED
+            f.visits[b, arm], f.value_sum[b, arm] = 0, 0.0
+        self._closed_arms = []
+        self._gate_arms()
         self.simulations += (leaves >= 0).sum(axis=1)
         self._stop_where((leaves < 0).all(axis=1))
+
+    def _is_slot(self, b: int, node: int) -> bool:
+        """An empty widening slot (allocated, holding no step yet)."""
+        return node != 0 and self.steps[b][node] is None
+
+    def _new_siblings(self, b: int, node: int, steps: list[Step]) -> list[Step]:
+        """The proposed steps at `node` that none of its children holds, as many as fit its slots."""
+        held = {self.steps[b][k].text for k in self.forest.children(b, node) if not self._is_slot(b, int(k))}
+        end = int(self.forest.first_child[b, node] + self.forest.num_children[b, node])
+        room = end - self.arms[b][node]
+        return [s for s in steps if s.text not in held][:room]
 
     def _terminal_value(self, b: int, node: int) -> float:
         # A finished answer is worth its step value; a dead end (depth limit, no proposal) nothing.
@@ -424,7 +540,7 @@ class TreeSearch:
         cfg = self.config
         # Greedy decoding has one answer per prefix: asking for `width` copies would only be charged.
         n = 1 if cfg.temperature == 0 else cfg.width
-        proposals = self.proposer.propose(prefixes, n, cfg.temperature)
+        proposals = propose(self.proposer, prefixes, n, cfg.temperature, cfg.truncation)
         self.counters.charge_policy([b for b, _, _ in to_expand], proposals)
         distinct = []
         for steps in proposals:
@@ -460,7 +576,7 @@ class TreeSearch:
     def _expand(self, leaves, to_expand, children, rewards, values) -> None:
         cfg, f = self.config, self.forest
         B, L = leaves.shape
-        K = cfg.width
+        K = cfg.children_per_node  # real children first, then the empty slots widening may fill
         expand_leaves = np.full((B, L), -1, np.int32)
         counts = np.zeros((B, L), np.int32)
         priors = np.zeros((B, L, K), np.float32)
@@ -474,7 +590,8 @@ class TreeSearch:
             k = len(steps)
             child_depth = int(f.depth[b, leaf]) + 1
             expand_leaves[b, slot] = leaf
-            counts[b, slot] = k
+            # Children at the depth limit end their branch: nothing to widen.
+            counts[b, slot] = K if K > cfg.width and child_depth < cfg.max_depth else k
             p = self._priors(steps)
             priors[b, slot, :k] = p
             reward_block[b, slot, :k] = r
@@ -482,11 +599,75 @@ class TreeSearch:
             values[b, slot] = float(np.dot(p, r)) if cfg.leaf_value == "mean" else max(r)
         first = expand(f, expand_leaves, counts, priors, reward_block, terminal, backend=cfg.tree_backend)
         for (b, slot, leaf), steps in zip(to_expand, children):
-            if first[b, slot] >= 0:
-                assert first[b, slot] == len(self.steps[b]), "node ids are allocated in order"
-                self.steps[b].extend(steps)
+            start = int(first[b, slot])
+            if start >= 0:
+                assert start == len(self.steps[b]), "node ids are allocated in order"
+                empty = int(counts[b, slot]) - len(steps)
+                self.steps[b].extend([*steps, *[None] * empty])
+                if empty:
+                    f.flags[b, start + len(steps): start + len(steps) + empty] = PRUNED
+                    self._set_arm(b, leaf, start + len(steps), pulls=0)
         if cfg.rollout_depth > 0:
             self._rollouts(to_expand, children, rewards, first, values)
+
+    def _widen(self, leaves, to_widen, new_steps, rewards, values) -> None:
+        """Fills the selected arm slots (and the slots after them) with the new steps sampled at
+        their parents. The selected slot becomes the first new child and is backed up with its
+        value; the next empty slot becomes the arm, pulled once more. A node whose samples held
+        nothing new is saturated: its arm is closed and it widens no more."""
+        cfg, f = self.config, self.forest
+        q = f.q_values()
+        for (b, slot, node), steps, r in zip(to_widen, new_steps, rewards):
+            arm = self.arms[b].pop(node)
+            assert arm == leaves[b, slot], "the selected slot is its parent's arm"
+            pulls = int(f.visits[b, arm])
+            f.visits[b, arm], f.value_sum[b, arm] = 0, 0.0  # the backup gives the new child its first visit
+            if not steps:
+                values[b, slot] = q[b, node]  # a draw of what the node already holds: no news
+                self._closed_arms.append((b, arm))
+                continue
+            child_depth = int(f.depth[b, node]) + 1
+            for i, (step, value) in enumerate(zip(steps, r)):
+                self.steps[b][arm + i] = step
+                f.reward[b, arm + i] = value
+                f.flags[b, arm + i] = TERMINAL if step.finished or child_depth >= cfg.max_depth else 0
+            start = int(f.first_child[b, node])
+            filled = arm + len(steps)
+            f.prior[b, start:filled] = self._priors(self.steps[b][start:filled])
+            if filled < start + int(f.num_children[b, node]):
+                self._set_arm(b, node, filled, pulls + 1)
+            values[b, slot] = float(r[0])
+
+    def _gate_arms(self) -> None:
+        """An arm is open only while the node's children disappoint: none has a Q up to the
+        node's worth. A node with a child as good as the PRM said the node is spends nothing on
+        more samples (its arm reopens if that child's Q falls)."""
+        f = self.forest
+        q = f.q_values()
+        for b, arms in enumerate(self.arms):
+            for node, arm in arms.items():
+                start = int(f.first_child[b, node])
+                if q[b, start:arm].max() < f.reward[b, arm]:
+                    f.flags[b, arm] &= ~PRUNED
+                else:
+                    f.flags[b, arm] |= PRUNED
+
+    def _set_arm(self, b: int, node: int, slot: int, pulls: int) -> None:
+        """Makes `slot` the open 'new step' arm of `node`: a bandit arm beside its children whose
+        value is what the PRM said `node` is worth (the root, which the PRM does not score, is
+        worth 1: the problem has a solution) and whose visits are the widenings made so far.
+        Selection then widens where the PRM trusts a node more than the children found so far,
+        and less often the more it has already widened there. The arm's visits also enter the
+        `quality` backup's mean, so a node the PRM trusts keeps part of its value while its first
+        children disappoint."""
+        f = self.forest
+        worth = 1.0 if node == 0 else float(f.reward[b, node])
+        self.arms[b][node] = slot
+        f.flags[b, slot] = 0
+        f.reward[b, slot] = worth
+        f.visits[b, slot] = pulls
+        f.value_sum[b, slot] = worth * pulls
+        f.prior[b, slot] = 1.0 / (1 + slot - int(f.first_child[b, node]))
 
     def _rollouts(self, to_expand, children, rewards, first, values) -> None:
         """ReST-MCTS*'s optional greedy rollout: from the best new child of each expanded leaf, a
@@ -531,14 +712,26 @@ class TreeSearch:
     # -- answers
 
     def candidates(self, b: int) -> list[Candidate]:
-        """Every finished solution in tree b (and its greedy completion, if one was made). A
-        node's value is its Q (the reward while unvisited)."""
+        """Every finished solution in tree b (and its greedy completion, if one was made), valued
+        by `candidate_value`: 'q' (the answer node's Q: its reward once visited) or 'path'
+        (`step_aggregate` over the PRM values of the steps on its path, as the sampling baselines
+        value their traces)."""
         q = self.forest.q_values(b)
-        out = [Candidate(self.answer_of(b, node), float(q[node]), self.prefix(b, node).steps)
-               for node, step in enumerate(self.steps[b]) if step is not None and step.finished]
+        out = []
+        for node, step in enumerate(self.steps[b]):
+            if step is None or not step.finished:
+                continue
+            if self.config.candidate_value == "path":
+                path = self.forest.path(b, node)[1:]
+                value = aggregate_step_values([float(self.forest.reward[b, s]) for s in path],
+                                              self.config.step_aggregate)
+            else:
+                value = float(q[node])
+            out.append(Candidate(self.answer_of(b, node), value, self.prefix(b, node).steps))
         if b in self.completions:
             t = self.completions[b]
-            out.append(Candidate(t.answer, aggregate_step_values(t.step_values, "last"), t.prefix.steps))
+            how = self.config.step_aggregate if self.config.candidate_value == "path" else "last"
+            out.append(Candidate(t.answer, aggregate_step_values(t.step_values, how), t.prefix.steps))
         return out
 
     def _best_partial(self, b: int) -> int:
@@ -547,7 +740,7 @@ class TreeSearch:
         node, f = 0, self.forest
         q = self.forest.q_values(b)
         while f.num_children[b, node] > 0:
-            kids = [int(k) for k in f.children(b, node)]
+            kids = [int(k) for k in f.children(b, node) if not self._is_slot(b, int(k))]
             node = max(kids, key=lambda k: (not self._dead_end(b, k), q[k]))
         return node
 
@@ -569,7 +762,8 @@ class TreeSearch:
                 self.seconds[t.owner] = time.perf_counter() - self._start
 
     def result(self, b: int) -> SearchResult:
-        chosen, value = choose_answer(self.candidates(b), self.config.selection, problem=self.problems[b],
+        candidates = self.candidates(b)
+        chosen, value = choose_answer(candidates, self.config.selection, problem=self.problems[b],
                                       judge=self.scorer)
         if chosen is None:
             steps = self.prefix(b, self._best_partial(b)).steps
@@ -578,7 +772,8 @@ class TreeSearch:
             answer=chosen.answer, trace="".join(chosen.steps), value=float(value),
             tokens=int(self.counters.tokens[b]), simulations=int(self.simulations[b]),
             policy_calls=int(self.counters.policy_calls[b]), scorer_calls=int(self.counters.scorer_calls[b]),
-            seconds=float(self.seconds[b]), num_candidates=len(self.candidates(b)),
+            seconds=float(self.seconds[b]), num_candidates=len(candidates),
+            candidate_answers=distinct_answers(candidates),
         )
 
     def to_json(self, b: int) -> dict:
@@ -588,6 +783,8 @@ class TreeSearch:
         nodes = []
         for s in range(int(f.num_nodes[b])):
             step = self.steps[b][s]
+            if self._is_slot(b, s):
+                continue
             flags = int(f.flags[b, s])
             nodes.append({
                 "id": s, "parent": int(f.parent[b, s]), "depth": int(f.depth[b, s]),

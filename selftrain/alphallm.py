@@ -298,7 +298,8 @@ class EtaMCTS(TreeSearch):
                  eta: AlphaLLMConfig):
         # The forest makes room for max_width children per expansion; rollouts are eta's own.
         super().__init__(problems, proposer, scorer,
-                         dataclasses.replace(config, width=eta.max_width, rollout_depth=eta.rollout_depth))
+                         dataclasses.replace(config, width=eta.max_width, rollout_depth=eta.rollout_depth,
+                                             max_children=eta.max_width))  # eta-MCTS widens by importance instead
         self.eta = eta
         self.widths: list[tuple[int, int, float, int]] = []  # (tree, leaf, I(s), children), per expansion
         self._pending: list[list[float]] = []

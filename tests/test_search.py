@@ -59,7 +59,8 @@ class BanditScorer:
 
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
 def test_tree_search_overrules_a_wrong_prior(algorithm):
-    config = SearchConfig(algorithm=algorithm, simulations=6, width=2, c=0.5)
+    # revisit_terminals: finished answers stay selectable, so visits pile up on the good one
+    config = SearchConfig(algorithm=algorithm, simulations=6, width=2, c=0.5, revisit_terminals=True)
     search = TreeSearch(["bandit"], BanditPolicy(), BanditScorer(), config)
     [result] = search.run()
     assert result.answer == "1" and result.trace == "good\nThe answer is \\boxed{1}.\n"
@@ -69,6 +70,20 @@ def test_tree_search_overrules_a_wrong_prior(algorithm):
     assert search.forest.virtual_loss.sum() == 0
     expanded_first_steps = sum(n["expanded"] for n in tree["nodes"][1:3])
     assert result.simulations == 6 and result.tokens == 9 + 7 * expanded_first_steps  # root: 4 + 5
+
+
+@pytest.mark.parametrize("algorithm", list(TREE_RULES))
+def test_finished_answers_are_backed_up_once_then_closed(algorithm):
+    config = SearchConfig(algorithm=algorithm, simulations=20, width=2, c=0.5)
+    search = TreeSearch(["bandit"], BanditPolicy(), BanditScorer(), config)
+    [result] = search.run()
+    assert result.answer == "1"
+    tree = search.to_json(0)
+    answers = [n for n in tree["nodes"] if n["terminal"]]
+    assert answers and all(n["visits"] == 1 for n in answers)
+    # the root's two first steps, each expanded once, and the two answers below them: then
+    # nothing is left to select (the policy proposes nothing new: widening saturates)
+    assert result.simulations < 20 and search.forest.virtual_loss.sum() == 0
 
 
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
@@ -235,3 +250,93 @@ def test_prefixes_hold_the_path_texts():
     deepest = int(np.argmax(search.forest.depth[0, : search.forest.num_nodes[0]]))
     prefix = search.prefix(0, deepest)
     assert isinstance(prefix, Prefix) and prefix.problem == "bandit" and len(prefix.steps) == 2
+
+
+def _misleading_world(n: int = 24):
+    """A scripted world whose greedy step is always wrong: every reduction slips with probability
+    0.6, always to the same off-by-one text, so that slip is the most likely step (0.6 against
+    0.4 for the right one) and greedy decoding never solves a problem; a sampled step is right
+    with probability 0.4, a whole 3-operation solution with 0.4^3."""
+    from mcts.policy.toy import ToyPolicyConfig
+
+    config = ToyPolicyConfig(base_eps=0.6, max_eps=0.6, digit_factor=0.0, mul_factor=1.0, off_by=(1,),
+                             slip_weights=(1.0, 0.0, 0.0))
+    problems = generate_problems(n, seed=11, config=ArithConfig(min_ops=3, max_ops=3, max_operand=9))
+    return problems, (lambda seed: ScriptedPolicy(config=config, seed=seed))
+
+
+def test_tree_search_beats_sampling_where_the_greedy_step_is_wrong():
+    problems, policy = _misleading_world()
+    texts = [p["problem"] for p in problems]
+    greedy = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("greedy"))
+    bon = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("best_of_n", simulations=16, width=8))
+    tree = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0))
+    acc = {name: accuracy(r, problems) for name, r in (("greedy", greedy), ("bon", bon), ("tree", tree))}
+    tokens = {name: sum(x.tokens for x in r) for name, r in (("bon", bon), ("tree", tree))}
+    assert acc["greedy"] == 0.0
+    assert acc["tree"] >= 0.9 and acc["tree"] >= acc["bon"] + 0.1, acc
+    assert tokens["tree"] < tokens["bon"], tokens
+
+
+def test_widening_adds_children_where_the_first_ones_disappoint():
+    """With children fixed at expansion, a root whose first samples are all wrong stays wrong;
+    widening samples more first steps there, and only there."""
+    problems, policy = _misleading_world(8)
+    texts = [p["problem"] for p in problems]
+    fixed = SearchConfig("mcts_star", simulations=16, width=2, max_children=2)
+    wide = dataclasses.replace(fixed, max_children=8)
+    a = TreeSearch(texts, policy(1), OraclePRM(), fixed)
+    b = TreeSearch(texts, policy(1), OraclePRM(), wide)
+    acc_fixed, acc_wide = accuracy(a.run(), problems), accuracy(b.run(), problems)
+    assert acc_wide > acc_fixed
+    for t in range(len(texts)):
+        tree = b.to_json(t)
+        kids: dict[int, list[dict]] = {}
+        for n in tree["nodes"]:
+            kids.setdefault(n["parent"], []).append(n)
+        for parent, children in kids.items():
+            if len(children) > 2:  # widened: no child was as good as the PRM said its parent is
+                first = sorted(children, key=lambda n: n["id"])[:2]
+                worth = 1.0 if parent == 0 else tree["nodes"][[n["id"] for n in tree["nodes"]].index(parent)]["reward"]
+                assert min(n["reward"] for n in first) < worth
+            assert len({n["step"] for n in children}) == len(children)  # distinct steps only
+    assert b.forest.virtual_loss.sum() == 0
+
+
+def test_path_candidate_value_aggregates_step_values():
+    config = SearchConfig("mcts_star", simulations=12, width=2, candidate_value="path", step_aggregate="min")
+    search = TreeSearch(TEXTS[:2], ScriptedPolicy(seed=0), OraclePRM(noise=0.3, seed=1), config)
+    search.run()
+    for b in range(2):
+        for c in search.candidates(b):
+            if b in search.completions and c.steps == search.completions[b].prefix.steps:
+                continue
+            node = next(i for i, s in enumerate(search.steps[b]) if s is not None and s.finished
+                        and search.prefix(b, i).steps == c.steps)
+            rewards = [float(search.forest.reward[b, s]) for s in search.forest.path(b, node)[1:]]
+            assert c.value == pytest.approx(min(rewards))
+
+
+def test_sampling_truncation_reaches_the_policy():
+    policy = ScriptedPolicy(seed=0)
+    prefix = [Prefix(TEXTS[0])]
+    everything = {s.text for s in policy.propose(prefix, 300, 1.0)[0]}
+    top1 = {s.text for s in policy.propose(prefix, 50, 1.0, top_k=1)[0]}
+    assert len(everything) > 2 and top1 == {policy.propose(prefix, 1, 0.0)[0][0].text}
+    assert len({s.text for s in policy.propose(prefix, 300, 1.0, top_p=0.99)[0]}) < len(everything)
+    # through the search: top_k=1 makes every expansion a single (greedy) child
+    search = TreeSearch(TEXTS[:2], ScriptedPolicy(seed=0), OraclePRM(), SearchConfig("uct", simulations=6, top_k=1))
+    search.run()
+    assert all(len({search.steps[b][k].text for k in search.forest.children(b, 0) if search.steps[b][k]}) == 1
+               for b in range(2))
+    with pytest.raises(ValueError, match="top_p"):
+        SearchConfig(top_p=0.0)
+
+    class NoTruncation:
+        delimiter = "\n"
+
+        def propose(self, prefixes, n, temperature=1.0):
+            return policy.propose(prefixes, n, temperature)
+
+    with pytest.raises(ValueError, match="takes no sampling truncation"):
+        run_algorithm(TEXTS[:1], NoTruncation(), OraclePRM(), SearchConfig("best_of_n", simulations=2, min_p=0.1))

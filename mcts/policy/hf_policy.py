@@ -80,6 +80,8 @@ class HFPolicyConfig:
         "most positions a prompt plus max_new_tokens may use; None: the model's max_position_embeddings"))
     top_k: int = dataclasses.field(default=0, metadata=_help("top-k sampling; 0 turns it off"))
     top_p: float = dataclasses.field(default=1.0, metadata=_help("nucleus sampling; 1 turns it off"))
+    min_p: float = dataclasses.field(default=0.0, metadata=_help(
+        "min-p sampling: keep tokens at least this fraction as likely as the most likely one; 0 turns it off"))
     seed: int = dataclasses.field(default=0, metadata=_help(
         "seed of the sampling: the same seed and sequence of calls give the same steps"))
     num_threads: int | None = dataclasses.field(default=None, metadata=_help(
@@ -104,6 +106,8 @@ class HFPolicyConfig:
             raise ValueError(f"top_k must be an int >= 0 (0: off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"num_threads must be None or an int >= 1, got {self.num_threads!r}")
 
@@ -452,7 +456,8 @@ class HFPolicy:
         self._draws = 0
 
     def propose(self, prefixes: Sequence[Prefix], n: int, temperature: float = 1.0, *,
-                greedy: bool = False) -> list[list[Step]]:
+                greedy: bool = False, top_p: float | None = None, top_k: int | None = None,
+                min_p: float | None = None) -> list[list[Step]]:
         """Generates `n` next steps for every prefix, batched across all of them.
 
         Args:
@@ -460,6 +465,7 @@ class HFPolicy:
             n: samples per prefix (>= 1).
             temperature: >= 0; 0 means greedy.
             greedy: greedy decoding (one sequence per prefix, its step returned `n` times).
+            top_p, top_k, min_p: sampling truncation of this call; None: the config's.
 
         Returns:
             [P][n] steps. A prefix whose last step states a final answer, or whose prompt plus
@@ -471,6 +477,8 @@ class HFPolicy:
         self.stats.prefixes += len(prefixes)
         out: list[list[Step]] = [[] for _ in prefixes]
 
+        truncation = dataclasses.replace(self.config, **{k: v for k, v in (
+            ("top_p", top_p), ("top_k", top_k), ("min_p", min_p)) if v is not None})  # validates them
         copies = 1 if greedy else n
         # (prefix index, prompt ids), one per sequence
         rows = [request for request in prompt_requests(self, prefixes) for _ in range(copies)]
@@ -480,7 +488,7 @@ class HFPolicy:
         size = self.config.batch_size
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
-            steps = self._generate([prompt for _, prompt in chunk], greedy, temperature)
+            steps = self._generate([prompt for _, prompt in chunk], greedy, temperature, truncation)
             for (i, _), step in zip(chunk, steps):
                 out[i].append(step)
         if greedy and n > 1:
@@ -500,7 +508,7 @@ class HFPolicy:
             self._can_end = torch.tensor(mask, dtype=torch.bool, device=self.device)
         return self._can_end
 
-    def _generation_kwargs(self, greedy: bool, temperature: float) -> dict:
+    def _generation_kwargs(self, greedy: bool, temperature: float, truncation: HFPolicyConfig | None = None) -> dict:
         # Every sampling knob is set explicitly: values left unset would be filled from the
         # model's own generation_config (a repetition penalty there would bend the logprobs).
         # (Greedy decoding applies no warpers: temperature, top-k and top-p are left out.)
@@ -511,11 +519,13 @@ class HFPolicy:
         if greedy:
             kwargs.update(do_sample=False)
         else:
-            kwargs.update(do_sample=True, temperature=float(temperature), top_k=self.config.top_k,
-                          top_p=self.config.top_p)
+            t = truncation or self.config
+            kwargs.update(do_sample=True, temperature=float(temperature), top_k=t.top_k, top_p=t.top_p,
+                          min_p=t.min_p if t.min_p > 0 else None)
         return kwargs
 
-    def _generate(self, prompts: list[list[int]], greedy: bool, temperature: float) -> list[Step]:
+    def _generate(self, prompts: list[list[int]], greedy: bool, temperature: float,
+                  truncation: HFPolicyConfig | None = None) -> list[Step]:
         """One `generate` call over left-padded prompts; one Step per prompt."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -530,7 +540,7 @@ class HFPolicy:
         vocab_size = self.model.get_output_embeddings().weight.shape[0]
         recorder = _LogprobRecorder()
         stop = _DelimiterStop(self.tokenizer, self.delimiter, self._delimiter_end_mask(vocab_size), width, batch)
-        gen_config = GenerationConfig(**self._generation_kwargs(greedy, temperature))
+        gen_config = GenerationConfig(**self._generation_kwargs(greedy, temperature, truncation))
         seed = (self.config.seed * 1_000_003 + self._draws) % (2**63)
         self._draws += 1
         # The draws use torch's global generators, forked so that the caller's state is left as it was.

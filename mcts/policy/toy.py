@@ -280,7 +280,8 @@ class ScriptedPolicy:
         return self.config.answer_eps if red is None else self.config.error_rate(red.op, red.a, red.b)
 
     def propose(self, prefixes: Sequence[Prefix], n: int, temperature: float = 1.0, *,
-                greedy: bool = False) -> list[list[Step]]:
+                greedy: bool = False, top_p: float | None = None, top_k: int | None = None,
+                min_p: float | None = None) -> list[list[Step]]:
         """Samples `n` next steps for every prefix.
 
         Args:
@@ -288,6 +289,11 @@ class ScriptedPolicy:
             n: samples per prefix (>= 1).
             temperature: >= 0; 0 means greedy.
             greedy: take the most likely step (the canonical one) `n` times instead of sampling.
+            top_p, top_k, min_p: truncation of the step distribution at `temperature` (over whole
+                steps, this policy's unit): the smallest set of most likely steps reaching mass
+                top_p, the k most likely, the steps at least min_p times as likely as the most
+                likely; None or off values (1, 0, 0) keep every step. Log-probabilities stay
+                those of the untruncated, untempered distribution.
 
         Returns:
             [P][n] steps; an empty list for a prefix that already gave its final answer.
@@ -299,6 +305,11 @@ class ScriptedPolicy:
         exprs = [current_expression(p) for p in prefixes]
         if greedy:
             return [[] if e is None else [_table(e, self.config, 1.0).greedy] * n for e in exprs]
+        if top_p is not None and not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        if (top_k is not None and top_k < 0) or (min_p is not None and not 0 <= min_p <= 1):
+            raise ValueError(f"top_k must be >= 0 and min_p in [0, 1], got top_k={top_k}, min_p={min_p}")
+        truncating = (top_p or 1) < 1 or bool(top_k) or bool(min_p)
         uniforms = self._rng.random(len(prefixes) * n).tolist()
         out: list[list[Step]] = []
         for i, expr in enumerate(exprs):
@@ -306,10 +317,33 @@ class ScriptedPolicy:
                 out.append([])
                 continue
             table = _table(expr, self.config, float(temperature))
-            last = len(table.steps) - 1
-            out.append([table.steps[min(bisect.bisect_right(table.cumulative, u), last)]
+            steps, cumulative = _truncate(table.steps, table.probs, top_p, top_k, min_p) if truncating else (
+                table.steps, table.cumulative)
+            last = len(steps) - 1
+            out.append([steps[min(bisect.bisect_right(cumulative, u), last)]
                         for u in uniforms[i * n:(i + 1) * n]])
         return out
+
+
+def _truncate(steps: Sequence[Step], probs: Sequence[float], top_p: float | None, top_k: int | None,
+              min_p: float | None) -> tuple[list[Step], list[float]]:
+    """The steps kept by top-k, then top-p, then min-p (most likely first), and their renormalised
+    cumulative probabilities."""
+    order = sorted(range(len(steps)), key=lambda j: -probs[j])
+    if top_k:
+        order = order[:top_k]
+    if top_p is not None and top_p < 1:
+        kept, mass = [], 0.0
+        for j in order:
+            kept.append(j)
+            mass += probs[j]
+            if mass >= top_p:
+                break
+        order = kept
+    if min_p:
+        order = [j for j in order if probs[j] >= min_p * probs[order[0]]]
+    total = sum(probs[j] for j in order)
+    return [steps[j] for j in order], list(itertools.accumulate(probs[j] / total for j in order))
 
 
 def _check_temperature(temperature: float, allow_zero: bool) -> None:

@@ -100,6 +100,8 @@ class VLLMPolicyConfig:
         "system message of the chat template (None: none)"))
     top_k: int = dataclasses.field(default=0, metadata=_help("top-k sampling; 0 turns it off"))
     top_p: float = dataclasses.field(default=1.0, metadata=_help("nucleus sampling; 1 turns it off"))
+    min_p: float = dataclasses.field(default=0.0, metadata=_help(
+        "min-p sampling: keep tokens at least this fraction as likely as the most likely one; 0 turns it off"))
     seed: int | None = dataclasses.field(default=0, metadata=_help(
         "seed of the engine and of every request's sampling: the same seed and sequence of calls give "
         "the same steps, whatever else is batched with them; None: unseeded requests (vLLM then "
@@ -141,6 +143,8 @@ class VLLMPolicyConfig:
             raise ValueError(f"top_k must be an int >= 0 (0: off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             raise ValueError(f"seed must be None or an int, got {self.seed!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
@@ -197,7 +201,7 @@ def sampling_kwargs(config: VLLMPolicyConfig, delimiter: str, *, n: int, greedy:
     """The keyword arguments of one request's `vllm.SamplingParams`.
 
     Args:
-        config: the policy's config (max_new_tokens, top_k, top_p).
+        config: the policy's config (max_new_tokens, top_k, top_p, min_p).
         delimiter: the step delimiter: the stop string, kept in the output.
         n: samples of the request (1 when greedy).
         greedy: temperature 0 (argmax); top-k/top-p are left off.
@@ -213,11 +217,11 @@ def sampling_kwargs(config: VLLMPolicyConfig, delimiter: str, *, n: int, greedy:
     kwargs = dict(n=n, max_tokens=config.max_new_tokens, stop=[delimiter], include_stop_str_in_output=True,
                   stop_token_ids=list(stop_token_ids), logprobs=0, seed=seed, skip_special_tokens=True,
                   detokenize=True, ignore_eos=False, min_tokens=0, repetition_penalty=1.0,
-                  presence_penalty=0.0, frequency_penalty=0.0, min_p=0.0)
+                  presence_penalty=0.0, frequency_penalty=0.0)
     if greedy:
-        kwargs.update(temperature=0.0, top_k=0, top_p=1.0)
+        kwargs.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
     else:
-        kwargs.update(temperature=float(temperature), top_k=config.top_k, top_p=config.top_p)
+        kwargs.update(temperature=float(temperature), top_k=config.top_k, top_p=config.top_p, min_p=config.min_p)
     return kwargs
 
 
@@ -423,7 +427,8 @@ class VLLMPolicy:
         return seed
 
     def propose(self, prefixes: Sequence[Prefix], n: int, temperature: float = 1.0, *,
-                greedy: bool = False) -> list[list[Step]]:
+                greedy: bool = False, top_p: float | None = None, top_k: int | None = None,
+                min_p: float | None = None) -> list[list[Step]]:
         """Generates `n` next steps for every prefix in one `LLM.generate` call.
 
         Args:
@@ -431,6 +436,7 @@ class VLLMPolicy:
             n: samples per prefix (>= 1).
             temperature: >= 0; 0 means greedy.
             greedy: greedy decoding (one sequence per prefix, its step returned `n` times).
+            top_p, top_k, min_p: sampling truncation of this call; None: the config's.
 
         Returns:
             [P][n] steps. A prefix whose last step states a final answer, or whose prompt plus
@@ -447,12 +453,14 @@ class VLLMPolicy:
         if not requests:
             return out
 
+        config = dataclasses.replace(self.config, **{k: v for k, v in (
+            ("top_p", top_p), ("top_k", top_k), ("min_p", min_p)) if v is not None})  # validates them
         copies = 1 if greedy else n
         params_cls = self._sampling_params_cls
         if params_cls is None:
             params_cls = self._sampling_params_cls = _import_vllm().SamplingParams
         # Every EOS id HFPolicy stops on (vLLM adds the tokenizer's own; a repeat is harmless).
-        params = [params_cls(**sampling_kwargs(self.config, self.delimiter, n=copies, greedy=greedy,
+        params = [params_cls(**sampling_kwargs(config, self.delimiter, n=copies, greedy=greedy,
                                                temperature=temperature, seed=self._seed(),
                                                stop_token_ids=self.eos_ids))
                   for _ in requests]
