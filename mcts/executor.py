@@ -280,6 +280,12 @@ OnShardDone = Callable[[ShardResult], None]
 class Executor(Protocol):
     """Runs shards somewhere and streams each finished one back."""
 
+    def start(self, spec: EngineSpec) -> None:
+        """Loads the models of `spec` (builds them where they are built on first use) and returns
+        when the executor can search: `search_problems` calls it before its bar starts, so that
+        loading is neither shown as search progress nor counted in its problems per second."""
+        ...
+
     def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone) -> None: ...
 
     def close(self) -> None: ...
@@ -297,6 +303,9 @@ class LocalExecutor:
             self._engine = None  # free the old models before loading new ones
             self._engine = spec.build()
         return self._engine
+
+    def start(self, spec: EngineSpec) -> None:
+        self.engine(spec)
 
     def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone) -> None:
         if not shards:
@@ -645,6 +654,8 @@ def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Exe
     new: list[dict] = []
     written: set[str] = set()
     executor = LocalExecutor() if executor is None else executor
+    if todo and hasattr(executor, "start"):  # models load (or build, with their own bars) before the search's bar
+        executor.start(spec)
 
     with tqdm(total=len(todo), desc=spec.config.algorithm, unit="problem", disable=not (progress and todo)) as bar:
         def on_shard_done(result: ShardResult) -> None:

@@ -90,8 +90,9 @@ __all__ = [
     "lm_labels", "load_toy_pprm", "load_toy_prm", "main", "toy_cache_dir",
 ]
 
-FORMAT_VERSION = 3  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
-# no branch traces (first-error accuracy 0.77 on 5-6 operations)
+FORMAT_VERSION = 4  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
+# no branch traces (first-error accuracy 0.77 on 5-6 operations); 3: on the format-2 tiny policy; 4: on the
+# format-3 tiny policy (the one shipped in the package: `mcts.envs.tiny_models.SHIPPED_DIR`)
 EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
 
 

@@ -164,6 +164,25 @@ def test_evaluation_of_a_noisy_policy_is_imperfect():
     assert 0.3 < row["sampled_step_correct"] < 0.9
 
 
+def test_pass_at_k_counts_problems_with_one_right_sample():
+    perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
+    (row,) = tm.evaluate_toy_policy(perfect, per_ops=6, ops=(2,), samples=0, pass_k=3)
+    assert (row["pass_k"], row["pass_at_k"]) == (3, 1.0)
+    noisy = ScriptedPolicy(ToyPolicyConfig(base_eps=0.4, max_eps=0.4), seed=0)
+    one, many = (tm.evaluate_toy_policy(noisy, per_ops=40, ops=(4,), samples=0, pass_k=k)[0] for k in (1, 16))
+    assert one["greedy_accuracy"] == 1.0  # its likeliest step is always right
+    assert one["pass_at_k"] < 0.5 < many["pass_at_k"]  # samples slip; some of 16 get through
+    assert "pass@16" in tm.format_table([many])
+
+
+def test_solve_draws_samples_per_problem():
+    noisy = ScriptedPolicy(ToyPolicyConfig(base_eps=0.4, max_eps=0.4), seed=0)
+    problems = [r["problem"] for r in generate_problems(3, 5)]
+    runs = tm.solve(noisy, problems, samples=4, temperature=1.0)
+    assert [len(r) for r in runs] == [4, 4, 4]
+    assert any(len({tuple(t) for t in r}) > 1 for r in runs)  # the samples differ
+
+
 def test_greedy_solve_stops_at_the_answer():
     perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
     problems = [r["problem"] for r in generate_problems(5, 3)]
@@ -202,6 +221,27 @@ def test_a_foreign_folder_in_the_way_is_an_error(tmp_path):
         tm.ensure_toy_policy(tmp_path, quick=True, progress=False)
 
 
+def test_check_folder_finds_changed_missing_and_extra_files(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "a.bin").write_bytes(b"weights")
+    (folder / "b.json").write_text("{}")
+    record = {"format_version": tm.FORMAT_VERSION, "train_config": dataclasses.asdict(tm.QUICK_CONFIG),
+              "files": tm.folder_hashes(folder)}
+    (folder / tm.INFO_FILE).write_text(json.dumps(record))
+    assert tm.check_folder(folder, tm.QUICK_CONFIG) == []
+    assert tm.check_folder(folder, tm.FULL_CONFIG) == [f"{folder / tm.INFO_FILE}: the recorded train_config "
+                                                       f"is not the code's build config"]
+    (folder / "a.bin").write_bytes(b"weightz")
+    (folder / "b.json").unlink()
+    (folder / "c.txt").write_text("new")
+    problems = tm.check_folder(folder)
+    assert [p.split(": ")[0] for p in problems] == [str(folder / n) for n in ("a.bin", "b.json", "c.txt")]
+    assert "sha256" in problems[0] and "missing" in problems[1] and "not in the record" in problems[2]
+    assert tm.main(["check", str(folder)]) == 1
+    assert "no toy policy record" in tm.check_folder(tmp_path)[0]
+
+
 def test_cli_parser():
     args = tm.make_parser().parse_args(["build", "--quick", "--seconds", "30", "--out", "x"])
     assert (args.command, args.quick, args.seconds, args.out) == ("build", True, 30.0, "x")
@@ -236,6 +276,14 @@ def test_quick_build_saves_a_loadable_policy(quick_build):
 
 
 @pytest.mark.slow
+def test_the_build_is_reproducible_bit_for_bit(quick_build, tmp_path):
+    _, folder = quick_build
+    again = tm.build_toy_policy(tmp_path / "again", tm.QUICK_CONFIG, progress=False)
+    assert tm.folder_hashes(again) == tm.folder_hashes(folder)
+    assert json.loads((folder / tm.INFO_FILE).read_text())["files"] == tm.folder_hashes(folder)
+
+
+@pytest.mark.slow
 def test_quick_policy_writes_steps_that_parse(quick_build):
     root, _ = quick_build
     policy = tm.load_toy_policy(root, quick=True, device="cpu")
@@ -248,3 +296,40 @@ def test_quick_policy_writes_steps_that_parse(quick_build):
     readable = sum(parse_step(s.text) is not None for s in steps)
     assert readable >= 0.6 * len(steps), f"only {readable}/{len(steps)} steps parse"
     assert all(s.num_tokens > 0 and s.logprob <= 0 for s in steps)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The policy that ships in the package
+
+
+def test_the_shipped_policy_is_the_full_build_intact():
+    assert tm.check_folder(tm.SHIPPED_DIR, tm.FULL_CONFIG) == []
+    assert tm.shipped_toy_policy() == tm.SHIPPED_DIR
+    assert tm.ensure_toy_policy(progress=False) == tm.SHIPPED_DIR  # nothing to train
+    assert tm.main(["check"]) == 0
+    size = sum(p.stat().st_size for p in tm.SHIPPED_DIR.iterdir())
+    assert size < 4 * 2 ** 20
+
+
+def test_the_shipped_policy_is_competent_but_fallible():
+    """What issue 16 asks of the embedded policy, read from its record: greedy accuracy 0.45-0.75 on
+    fresh 1-4 operation problems, and pass@16 at T=1 at least 0.2 above it."""
+    info = json.loads((tm.SHIPPED_DIR / tm.INFO_FILE).read_text())
+    rows = {r["ops"]: r for r in info["accuracy"]}
+    greedy = sum(rows[k]["greedy_accuracy"] for k in range(1, 5)) / 4
+    passed = sum(rows[k]["pass_at_k"] for k in range(1, 5)) / 4
+    assert info["eval"]["pass_k"] == 16 and info["storage_dtype"] == "float16"
+    assert 0.45 <= greedy <= 0.75 and passed >= greedy + 0.2, (greedy, passed)
+
+
+@pytest.mark.slow
+def test_the_shipped_policy_still_measures_what_its_record_says():
+    info = json.loads((tm.SHIPPED_DIR / tm.INFO_FILE).read_text())
+    policy = tm.load_toy_policy(device="cpu")
+    assert next(policy.model.parameters()).dtype.is_floating_point
+    assert str(next(policy.model.parameters()).dtype) == "torch.float32"  # float16 on disk, float32 here
+    rows = tm.evaluate_toy_policy(policy, per_ops=info["train_config"]["eval_per_ops"], ops=range(1, 5),
+                                  seed=tm.EVAL_SEED, problems=tm.FULL_CONFIG.arith(), samples=0)
+    recorded = {r["ops"]: r["greedy_accuracy"] for r in info["accuracy"]}
+    for row in rows:  # greedy decoding: equal up to float rounding across CPUs
+        assert abs(row["greedy_accuracy"] - recorded[row["ops"]]) <= 0.03, (row, recorded[row["ops"]])

@@ -32,7 +32,9 @@ import json
 import math
 import os
 import random
+import hashlib
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,33 +66,43 @@ __all__ = [
     "FULL_CONFIG",
     "INFO_FILE",
     "QUICK_CONFIG",
+    "SHIPPED_DIR",
     "SPECIAL_TOKENS",
     "ToyTrainConfig",
     "Trace",
     "build_char_tokenizer",
     "build_toy_policy",
+    "check_folder",
+    "code_version",
     "default_cache_dir",
     "encode_trace",
     "ensure_toy_policy",
     "evaluate_toy_policy",
+    "folder_hashes",
     "format_table",
     "greedy_solve",
     "load_toy_policy",
     "main",
     "make_parser",
     "make_traces",
+    "shipped_toy_policy",
+    "solve",
     "toy_policy_config",
     "toy_problem_config",
     "train_config_of",
     "train_toy_model",
 ]
 
-FORMAT_VERSION = 2  # 1: the first draft (192 wide, operands to 25), never a finished build
+FORMAT_VERSION = 3  # 1: the first draft (192 wide, operands to 25), never a finished build; 2: 1600 steps, built
+# on first use (greedy 0.96 / 0.50 / 0.04 / 0.00 at 1-4 operations)
 INFO_FILE = "toy_policy.json"
+# The full build, shipped in the package (`python -m mcts.envs.tiny_models build --ship` writes it).
+SHIPPED_DIR = Path(__file__).resolve().parent / "models" / "toy-policy"
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
 # Newline and printable ASCII: every character the toy world writes, and then some.
 CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))
 IGNORE_INDEX = -100
+SHIP_PASS_K = 16  # the shipped build's record holds pass@16 at T=1 beside its greedy accuracy
 EVAL_SEED = 777  # problems of the accuracy recorded after a build: seeds EVAL_SEED + k, k operations
 
 
@@ -137,7 +149,7 @@ class ToyTrainConfig:
     num_heads: int = dataclasses.field(default=3, metadata=_help("attention heads (hidden_size must divide)"))
     intermediate_size: int = dataclasses.field(default=288, metadata=_help("MLP width"))
     max_positions: int = dataclasses.field(default=1024, metadata=_help("context length"))
-    steps: int = dataclasses.field(default=1600, metadata=_help("optimizer steps (when seconds is None)"))
+    steps: int = dataclasses.field(default=3000, metadata=_help("optimizer steps (when seconds is None)"))
     seconds: float | None = dataclasses.field(default=None, metadata=_help(
         "train for about this many seconds instead of `steps`: the step count is set from the speed "
         "of the first steps (machine-dependent)"))
@@ -163,9 +175,10 @@ class ToyTrainConfig:
         "base_eps of that scripted policy (its slip rate on one-digit + and -)"))
     data_seed: int = dataclasses.field(default=1234, metadata=_help("seed of the training problems and slips"))
     seed: int = dataclasses.field(default=0, metadata=_help("seed of the initialisation and batch order"))
-    num_threads: int | None = dataclasses.field(default=None, metadata=_help(
-        "torch threads while training; None: `default_threads()` (the CPUs not kept busy by others)"))
-    eval_per_ops: int = dataclasses.field(default=50, metadata=_help(
+    num_threads: int | None = dataclasses.field(default=1, metadata=_help(
+        "torch threads while training (the result depends on it: a fixed count makes a build "
+        "reproducible bit for bit); None: `default_threads()` (the CPUs not kept busy by others)"))
+    eval_per_ops: int = dataclasses.field(default=100, metadata=_help(
         "problems per number of operations (1-6) for the accuracy recorded after training; 0: skip"))
     eval_samples: int = dataclasses.field(default=0, metadata=_help(
         "samples per prefix for the recorded T=1 step rates; 0: greedy accuracy only (faster)"))
@@ -212,10 +225,22 @@ class ToyTrainConfig:
         return ArithConfig(min_ops=lo, max_ops=hi, max_operand=self.max_operand, max_value=self.max_value)
 
 
-# 0.37M parameters, 1600 steps of 32 traces. Arithmetic facts, not the format, are what
-# takes steps: every operand pair is learnt as a fact, so operands go up to 10 and every value a
-# solution writes stays within 100, which a few minutes of CPU can cover.
-FULL_CONFIG = ToyTrainConfig()
+# 0.37M parameters, 3000 steps of 32 traces on one thread (a fixed thread count keeps the build
+# reproducible bit for bit). Arithmetic facts, not the format, are what takes steps: every operand
+# pair is learnt as a fact, so operands go up to 10 and every value a solution writes stays within
+# 100. Training length is what sets competence; measured on 100 fresh problems per number of
+# operations (seed EVAL_SEED), greedy accuracy at 1/2/3/4 operations and, in brackets, the mean
+# over 1-4 of greedy and of pass@16 at T=1:
+#     1600 steps (format 2, 150 s)     0.96 0.50 0.04 0.00   (0.375; pass@32 0.64 on other problems)
+#     3000 steps (this build, 540 s)   1.00 0.76 0.18 0.03   (0.49; 0.66)
+#     4500 steps                       1.00 0.96 0.73 0.49   (0.80; 0.90 on 60 per number)
+#     8000 steps                       1.00 1.00 0.91 0.65   (0.89; 0.95)
+#     3500 steps, ops weights 2,2,2,2,1,1   1.00 0.98 0.79 0.56   (0.83)
+#     0.17M parameters (64 wide), 7000 steps    1.00 1.00 0.95 0.65   (0.90)
+# Longer training makes the policy right more often and its mistakes surer: pass@16 - greedy falls
+# from 0.17 at 3000 steps to 0.10 at 4500 and 0.06 at 8000. 3000 steps is the most competent build
+# whose samples still hold many right solutions its greedy path misses.
+FULL_CONFIG = ToyTrainConfig()  # the shipped build (SHIPPED_DIR)
 # Seconds on 2 cores: learns the step format, little arithmetic (for tests).
 QUICK_CONFIG = ToyTrainConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192, max_positions=512,
                               steps=250, batch_size=16, lr=1e-2, warmup_steps=25, max_ops=2, ops_weights=None,
@@ -490,23 +515,30 @@ def train_toy_model(config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = Tr
 # Evaluation
 
 
-def greedy_solve(policy, problems: Sequence[str], max_steps: int = 12) -> list[list[str]]:
-    """Greedy step-by-step solutions: one batched `propose` per depth until every trace finishes.
+def solve(policy, problems: Sequence[str], *, samples: int = 1, temperature: float = 0.0,
+          max_steps: int = 12) -> list[list[list[str]]]:
+    """Step-by-step solutions, `samples` per problem: one batched `propose` per depth until every
+    trace finishes.
 
     Args:
-        policy: a `StepProposer` (its `propose` must accept `greedy=True`).
+        policy: a `StepProposer`.
         problems: [P] problem texts.
+        samples: traces per problem.
+        temperature: the policy's sampling temperature; 0 is greedy (then one trace per problem is
+            enough: the others repeat it).
         max_steps: a trace still going after this many steps is cut.
 
     Returns:
-        [P] lists of step texts.
+        [P][samples] lists of step texts.
     """
-    traces: list[list[str]] = [[] for _ in problems]
-    live = list(range(len(problems)))
+    traces: list[list[str]] = [[] for _ in range(len(problems) * samples)]
+    live = list(range(len(traces)))
     for _ in range(max_steps):
         if not live:
             break
-        proposals = policy.propose([Prefix(problems[i], tuple(traces[i])) for i in live], 1, greedy=True)
+        prefixes = [Prefix(problems[i // samples], tuple(traces[i])) for i in live]
+        proposals = (policy.propose(prefixes, 1, greedy=True) if temperature == 0
+                     else policy.propose(prefixes, 1, temperature))
         still = []
         for i, steps in zip(live, proposals):
             if not steps:
@@ -515,26 +547,40 @@ def greedy_solve(policy, problems: Sequence[str], max_steps: int = 12) -> list[l
             if not steps[0].finished:
                 still.append(i)
         live = still
-    return traces
+    return [traces[p * samples:(p + 1) * samples] for p in range(len(problems))]
+
+
+def greedy_solve(policy, problems: Sequence[str], max_steps: int = 12) -> list[list[str]]:
+    """Greedy step-by-step solutions ([P] lists of step texts; see `solve`)."""
+    return [runs[0] for runs in solve(policy, problems, max_steps=max_steps)]
+
+
+def _answers(trace: Sequence[str], gold: int) -> bool:
+    parsed = parse_step(trace[-1]) if trace else None
+    return isinstance(parsed, FinalAnswer) and parsed.value == gold
 
 
 def evaluate_toy_policy(policy, *, per_ops: int = 100, ops: Sequence[int] = range(1, 7), seed: int = 777,
                         problems: ArithConfig | None = None, samples: int = 4,
-                        temperature: float = 1.0) -> list[dict]:
+                        temperature: float = 1.0, pass_k: int = 0) -> list[dict]:
     """Accuracy of a policy on fresh toy problems, by number of operations.
 
     Per number of operations k, on `per_ops` problems drawn by `generate_problems` with seed
     `seed + k` from `problems` (default `toy_problem_config()`, the policy's training
     distribution) with exactly k operations:
     - greedy_accuracy: greedy step-by-step solutions whose final answer is the gold value;
+    - pass_at_k: with `pass_k` > 0, the fraction of problems of which at least one of `pass_k`
+      solutions sampled at `temperature` ends at the gold value (what a perfect selector over
+      that many samples would reach); `pass_k` is recorded beside it;
     - sampled_step_correct: from every prefix of the canonical solution (all correct), `samples`
       steps at `temperature`; the fraction the oracle labels correct (how often a search that
       samples a next step gets it right);
     - sampled_parse_rate: the fraction of those steps `parse_step` can read.
-    With `samples=0` the two sampled rates are None (greedy only, faster).
+    With `samples=0` the two sampled rates are None, and with `pass_k=0` pass_at_k is (faster).
 
     Returns:
-        One dict per k: {ops, problems, greedy_accuracy, sampled_step_correct, sampled_parse_rate}.
+        One dict per k: {ops, problems, greedy_accuracy, pass_k, pass_at_k, sampled_step_correct,
+        sampled_parse_rate}.
     """
     base = toy_problem_config() if problems is None else problems
     rows = []
@@ -542,13 +588,15 @@ def evaluate_toy_policy(policy, *, per_ops: int = 100, ops: Sequence[int] = rang
         records = generate_problems(per_ops, seed + k, dataclasses.replace(base, min_ops=k, max_ops=k))
         texts = [r["problem"] for r in records]
         golds = [r["answer"] for r in records]
-        traces = greedy_solve(policy, texts, max_steps=k + 4)
-        correct = 0
-        for trace, gold in zip(traces, golds):
-            parsed = parse_step(trace[-1]) if trace else None
-            correct += isinstance(parsed, FinalAnswer) and parsed.value == gold
-        row = {"ops": k, "problems": len(texts), "greedy_accuracy": correct / max(1, len(texts)),
-               "sampled_step_correct": None, "sampled_parse_rate": None}
+        greedy = greedy_solve(policy, texts, max_steps=k + 4)
+        row = {"ops": k, "problems": len(texts),
+               "greedy_accuracy": sum(map(_answers, greedy, golds)) / max(1, len(texts)),
+               "pass_k": pass_k or None, "pass_at_k": None, "sampled_step_correct": None,
+               "sampled_parse_rate": None}
+        if pass_k:
+            runs = solve(policy, texts, samples=pass_k, temperature=temperature, max_steps=k + 4)
+            hits = [any(_answers(trace, gold) for trace in traces) for traces, gold in zip(runs, golds)]
+            row["pass_at_k"] = sum(hits) / max(1, len(texts))
         if samples:
             prefixes, gold_of = [], []
             for problem, gold in zip(texts, golds):
@@ -571,10 +619,12 @@ def format_table(rows: Sequence[dict]) -> str:
     def cell(value, width):
         return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
 
-    lines = ["ops  problems  greedy acc  T=1 step correct  T=1 parse rate"]
+    k = next((r.get("pass_k") for r in rows if r.get("pass_k")), None)
+    lines = [f"ops  problems  greedy acc  {f'pass@{k}' if k else 'pass@k':>8}  T=1 step correct  T=1 parse rate"]
     for r in rows:
         lines.append(f"{r['ops']:>3}  {r['problems']:>8}  {cell(r['greedy_accuracy'], 10)}  "
-                     f"{cell(r['sampled_step_correct'], 16)}  {cell(r['sampled_parse_rate'], 14)}")
+                     f"{cell(r.get('pass_at_k'), 8)}  {cell(r['sampled_step_correct'], 16)}  "
+                     f"{cell(r['sampled_parse_rate'], 14)}")
     return "\n".join(lines)
 
 
@@ -599,43 +649,91 @@ def _read_info(folder: Path) -> dict | None:
     return info if isinstance(info, dict) and info.get("format_version") == FORMAT_VERSION else None
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_hashes(folder: str | os.PathLike) -> dict[str, str]:
+    """sha256 of every file of a model folder but its record (`toy_policy.json`), by name."""
+    folder = Path(folder)
+    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != INFO_FILE}
+
+
+def code_version() -> str:
+    """The package version and, in a git checkout, the commit (with '+dirty' for local changes)."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("treesearch")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+git.{commit}{'.dirty' if dirty else ''}"
+
+
 def build_toy_policy(out: str | os.PathLike, config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = True,
-                     replace: bool = False) -> Path:
+                     replace: bool = False, storage_dtype: str = "float32", pass_k: int = 0) -> Path:
     """Trains a toy policy and saves it (model, tokenizer, `toy_policy.json`) into `out`, atomically.
 
     Training happens in a temporary folder beside `out`, renamed into place at the end: an
     interrupted build leaves no half model. When `out` already exists it is kept (the other
-    build's result wins) unless `replace`.
+    build's result wins) unless `replace`. The record `toy_policy.json` holds the build config,
+    the code version, the training figures, the accuracy measured on the saved weights (loaded
+    back as float32) and the sha256 of every other file of the folder.
+
+    Args:
+        storage_dtype: the weights' dtype on disk ('float32' or 'float16': half the size; loading
+            on CPU restores float32).
+        pass_k: also record pass@k of `pass_k` samples at T=1 (0: greedy accuracy only).
 
     Returns:
         `out`.
     """
+    import torch
+
     from mcts.policy.hf_policy import HFPolicy, write_policy_defaults
 
+    if storage_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {storage_dtype!r}")
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         model, tokenizer, info = train_toy_model(config, progress=progress)
-        model.save_pretrained(tmp)
+        model.to(getattr(torch, storage_dtype)).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_policy_defaults(tmp, **TOY_POLICY_DEFAULTS)
         accuracy = []
         if config.eval_per_ops:
             started = time.perf_counter()
-            policy = HFPolicy(model, tokenizer, toy_policy_config(device="cpu"))
+            policy = HFPolicy.from_pretrained(tmp, toy_policy_config(device="cpu", dtype="float32"))
             accuracy = evaluate_toy_policy(policy, per_ops=config.eval_per_ops, seed=EVAL_SEED,
-                                           problems=config.arith(), samples=config.eval_samples)
+                                           problems=config.arith(), samples=config.eval_samples, pass_k=pass_k)
             info["eval_seconds"] = round(time.perf_counter() - started, 1)
         record = {
             "format_version": FORMAT_VERSION,
             "kind": "treesearch toy-world policy",
             "train_config": dataclasses.asdict(config),
             "data_seed": config.data_seed,
+            "code_version": code_version(),
+            "torch_version": torch.__version__,
+            "storage_dtype": storage_dtype,
             "training": info,
             "accuracy": accuracy,
             "eval": {"seed": EVAL_SEED, "problems": dataclasses.asdict(config.arith()),
-                     "samples": config.eval_samples, "temperature": 1.0} if accuracy else None,
+                     "samples": config.eval_samples, "pass_k": pass_k, "temperature": 1.0} if accuracy else None,
+            "files": folder_hashes(tmp),
         }
         (tmp / INFO_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         if out.exists() and replace:
@@ -656,6 +754,34 @@ def build_toy_policy(out: str | os.PathLike, config: ToyTrainConfig = FULL_CONFI
     return out
 
 
+def check_folder(folder: str | os.PathLike, config: ToyTrainConfig | None = None) -> list[str]:
+    """What is wrong with a toy policy folder (empty: nothing): a missing or foreign record, files
+    whose sha256 differs from the recorded one, files missing or not recorded, and, with
+    `config`, a recorded build config other than `config`."""
+    folder = Path(folder)
+    info = _read_info(folder)
+    if info is None:
+        return [f"{folder / INFO_FILE}: no toy policy record of format version {FORMAT_VERSION}"]
+    problems = []
+    recorded, actual = info.get("files") or {}, folder_hashes(folder)
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            problems.append(f"{folder / name}: recorded but missing")
+        elif name not in recorded:
+            problems.append(f"{folder / name}: not in the record")
+        elif recorded[name] != actual[name]:
+            problems.append(f"{folder / name}: sha256 {actual[name][:12]} is not the recorded {recorded[name][:12]}")
+    if config is not None and info.get("train_config") != json.loads(json.dumps(dataclasses.asdict(config))):
+        problems.append(f"{folder / INFO_FILE}: the recorded train_config is not the code's build config")
+    return problems
+
+
+def shipped_toy_policy() -> Path | None:
+    """The toy policy that ships inside the package (`mcts/envs/models/toy-policy`), when it is
+    there, intact, and built with `FULL_CONFIG`; else None (then `ensure_toy_policy` builds one)."""
+    return None if check_folder(SHIPPED_DIR, FULL_CONFIG) else SHIPPED_DIR
+
+
 def ensure_toy_policy(cache_dir: str | os.PathLike | None = None, *, quick: bool = False,
                       progress: bool = True) -> Path:
     """The toy policy's folder, built on first use.
@@ -667,11 +793,14 @@ def ensure_toy_policy(cache_dir: str | os.PathLike | None = None, *, quick: bool
         progress: show the training progress bar.
 
     Returns:
-        The folder, ready for `HFPolicy.from_pretrained`. Two processes asking at once build it
-        once (a file lock); a folder in the way that is not a toy policy of this version is an error.
+        The folder, ready for `HFPolicy.from_pretrained`: the one shipped in the package
+        (`shipped_toy_policy`) unless `quick`, else the cache's. Two processes asking at once build
+        it once (a file lock); a folder in the way that is not a toy policy of this version is an error.
     """
     from filelock import FileLock
 
+    if not quick and (shipped := shipped_toy_policy()) is not None:
+        return shipped
     folder = default_cache_dir(quick, cache_dir)
     if _read_info(folder) is not None:
         return folder
@@ -716,10 +845,15 @@ def make_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build", help="train the toy policy and save it")
     build.add_argument("--out", help="model folder (default: the cache folder ensure_toy_policy uses)")
     build.add_argument("--quick", action="store_true", help="the quick variant (seconds; for tests)")
+    build.add_argument("--ship", action="store_true", help=(
+        f"the full build into the package ({SHIPPED_DIR}), weights stored as float16, pass@{SHIP_PASS_K} "
+        "recorded: what the repository ships (about an hour of one core)"))
     build.add_argument("--seconds", type=float, help="train for about this many seconds instead of a fixed step count")
     build.add_argument("--steps", type=int, help="optimizer steps (overrides the config's)")
     build.add_argument("--threads", type=int, help="torch threads (default: the CPUs this process may use)")
     build.add_argument("--no-progress", action="store_true", help="no progress bar")
+    check = sub.add_parser("check", help="check a folder's files against the sha256 its record holds")
+    check.add_argument("folder", nargs="?", help=f"model folder (default: the shipped one, {SHIPPED_DIR})")
     ev = sub.add_parser("evaluate", help="greedy accuracy by number of operations on fresh problems")
     ev.add_argument("--model", help="model folder (default: the cached build, built if missing)")
     ev.add_argument("--quick", action="store_true", help="evaluate the quick build")
@@ -729,6 +863,8 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-value", type=int,
                     help="bound on intermediate values (default: the model's training problems')")
     ev.add_argument("--samples", type=int, default=4, help="samples per prefix for the T=1 step rates")
+    ev.add_argument("--pass-k", type=int, default=16,
+                    help="whole solutions sampled per problem at T=1 for pass@k (0: skip)")
     ev.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the problems")
     ev.add_argument("--batch-size", type=int, default=128, help="sequences per generate call")
     ev.add_argument("--json", help="also write the rows to this JSON file")
@@ -739,15 +875,20 @@ def _build(args: argparse.Namespace) -> int:
     config = QUICK_CONFIG if args.quick else FULL_CONFIG
     changes = {k: v for k, v in (("seconds", args.seconds), ("steps", args.steps), ("num_threads", args.threads))
                if v is not None}
+    if args.ship and (args.quick or args.out or changes):
+        print("error: --ship builds FULL_CONFIG into the package; it takes no --quick, --out, --seconds, "
+              "--steps or --threads", file=sys.stderr)
+        return 2
     config = dataclasses.replace(config, **changes)
     from filelock import FileLock
 
-    out = (Path(args.out) if args.out else default_cache_dir(args.quick)).expanduser()
+    out = SHIPPED_DIR if args.ship else (Path(args.out) if args.out else default_cache_dir(args.quick)).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
     print(f"treesearch: building the toy policy into {out}", file=sys.stderr, flush=True)
     started = time.perf_counter()
     with FileLock(str(out.parent / f".{out.name}.lock")):  # the lock `ensure_toy_policy` takes
-        build_toy_policy(out, config, progress=not args.no_progress, replace=True)
+        build_toy_policy(out, config, progress=not args.no_progress, replace=True,
+                         storage_dtype="float16" if args.ship else "float32", pass_k=SHIP_PASS_K if args.ship else 0)
     record = _read_info(out) or {}
     training = record.get("training", {})
     print(f"built in {time.perf_counter() - started:.0f} s (training {training.get('train_seconds')} s, "
@@ -778,7 +919,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     policy = load_toy_policy(model_dir=folder, batch_size=args.batch_size, device="cpu")
     started = time.perf_counter()
     rows = evaluate_toy_policy(policy, per_ops=args.n, ops=range(1, args.max_ops + 1), seed=args.seed,
-                               problems=problems, samples=args.samples)
+                               problems=problems, samples=args.samples, pass_k=args.pass_k)
     print(f"{folder}: operands {problems.min_operand}-{problems.max_operand}, "
           f"|values| <= {problems.max_value}, {args.n} problems per number of operations")
     print(format_table(rows))
@@ -788,9 +929,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    folder = Path(args.folder) if args.folder else SHIPPED_DIR
+    problems = check_folder(folder, None if args.folder else FULL_CONFIG)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if not problems:
+        print(f"{folder}: every file matches its recorded sha256")
+    return 1 if problems else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    return {"build": _build, "evaluate": _evaluate}[args.command](args)
+    return {"build": _build, "check": _check, "evaluate": _evaluate}[args.command](args)
 
 
 if __name__ == "__main__":
