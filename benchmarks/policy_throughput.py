@@ -191,7 +191,7 @@ def _installed(md, name: str) -> bool:
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="a model folder (default: the toy policy, built on first use; "
+    p.add_argument("--model", default=None, help="a model folder (default: the toy policy shipped in the package; "
                    "--quick: the quick toy policy)")
     p.add_argument("--problems", type=int, default=64, help="toy problems (trees) in the round")
     p.add_argument("--depth", type=int, default=3, help="prefixes per problem: depths 0..depth of its solution")

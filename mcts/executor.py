@@ -609,7 +609,7 @@ class SearchRun:
 
     records: list[dict]  # every record (finished ones from `out_path` first, then new ones in file order)
     searched: int  # problems searched in this run
-    seconds: float  # wall time of the search (engine start included)
+    seconds: float  # wall time of the search (models loaded before it: `Executor.start`)
 
 
 def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Executor | None = None, *,

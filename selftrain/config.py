@@ -143,7 +143,7 @@ class RunConfig:
         "starting policy: 'weak' (the toy policy trained for weak_steps only), 'tiny' (the full toy "
         "policy) or a local model folder"))
     weak_steps: int = dataclasses.field(default=1200, metadata=_help(
-        "optimizer steps of the weak toy policy (batches of 32; the full one takes 1600). At 1200 it "
+        "optimizer steps of the weak toy policy (batches of 32; the full one takes 3000). At 1200 it "
         "writes the format and knows some arithmetic facts; with fewer its samples are too rarely "
         "sound for the search to find solutions to learn from"))
     weak_traces: int | None = dataclasses.field(default=None, metadata=_help(

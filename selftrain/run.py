@@ -429,7 +429,7 @@ def weak_policy_dir(steps: int, traces: int | None, seed: int) -> Path:
 
 def build_weak_policy(steps: int, traces: int | None, seed: int, *, threads: int, progress: bool) -> Path:
     """The toy policy trained for only `steps` optimizer steps of 32 solutions (the full one takes
-    1600), on `traces` distinct solutions or (None) a fresh one every time: deliberately weak (it
+    3000), on `traces` distinct solutions or (None) a fresh one every time: deliberately weak (it
     writes the format but has learnt few arithmetic facts), cached beside the full toy policy
     (training is deterministic under its seed and threads)."""
     from mcts.envs.tiny_models import FULL_CONFIG, build_toy_policy
