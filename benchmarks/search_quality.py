@@ -112,7 +112,7 @@ def _settings(args) -> list[tuple[str, str, SearchConfig]]:
                     for s in args.simulations]
             for name, fields in map(_variant, args.tree_variant):
                 out += [(f"{algorithm} ({name})", f"sims={s}",
-                         SearchConfig(algorithm=algorithm, simulations=s, width=args.width, **fields))
+                         SearchConfig(algorithm=algorithm, simulations=s, **{"width": args.width, **fields}))
                         for s in args.simulations]
         else:
             raise SystemExit(f"unknown algorithm {algorithm!r}")

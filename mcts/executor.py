@@ -280,12 +280,6 @@ OnShardDone = Callable[[ShardResult], None]
 class Executor(Protocol):
     """Runs shards somewhere and streams each finished one back."""
 
-    def start(self, spec: EngineSpec) -> None:
-        """Loads the models of `spec` (builds them where they are built on first use) and returns
-        when the executor can search: `search_problems` calls it before its bar starts, so that
-        loading is neither shown as search progress nor counted in its problems per second."""
-        ...
-
     def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone) -> None: ...
 
     def close(self) -> None: ...
@@ -305,6 +299,7 @@ class LocalExecutor:
         return self._engine
 
     def start(self, spec: EngineSpec) -> None:
+        """Loads the models of `spec` now (building them where they are built on first use)."""
         self.engine(spec)
 
     def run(self, spec: EngineSpec, shards: Sequence[Shard], on_shard_done: OnShardDone) -> None:
@@ -609,7 +604,7 @@ class SearchRun:
 
     records: list[dict]  # every record (finished ones from `out_path` first, then new ones in file order)
     searched: int  # problems searched in this run
-    seconds: float  # wall time of the search (models loaded before it: `Executor.start`)
+    seconds: float  # wall time of the search (in process: the models loaded before it)
 
 
 def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Executor | None = None, *,
@@ -654,7 +649,10 @@ def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Exe
     new: list[dict] = []
     written: set[str] = set()
     executor = LocalExecutor() if executor is None else executor
-    if todo and hasattr(executor, "start"):  # models load (or build, with their own bars) before the search's bar
+    if todo and isinstance(executor, LocalExecutor):
+        # The models load (or build, with bars of their own) before the search's bar starts, so that
+        # loading is neither shown as search progress nor counted in its problems per second. Ray
+        # actors build theirs while the first shards wait, and `RayStats` times that start apart.
         executor.start(spec)
 
     with tqdm(total=len(todo), desc=spec.config.algorithm, unit="problem", disable=not (progress and todo)) as bar:

@@ -82,6 +82,17 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
         assert 0 <= r["accuracy"] <= 1 and r["tokens_per_problem"] > 0
 
 
+def test_search_quality_tree_variants_may_change_any_field(capsys):
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--policies", "scripted", "--ops", "2-2", "--problems", "3", "--simulations", "4",
+                        "--algorithms", "mcts_star", "--tree-variant", "wide:width=3,leaf_value=max",
+                        "--plot", "", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["algorithm"] for r in rows] == ["mcts_star", "mcts_star (wide)"]
+
+
 def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
     from prm.model import PRM
 
