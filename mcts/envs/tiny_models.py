@@ -586,7 +586,7 @@ def evaluate_toy_policy(policy, *, per_ops: int = 100, ops: Sequence[int] = rang
       steps at `temperature`; the fraction the oracle labels correct (how often a search that
       samples a next step gets it right);
     - sampled_parse_rate: the fraction of those steps `parse_step` can read.
-    With `samples=0` the two sampled rates are None, and with `pass_k=0` pass_at_k is (faster).
+    With `samples=0` the two sampled rates are None, and with `pass_k=0` pass_at_k is None (faster).
 
     Returns:
         One dict per k: {ops, problems, greedy_accuracy, pass_k, pass_at_k, sampled_step_correct,
