@@ -1,4 +1,4 @@
-"""Baselines of DESIGN.md section 5.4, under the same budget accounting as the tree search.
+"""The baselines (ARCHITECTURE.md), under the same budget accounting as the tree search.
 
     greedy                     one chain of thought at temperature 0
     best_of_n                  N sampled solutions, the one with the highest PRM value

@@ -1,4 +1,4 @@
-"""The batched search loop (DESIGN.md section 1) and `python -m mcts.search`.
+"""The batched search loop (ARCHITECTURE.md) and `python -m mcts.search`.
 
 One round, for all B trees at once:
 

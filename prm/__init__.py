@@ -1,4 +1,4 @@
-"""Process reward models for the search and for self-training (DESIGN.md sections 4, 5.1, 5.3).
+"""Process reward models for the search and for self-training (ARCHITECTURE.md).
 
     PRM (prm.model)           causal LM backbone + scalar head at every step end; a `StepScorer`
     PPRM (prm.pairwise)       P(a > b | problem) from one reading of both solutions

@@ -1,5 +1,5 @@
 """Step-labelled data for the PRM: files, readers, the toy world's oracle-labelled traces, and the
-ReST-MCTS* quality values (DESIGN.md section 5.1).
+ReST-MCTS* quality values (ARCHITECTURE.md).
 
 The canonical record (JSONL or Parquet, one per trace):
 
@@ -68,7 +68,7 @@ class StepDataError(ValueError):
 
 
 def quality_values(step_rewards: Sequence[float], remaining: Sequence[int | float]) -> list[float]:
-    """The ReST-MCTS* quality values V_1..V_K of a partial solution's steps (DESIGN.md 5.1).
+    """The ReST-MCTS* quality values V_1..V_K of a partial solution's steps (ARCHITECTURE.md).
 
         V_0 = 0,  V_k = max(V_{k-1} + w_k, 0),  w_k = (1 - V_{k-1}) / (m_k + 1) * (1 - 2 r_k)
 

@@ -1,4 +1,4 @@
-"""Enhanced Borda Count (LLaMA-Berry, DESIGN.md section 5.3): ranking candidate solutions from
+"""Enhanced Borda Count (LLaMA-Berry; ARCHITECTURE.md): ranking candidate solutions from
 pairwise preferences and their local values.
 
     pref_probs [N, N]  P(i > j) from the PPRM (`prm.pairwise.PPRM.preference_probs`)

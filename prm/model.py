@@ -1,4 +1,4 @@
-"""The process reward model (DESIGN.md section 4): a causal LM backbone with a scalar head.
+"""The process reward model (ARCHITECTURE.md): a causal LM backbone with a scalar head.
 
 A trace is read in the policy's own layout (`mcts.policy.hf_policy.plain_prompt`): the problem, the
 delimiter, then the steps, each ending with the delimiter. The head reads the backbone's last hidden

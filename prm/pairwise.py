@@ -1,4 +1,4 @@
-"""The pairwise preference reward model (PPRM) of LLaMA-Berry (DESIGN.md section 5.3).
+"""The pairwise preference reward model (PPRM) of LLaMA-Berry (ARCHITECTURE.md).
 
 P(a > b | problem): the PRM backbone reads both solutions in one sequence and a scalar head at its
 last token gives the logit,

@@ -1,4 +1,4 @@
-"""AlphaLLM self-improvement (DESIGN.md 5.2): imagination, eta-MCTS guided by a trio of critics,
+"""AlphaLLM self-improvement (ARCHITECTURE.md): imagination, eta-MCTS guided by a trio of critics,
 and fine-tuning on the best traces of the searched trees. Settings: `selftrain.config.AlphaLLMConfig`.
 
 One iteration k (stages of iter_k/, each resumable):

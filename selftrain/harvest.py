@@ -1,4 +1,4 @@
-"""Training data from searched trees: what self-training learns from (DESIGN.md 5.1).
+"""Training data from searched trees: what self-training learns from (ARCHITECTURE.md).
 
 From one searched tree (the JSON of `TreeSearch.to_json`) and the problem's verified answer:
 
@@ -8,7 +8,7 @@ From one searched tree (the JSON of `TreeSearch.to_json`) and the problem's veri
                         of them unless its subtree never reached an answer (no outcome to infer from)
     preference pairs    (correct, wrong) solutions of one problem, for the pairwise PPRM
 
-Inferred targets (DESIGN.md 5.1): a node on a path that ends in a verified-correct answer gets
+Inferred targets (ARCHITECTURE.md): a node on a path that ends in a verified-correct answer gets
 r_k = 0 and m_k = K - k (K: the length of the shortest correct solution through it); any other node
 of a finished solution gets r_k = 1 (its subtree holds no correct answer) and m_k = the steps left
 to that solution's end. Its label is 1 - r_k; its value V_k = max(V_{k-1} + w_k, 0) with

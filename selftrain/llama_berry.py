@@ -1,4 +1,4 @@
-"""LLaMA-Berry self-training (DESIGN.md 5.3): SR-MCTS over whole solutions, PPRM + Enhanced Borda
+"""LLaMA-Berry self-training (ARCHITECTURE.md): SR-MCTS over whole solutions, PPRM + Enhanced Borda
 Count to rank them, and self-training of the PPRM, the policy and the PRM on what the trees hold.
 Settings: `selftrain.config.BerryConfig`.
 

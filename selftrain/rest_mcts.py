@@ -1,4 +1,4 @@
-"""ReST-MCTS* self-training (DESIGN.md 5.1): search the training problems with MCTS* guided by the
+"""ReST-MCTS* self-training (ARCHITECTURE.md): search the training problems with MCTS* guided by the
 PRM, harvest the verified-correct solutions and the inferred step targets from the trees, fine-tune
 the policy on the solutions and the PRM on the targets, and search again with the new models.
 

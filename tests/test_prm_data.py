@@ -39,7 +39,7 @@ GOOD = {"problem": "2 + 3 * 4", "steps": ["3 * 4 = 12, so 2 + 12", "2 + 12 = 14,
 
 
 # ---------------------------------------------------------------------------------------------------
-# Quality values (DESIGN.md 5.1)
+# Quality values (ReST-MCTS*, selftrain/harvest.py)
 
 
 def test_quality_values_of_a_correct_trace_climb_to_one():

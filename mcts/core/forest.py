@@ -3,7 +3,7 @@
 Row b of every [B, C] array is tree b; node 0 of each row is its root. Children of a node are
 allocated contiguously when it is expanded, so a node's children are the ids
 ``first_child .. first_child + num_children - 1``. Step texts, token ids and answers live on the
-Python side keyed by (tree, node); the arrays hold numbers only (DESIGN.md section 3).
+Python side keyed by (tree, node); the arrays hold numbers only (ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ BLOCKED = np.uint8(128)
 NO_PARENT = -1
 ROOT_INDEX = 0
 
-# Field name -> dtype of the per-node arrays, in the order of DESIGN.md section 3.
+# Field name -> dtype of the per-node arrays, in the order ARCHITECTURE.md lists them.
 NODE_FIELDS: dict[str, np.dtype] = {
     "parent": np.dtype(np.int32),
     "first_child": np.dtype(np.int32),

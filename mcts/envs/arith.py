@@ -1,4 +1,4 @@
-"""The toy arithmetic world (DESIGN.md section 6): problems, solutions, oracle labels, an oracle PRM.
+"""The toy arithmetic world (ARCHITECTURE.md): problems, solutions, oracle labels, an oracle PRM.
 
 Everything here is checkable, which is what makes the world useful for testing the search:
 

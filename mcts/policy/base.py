@@ -1,4 +1,4 @@
-"""The contracts between the search loop, the policy and the scorer (DESIGN.md section 4).
+"""The contracts between the search loop, the policy and the scorer (ARCHITECTURE.md).
 
 Every policy backend (vLLM, transformers, the toy world's scripted policy) implements
 `StepProposer`; every critic (trained PRM, oracle, PPRM-based) implements `StepScorer`. The search

@@ -1,4 +1,4 @@
-"""A `StepProposer` over any local transformers causal LM (DESIGN.md section 4).
+"""A `StepProposer` over any local transformers causal LM (ARCHITECTURE.md).
 
 One `propose` call renders every prefix into a prompt, tokenises them all, and runs `generate` over
 chunks of `batch_size` sequences (prompts x samples), left-padded. Each sequence stops on its own

@@ -1,4 +1,4 @@
-"""A `StepProposer` over vLLM (DESIGN.md section 4): the fast policy backend.
+"""A `StepProposer` over vLLM (ARCHITECTURE.md): the fast policy backend.
 
 This is the only module that imports vLLM, and it does so lazily (`_import_vllm`), so that it
 imports, and its pure parts are tested, without vLLM installed. One `propose` call is ONE
