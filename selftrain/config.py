@@ -199,8 +199,12 @@ class RunConfig:
     batch: int = dataclasses.field(default=64, metadata=_help("problems searched together (one shard)"))
     rest_em_samples: int | None = dataclasses.field(default=None, metadata=_help(
         "rest_em: solutions sampled per problem (None: as many tokens as the tree search spent)"))
+    # leaf_value 'mean', not the search's 'max': guided by a PRM that is still learning, the best of
+    # a leaf's children's values chases its noise. Measured with every other default (`selftrain
+    # run`, seed 0): held-out search accuracy at iteration 0 (PRM AUC 0.50) 0.117 with 'mean' against
+    # 0.050 with 'max'; with 'max', iteration 1 harvested 280 traces and reached PRM AUC 0.64.
     search: SearchConfig = dataclasses.field(
-        default_factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4),
+        default_factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4, leaf_value="mean"),
         metadata=_help("the search of the training problems"))
     sft: SFTConfig = dataclasses.field(default_factory=lambda: SFTConfig(epochs=8.0, lr=3e-4),
                                        metadata=_help("policy fine-tuning (defaults for the toy policy)"))
