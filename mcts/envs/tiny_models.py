@@ -547,8 +547,7 @@ def solve(policy, problems: Sequence[str], *, samples: int = 1, temperature: flo
         if not live:
             break
         prefixes = [Prefix(problems[i // samples], tuple(traces[i])) for i in live]
-        proposals = (policy.propose(prefixes, 1, greedy=True) if temperature == 0
-                     else policy.propose(prefixes, 1, temperature))
+        proposals = policy.propose(prefixes, 1, temperature)  # the contract: temperature 0 is greedy
         still = []
         for i, steps in zip(live, proposals):
             if not steps:
