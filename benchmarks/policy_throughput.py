@@ -53,7 +53,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: the table (or the JSON lines)
 
 from mcts.envs.arith import generate_problems, solution_steps  # noqa: E402
-from mcts.envs.tiny_models import QUICK_CONFIG, ensure_toy_policy, toy_problem_config  # noqa: E402
+from mcts.envs.tiny_models import ensure_toy_policy
+from mcts.envs.toy_config import QUICK_CONFIG, toy_problem_config  # noqa: E402
 from mcts.policy.base import Prefix  # noqa: E402
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None

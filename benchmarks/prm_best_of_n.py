@@ -68,15 +68,15 @@ def _load(args):
 
 
 def run(args) -> list[dict]:
-    from prm.data import toy_problems
-    from prm.eval import _toy_policy, best_of_n
+    from prm.toy_traces import toy_problems
+    from prm.eval import best_of_n, toy_policy
 
     prm, pprm = _load(args)
     problems = toy_problems(args.problems, args.seed, args.min_ops, args.max_ops, 10, 100)
     settings = [("scripted", rate) for rate in args.slip_rates] + ([("tiny", None)] if args.tiny_policy else [])
     rows = []
     for name, rate in tqdm(settings, desc="policies", unit="policy"):
-        policy = _toy_policy(name, args.seed, rate)
+        policy = toy_policy(name, args.seed, rate)
         result = best_of_n(prm, problems, policy, n=args.n, pprm=pprm)
         rows.append({"policy": name if rate is None else f"scripted {rate:g}", "slip_rate": rate,
                      "ops": f"{args.min_ops}-{args.max_ops}", **result})

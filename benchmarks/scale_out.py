@@ -32,9 +32,12 @@ import time
 from pathlib import Path
 
 from mcts.envs.arith import ArithConfig, generate_problems, write_problems
-from mcts.executor import EngineSpec, LocalExecutor, RayExecutor, search_problems
+from treesearch.engine import EngineSpec
+from treesearch.executor import LocalExecutor, RayExecutor
+from treesearch.results import search_problems
 from mcts.problems import load_problems
-from mcts.search import SearchConfig, write_jsonl_atomic
+from mcts.config import SearchConfig
+from treesearch.results import write_jsonl_atomic
 
 
 def _ints(text: str) -> list[int]:

@@ -42,7 +42,9 @@ from tqdm import tqdm
 
 from mcts.envs.arith import ArithConfig, generate_problems
 from mcts.grading import is_equivalent
-from mcts.search import TREE_RULES, SearchConfig, load_proposer, load_scorer, run_algorithm
+from mcts.algorithms import run_algorithm
+from mcts.config import SearchConfig, TREE_RULES
+from treesearch.loaders import load_proposer, load_scorer
 
 SAMPLING = ("best_of_n", "self_consistency", "weighted_self_consistency")
 

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 from selftrain.config import ALGORITHMS, load_config
-from selftrain.run import METRIC_KEYS, execute
+from selftrain.loops import execute
+from selftrain.run import METRIC_KEYS
 
 QUICK = ["train_problems=16", "eval_problems=16", "eval_search_problems=4", "prm_eval_traces=24", "batch=8",
          "search.simulations=4", "search.width=2", "max_ops=1", "weak_steps=60", "weak_traces=50",

@@ -21,18 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mcts.policy.base import Prefix, StepProposer, StepScorer
-from mcts.search import (
-    Candidate,
-    Counters,
-    SearchConfig,
-    SearchResult,
-    Trace,
-    aggregate_step_values,
-    choose_answer,
-    distinct_answers,
-    propose,
-    sample_traces,
-)
+from mcts.answers import Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
+from mcts.config import SearchConfig
+from mcts.traces import Counters, Trace, propose, sample_traces
 
 __all__ = ["BASELINES", "beam", "best_of_n", "greedy", "self_consistency", "weighted_self_consistency"]
 

@@ -8,9 +8,9 @@ pairwise preferences and their local values.
     borda_scores       the number of other solutions each beats in the closure
     ebc_rank           global quality = alpha * borda / (N - 1) + (1 - alpha) * local_q, and the
                        order best first: by global quality, then local Q, then index (deterministic)
-    ebc_select         the chosen `mcts.search.Candidate` of a problem, given a PPRM
+    ebc_select         the chosen `mcts.answers.Candidate` of a problem, given a PPRM
     EBCScorer          a `StepScorer` (any: a PRM, the oracle) with a PPRM beside it, whose `select`
-                       is what `mcts.search.choose_answer(..., "ebc")` calls: the search's answer
+                       is what `mcts.answers.choose_answer(..., "ebc")` calls: the search's answer
                        selector (`python -m mcts.search --answer-selection ebc --pprm DIR|tiny`)
 
 Everything but `ebc_select` and `EBCScorer` is a pure NumPy function of arrays.
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 if TYPE_CHECKING:
-    from mcts.search import Candidate
+    from mcts.answers import Candidate
 
 __all__ = ["EBCScorer", "borda_scores", "ebc_rank", "ebc_select", "global_quality", "preference_matrix",
            "transitive_closure"]
@@ -111,7 +111,7 @@ def ebc_select(problem: str, candidates: Sequence["Candidate"], pprm, alpha: flo
                ) -> tuple["Candidate | None", float]:
     """The candidate an Enhanced Borda Count over the PPRM's preferences picks.
 
-    As `mcts.search.choose_answer` does, candidates without an answer only take part when no
+    As `mcts.answers.choose_answer` does, candidates without an answer only take part when no
     candidate states one. Local Q is each candidate's `value`.
 
     Args:
@@ -140,7 +140,7 @@ class EBCScorer:
 
     `score` is the wrapped scorer's (the search's step values, hence the candidates' local Q);
     `select(problem, candidates)` ranks a problem's finished candidates by `ebc_select` with the
-    PPRM. `mcts.search.load_scorer(prm, pprm=...)` builds one.
+    PPRM. `treesearch.loaders.load_scorer(prm, pprm=...)` builds one.
 
     Attributes:
         scorer: the `StepScorer` (a PRM, the oracle, ...).

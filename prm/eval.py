@@ -1,14 +1,10 @@
-"""Evaluating PRMs and PPRMs, and `python -m prm.eval`.
+"""Evaluating PRMs and PPRMs on toy problems and files, and `python -m prm.eval`.
 
-Metrics (pure functions, no model):
-
-    step_auc(scores, labels)                  ROC AUC of step scores against 0/1 step labels
-    first_error_accuracy(values, labels)      how often the PRM finds the first wrong step
-    pairwise_accuracy(probs)                  how often P(correct > wrong) is above 1/2
-
-With models: `step_metrics` (a PRM on step records), `pairwise_metrics` (a PPRM on pairs), and
-`best_of_n` (answer choice among N sampled solutions: PRM best-of-N for each step aggregate,
-majority vote, PRM-weighted vote, Enhanced Borda Count with a PPRM).
+The metrics themselves (step AUC, first-error and pairwise accuracy, `step_metrics`,
+`pairwise_metrics`) are in `prm.metrics`. Here: `best_of_n` and `choose_among` (answer choice
+among N sampled solutions: PRM best-of-N for each step aggregate, majority vote, PRM-weighted
+vote, Enhanced Borda Count with a PPRM), `toy_eval` (a PRM and PPRM on fresh oracle-labelled toy
+traces), and the command line.
 
 Command lines:
 
@@ -32,155 +28,23 @@ import json
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
-import numpy as np
+from mcts.answers import Candidate, aggregate_step_values, choose_answer
+from mcts.envs.tiny_models import load_toy_policy
+from mcts.grading import extract_answer, is_equivalent
+from mcts.policy.base import Prefix
+from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig
+from prm.data import StepDataError, load_pair_dataset, pair_records, read_step_records
+from prm.ebc import ebc_select
+from prm.metrics import pairwise_metrics, step_metrics
+from prm.model import PRM, PRMLoadError
+from prm.pairwise import PPRM
+from prm.toy_traces import ToyDataConfig, rollout, toy_problems, toy_step_records
 
-if TYPE_CHECKING:
-    from prm.model import PRM
-    from prm.pairwise import PPRM
-
-__all__ = [
-    "best_of_n", "choose_among", "first_error_accuracy", "main", "make_parser", "pairwise_accuracy", "pairwise_metrics",
-    "predicted_first_error", "step_auc", "step_metrics", "toy_eval",
-]
+__all__ = ["best_of_n", "choose_among", "main", "make_parser", "toy_eval", "toy_policy"]
 
 AGGREGATES = ("min", "last", "mean", "prod")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Metrics
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of x, tied values sharing the mean of their ranks."""
-    order = np.argsort(x, kind="mergesort")
-    sorted_x = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    # boundaries of runs of equal values
-    starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
-    ends = np.r_[starts[1:], len(x)]
-    for s, e in zip(starts, ends):
-        ranks[order[s:e]] = (s + 1 + e) / 2.0  # mean of ranks s+1 .. e
-    return ranks
-
-
-def step_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """ROC AUC: the probability that a random positive step scores above a random negative one,
-    ties counting 1/2 (the Mann-Whitney U statistic from average ranks).
-
-    Args:
-        scores: [S] step scores.
-        labels: [S] 0/1 labels (1: correct step).
-
-    Returns:
-        AUC in [0, 1]; NaN when only one class is present.
-    """
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels).astype(bool)
-    if s.shape != y.shape:
-        raise ValueError(f"{s.shape[0]} scores but {y.shape[0]} labels")
-    pos, neg = int(y.sum()), int((~y).sum())
-    if pos == 0 or neg == 0:
-        return math.nan
-    ranks = _average_ranks(s)
-    return float((ranks[y].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
-
-
-def predicted_first_error(values: Sequence[float], threshold: float = 0.5) -> int:
-    """The index of the first step whose value is below `threshold`, or -1 when none is."""
-    for i, v in enumerate(values):
-        if v < threshold:
-            return i
-    return -1
-
-
-def first_error_accuracy(values: Sequence[Sequence[float]], labels: Sequence[Sequence[int]],
-                         threshold: float = 0.5) -> float:
-    """First-error accuracy over traces.
-
-    Per trace, the predicted first error is the first step whose value is < `threshold` (-1 when
-    none), and the oracle's is the first step labelled 0 (-1 when none:
-    `mcts.envs.arith.first_error`); the accuracy is the fraction of traces where the two are equal.
-    A correct trace thus counts as a hit only when every step value is >= threshold, and a wrong
-    one only when the PRM's first low value is exactly at the first wrong step.
-
-    Args:
-        values: [T][K_t] step values.
-        labels: [T][K_t] 0/1 labels.
-        threshold: the value below which a step is predicted wrong.
-
-    Returns:
-        Accuracy in [0, 1] (NaN for no traces).
-    """
-    if len(values) != len(labels):
-        raise ValueError(f"{len(values)} traces of values but {len(labels)} of labels")
-    if not values:
-        return math.nan
-    hits = 0
-    for v, y in zip(values, labels):
-        truth = next((i for i, label in enumerate(y) if not label), -1)
-        hits += predicted_first_error(v, threshold) == truth
-    return hits / len(values)
-
-
-def pairwise_accuracy(probs: Sequence[float]) -> float:
-    """Fraction of pairs where P(correct > wrong) > 1/2; exactly 1/2 counts as half."""
-    p = np.asarray(probs, dtype=np.float64)
-    if p.size == 0:
-        return math.nan
-    return float(((p > 0.5) + 0.5 * (p == 0.5)).mean())
-
-
-# ---------------------------------------------------------------------------------------------------
-# With models
-
-
-def step_metrics(prm: "PRM", records: Sequence[Mapping], threshold: float = 0.5) -> dict:
-    """A PRM against the step labels of records (canonical, with "labels").
-
-    Returns:
-        {traces, steps, wrong_steps, step_auc, first_error_acc, step_acc (value >= threshold iff
-        correct), outcome_auc (last step value against the last label), seconds}.
-    """
-    from mcts.policy.base import Prefix
-
-    records = [r for r in records if "labels" in r]
-    if not records:
-        raise ValueError("no records with 'labels' to evaluate against")
-    started = time.perf_counter()
-    values = prm.score_traces([Prefix(r["problem"], tuple(r["steps"])) for r in records])
-    seconds = time.perf_counter() - started
-    labels = [list(r["labels"]) for r in records]
-    flat_v = np.array([x for v in values for x in v])
-    flat_y = np.array([x for y in labels for x in y])
-    keep = ~np.isnan(flat_v)
-    return {
-        "traces": len(records),
-        "steps": int(flat_y.size),
-        "wrong_steps": int((flat_y == 0).sum()),
-        "step_auc": step_auc(flat_v[keep], flat_y[keep]),
-        "first_error_acc": first_error_accuracy(values, labels, threshold),
-        "step_acc": float(((flat_v[keep] >= threshold) == (flat_y[keep] == 1)).mean()),
-        "outcome_auc": step_auc([v[-1] for v in values], [y[-1] for y in labels]),
-        "seconds": round(seconds, 2),
-    }
-
-
-def pairwise_metrics(pprm: "PPRM", pairs: Sequence[Mapping]) -> dict:
-    """A PPRM on (problem, chosen, rejected) pairs: {pairs, pairwise_acc, one_order_acc}.
-
-    pairwise_acc uses the symmetrised P(chosen > rejected); one_order_acc the raw reading with the
-    chosen solution in position A and B alike (how much the averaging is needed).
-    """
-    if not pairs:
-        return {"pairs": 0, "pairwise_acc": math.nan, "one_order_acc": math.nan}
-    items = [(p["problem"], p["chosen"], p["rejected"]) for p in pairs]
-    raw = pprm.compare(items + [(p, b, a) for p, a, b in items])
-    n = len(items)
-    sym = [(raw[i] + 1 - raw[n + i]) / 2 for i in range(n)]
-    one = [raw[i] for i in range(n)] + [1 - raw[n + i] for i in range(n)]
-    return {"pairs": n, "pairwise_acc": pairwise_accuracy(sym), "one_order_acc": pairwise_accuracy(one)}
 
 
 def best_of_n(prm: "PRM | None", problems: Sequence[Mapping], policy, *, n: int = 16, temperature: float = 1.0,
@@ -199,8 +63,6 @@ def best_of_n(prm: "PRM | None", problems: Sequence[Mapping], policy, *, n: int 
     Returns:
         {"problems", "n", "accuracy": {rule: fraction correct}, "seconds": {...}}.
     """
-    from prm.data import rollout
-
     started = time.perf_counter()
     traces = rollout(policy, [p["problem"] for p in problems], samples=n, temperature=temperature,
                      max_steps=max_steps)
@@ -215,24 +77,20 @@ def choose_among(prm: "PRM | None", problems: Sequence[Mapping], traces: Sequenc
     """Answer choice among given solutions of each problem, every rule on the same solutions.
 
     Rules: majority vote; pass@n (some solution is right: the ceiling); with a PRM, best-of-N by
-    each step aggregate (min, last, mean, prod of the trace's step values; `mcts.search`'s
+    each step aggregate (min, last, mean, prod of the trace's step values; `mcts.answers`'
     `aggregate_step_values` and `choose_answer`) and the PRM-weighted vote by each; with a PPRM,
     Enhanced Borda Count (`prm.ebc.ebc_select`, local Q = the min aggregate).
 
     Args:
         prm: the PRM (None: only the votes).
         problems: [P] {"problem", "answer"}.
-        traces: (problem, step texts) pairs, n per problem (`prm.data.rollout`'s output; saved
+        traces: (problem, step texts) pairs, n per problem (`prm.toy_traces.rollout`'s output; saved
             samples can be scored by several PRMs).
         pprm, alpha: for EBC.
 
     Returns:
         {"problems", "n", "accuracy": {rule: fraction correct}, "seconds": {"scoring", "ebc"}}.
     """
-    from mcts.grading import extract_answer, is_equivalent
-    from mcts.policy.base import Prefix
-    from mcts.search import Candidate, aggregate_step_values, choose_answer
-
     texts = [p["problem"] for p in problems]
     by_problem: dict[str, list[list[str]]] = {t: [] for t in texts}
     for problem, steps in traces:
@@ -265,8 +123,6 @@ def choose_among(prm: "PRM | None", problems: Sequence[Mapping], traces: Sequenc
                 outcome[f"prm_best_{how}"] = right(choose_answer(cands, "max_value")[0])
                 outcome[f"prm_vote_{how}"] = right(choose_answer(cands, "weighted_vote")[0])
             if pprm is not None:
-                from prm.ebc import ebc_select
-
                 cands = [Candidate(a, aggregate_step_values(v, "min"), tuple(s))
                          for a, v, s in zip(answers, step_values, samples)]
                 t0 = time.perf_counter()
@@ -286,20 +142,18 @@ def toy_eval(prm: "PRM | None", *, traces: int, seed: int, policy: str = "script
 
     `ceil(traces / samples)` problems (seeded by `seed`, `min_ops`-`max_ops` operations, operands up
     to `max_operand`, every value within `max_value`: by default the toy world's default problems,
-    `mcts.envs.tiny_models.toy_problem_config`), `samples` traces each from the toy policy (the
+    `mcts.envs.toy_config.toy_problem_config`), `samples` traces each from the toy policy (the
     scripted one with `base_eps = slip_rate`, or the tiny transformer), cut to `traces`. Pairs for
     the PPRM: traces of one problem that differ in outcome.
 
     Returns:
         `step_metrics` fields, plus pairs/pairwise_acc with a PPRM, and the data's description.
     """
-    from prm.data import ToyDataConfig, pair_records, toy_step_records
-
     config = ToyDataConfig(problems=max(1, math.ceil(traces / samples)), samples=samples, min_ops=min_ops,
                            max_ops=max_ops, max_operand=max_operand, max_value=max_value, slip_rates=(slip_rate,),
                            temperature=temperature, seed=seed)
     started = time.perf_counter()
-    records = toy_step_records(config, _toy_policy(policy, seed))[:traces]
+    records = toy_step_records(config, toy_policy(policy, seed))[:traces]
     data_seconds = time.perf_counter() - started
     out: dict = {"policy": policy, "seed": seed, "ops": f"{min_ops}-{max_ops}"}
     if prm is not None:
@@ -312,17 +166,13 @@ def toy_eval(prm: "PRM | None", *, traces: int, seed: int, policy: str = "script
     return out
 
 
-def _toy_policy(name: str, seed: int, slip_rate: float | None = None):
+def toy_policy(name: str, seed: int, slip_rate: float | None = None):
     """None for the scripted policy at the configured slip rate (built by the data code), or the
     tiny transformer policy (built on first use)."""
     if name == "scripted":
         if slip_rate is None:
             return None
-        from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig
-
         return ScriptedPolicy(ToyPolicyConfig(base_eps=slip_rate), seed=seed)
-    from mcts.envs.tiny_models import load_toy_policy
-
     return load_toy_policy(seed=seed, device="cpu")
 
 
@@ -376,10 +226,6 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prm.data import StepDataError, load_pair_dataset, read_step_records
-    from prm.model import PRM, PRMLoadError
-    from prm.pairwise import PPRM
-
     parser = make_parser()
     args = parser.parse_args(argv)
     modes = [m for m in ("data", "toy", "best_of_n") if getattr(args, m) is not None]
@@ -389,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--prm is required (only --pprm with --data or --toy goes without it)")
     overrides = {"num_threads": args.threads} if args.threads else {}
     if "tiny" in (args.prm, args.pprm):
+        # Lazy: only `tiny` needs the toy builds, and prm.toy brings the whole training stack
+        # (accelerate, transformers' Llama) into every `import prm.eval`.
         from prm.toy import ensure_toy_pprm, ensure_toy_prm
 
         args.prm = str(ensure_toy_prm()) if args.prm == "tiny" else args.prm
@@ -404,8 +252,6 @@ def main(argv: list[str] | None = None) -> int:
             if prm is not None:
                 result = step_metrics(prm, read_step_records(args.data))
                 if pprm is not None:
-                    from prm.data import pair_records
-
                     result.update(pairwise_metrics(pprm, pair_records(read_step_records(args.data))))
             else:
                 result = pairwise_metrics(pprm, list(load_pair_dataset(args.data)))
@@ -417,11 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                               max_value=args.max_value or None, samples=args.samples, temperature=args.temperature,
                               pprm=pprm)
         else:
-            from prm.data import toy_problems
-
             lo, hi = args.min_ops or 5, args.max_ops or 6
             problems = toy_problems(args.problems, args.seed, lo, hi, args.max_operand, args.max_value or None)
-            policy = _toy_policy(args.policy, args.seed, args.slip_rate)
+            policy = toy_policy(args.policy, args.seed, args.slip_rate)
             result = {"policy": args.policy, "ops": f"{lo}-{hi}", "seed": args.seed,
                       **best_of_n(prm, problems, policy, n=args.best_of_n, temperature=args.temperature,
                                   pprm=pprm, alpha=args.alpha)}

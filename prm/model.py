@@ -35,12 +35,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from mcts.policy.base import Prefix, Step
-from mcts.policy.hf_policy import torch_threads
+from mcts.policy.torch_utils import torch_threads
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: importing them loads transformers' modeling code (seconds)
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
@@ -184,8 +187,6 @@ def _special_head(tokenizer) -> list[int]:
 def quiet_transformers():
     """transformers' info/warning logs and progress bars off for a block (load reports of a
     backbone read from a causal LM folder list its unused LM head; missing keys are checked)."""
-    from transformers.utils import logging as hf_logging
-
     verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -199,8 +200,6 @@ def quiet_transformers():
 
 def load_backbone(folder: Path, dtype: torch.dtype):
     """(base model, tokenizer) of a local folder; raises ValueError when weights are missing."""
-    from transformers import AutoModel, AutoTokenizer
-
     with quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
         backbone, info = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
@@ -292,8 +291,6 @@ class PRM(nn.Module):
 
     def save_pretrained(self, folder: str | Path) -> Path:
         """Writes the backbone, tokenizer, head weights and `prm_config.json` into `folder`."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with quiet_transformers():
@@ -322,8 +319,6 @@ class PRM(nn.Module):
             The PRM in eval mode. Raises `PRMLoadError` (an OSError) naming the folder when it is
             missing or holds no PRM of this format.
         """
-        from safetensors.torch import load_file
-
         folder = _check_folder(path)
         config, record = read_config(folder)
         try:

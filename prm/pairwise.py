@@ -20,7 +20,7 @@ s per solution at its last token, and
 
     P(a > b) = sigmoid(s(a) - s(b)),
 
-trained with the same logistic loss on (chosen, rejected) pairs (`prm.train.encode_pair_rows`
+trained with the same logistic loss on (chosen, rejected) pairs (`prm.rows.encode_pair_rows`
 makes rows that carry both sequences). It has no position bias by construction, scores N
 solutions in N readings instead of N(N - 1), and starts well from a trained PRM, whose head at
 the last step already scores a solution (the toy PPRM is built that way). A PPRM folder is a PRM
@@ -34,7 +34,7 @@ from typing import Sequence
 
 import numpy as np
 
-from prm.model import PRM, normalize_step
+from prm.model import PRM, encode_pieces, normalize_step
 
 __all__ = ["PPRM", "pair_pieces", "symmetric_matrix", "symmetrize"]
 
@@ -75,8 +75,6 @@ class PPRM(PRM):
 
     def encode_pair(self, problem: str, a_steps: Sequence[str], b_steps: Sequence[str]) -> list[int]:
         """Token ids of the pair sequence (problem, then A's and B's steps)."""
-        from prm.model import encode_pieces
-
         return encode_pieces(self.tokenizer, self.head_ids(problem),
                              pair_pieces(a_steps, b_steps, self.config.delimiter))[0]
 

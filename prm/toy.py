@@ -4,7 +4,8 @@ tiny policy (`mcts.envs.tiny_models`).
     ensure_toy_prm(cache_dir=None, *, quick=False)    the PRM folder, built on first use
     ensure_toy_pprm(cache_dir=None, *, quick=False)   the PPRM folder (its backbone starts from the PRM's)
     load_toy_prm(...) / load_toy_pprm(...)            those folders as models
-    python -m prm.toy build [--pprm] [--quick] [--out DIR]    (same as python -m prm.train --toy)
+    build_toy_prm(out, build) / build_toy_pprm(...)   a build into a folder of one's own
+    python -m prm.toy build [--pprm] [--quick] [--out DIR] [--num-threads N ...]   the command line
 
 What a toy PRM must learn is to check a step: `a op b = r, so EXPR` is right iff r is the value
 of `a op b` (arithmetic) and EXPR is the previous expression with `a op b` replaced by r (copying);
@@ -12,14 +13,14 @@ a step after a wrong one is wrong too (its value is off). Trained with BCE on st
 alone, a model learns the depth of a step (later steps are more often wrong: AUC about 0.75)
 and not the check. The full build gets there with these together:
 
-- Data: the toy world's default problems (`mcts.envs.tiny_models.toy_problem_config`: operands up
+- Data: the toy world's default problems (`mcts.envs.toy_config.toy_problem_config`: operands up
   to 10, every value within 100, 1-6 operations) in four forms: one-operation facts (`a op b`,
   its canonical step or a slip: the arithmetic alone, a few tokens each), one-step traces from the
   states of canonical solutions (the check in context), branch traces (a canonical solution that
   turns into a slip at a random step, then goes on: first errors deep in long traces), and whole
   traces rolled out by the scripted policy at several slip rates (errors carried forward). Slips:
   the scripted policy's (off by a few, swapped digits, wrong operator, wrong answer) and copy slips
-  (`prm.data.copy_slip`: a number or operator of the rest of the expression changed, an
+  (`prm.toy_traces.copy_slip`: a number or operator of the rest of the expression changed, an
   operation dropped: what the tiny transformer does). About half of all steps are wrong.
 - Model: the tiny policy's weights (it already computes results and copies expressions) and two
   more blocks on top whose output projections start at zero (the model starts as the policy),
@@ -32,6 +33,9 @@ and not the check. The full build gets there with these together:
   arithmetic that the check rests on.
 - Long enough training: what decides best-of-N is the rare missed first error, and that rate kept
   falling with training long after the AUC looked done.
+
+The traces are made by `prm.toy_traces`; the dense labels, next-token targets, grown backbone and
+auxiliary loss are in `prm.toy_training`.
 
 The value is still the scalar head at the last token of each step (`prm.model.PRM`); the folder
 is a plain PRM folder (a Llama backbone of 5 blocks, 0.61M parameters). Ablations, 3000 steps at
@@ -47,7 +51,7 @@ first-error accuracy / best-of-16 by min against majority 0.97 on 100 problems):
     both, 14000 steps (the full build)                                            0.988 / 0.973 / 0.96
     the full build + 30% of facts with negated operands (fact_negate_fraction)    0.989 / 0.951 / 0.98
 
-The full build takes about 14000 steps of 0.15 s on one CPU core (`python -m prm.train --toy
+The full build takes about 14000 steps of 0.15 s on one CPU core (`python -m prm.toy build
 --num-threads 1`: 2420 s with a second job on the other core); held-out (fresh 1-6 operation
 problems, scripted policy at slip rate 0.05) step AUC 0.995 and first-error accuracy 0.98. What
 it still misses is mostly arithmetic on negative numbers (`3 - -1 = 2`, `-11 * 4`), and a missed
@@ -77,17 +81,38 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-from prm.train import TRAIN_INFO, TrainConfig
+import torch
+from filelock import FileLock
+from transformers import LlamaConfig, LlamaModel
 
-if TYPE_CHECKING:
-    import torch
+from mcts.envs.arith import DELIMITER, ArithConfig
+from mcts.envs.tiny_models import ensure_toy_policy, load_toy_policy
+from mcts.envs.toy_tokenizer import build_char_tokenizer
+from prm.data import pair_records
+from prm.metrics import pairwise_metrics, step_metrics
+from prm.model import IGNORE_INDEX, PRM, PRMConfig
+from prm.pairwise import PPRM
+from prm.rows import encode_pair_rows, encode_step_rows
+from prm.toy_training import AuxLMLoss, dense_labels, grow_backbone, lm_labels
+from prm.toy_traces import ToyDataConfig, branch_traces, single_step_traces, toy_problems, toy_records, toy_step_records
+from prm.train import (
+    TRAIN_INFO,
+    TrainConfig,
+    TrainError,
+    add_config_arguments,
+    config_from_args,
+    load_model_for,
+    save_atomic,
+    summary_table,
+    train_rows,
+)
 
 __all__ = [
-    "FORMAT_VERSION", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "AuxLMLoss", "ToyBuild",
-    "build_toy_pprm", "build_toy_prm", "dense_labels", "ensure_toy_pprm", "ensure_toy_prm", "grow_backbone",
-    "lm_labels", "load_toy_pprm", "load_toy_prm", "main", "toy_cache_dir",
+    "EVAL_SEED", "FORMAT_VERSION", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "ToyBuild",
+    "build_toy_pprm", "build_toy_prm", "ensure_toy_pprm", "ensure_toy_prm", "load_toy_pprm", "load_toy_prm", "main",
+    "make_parser", "toy_cache_dir",
 ]
 
 FORMAT_VERSION = 4  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
@@ -114,22 +139,22 @@ class ToyBuild:
         "base_eps of the scripted policy; one set of traces per rate"))
     fact_problems: int = dataclasses.field(default=0, metadata=_help(
         "one-operation facts: a reduction of a training problem's solution alone, `a op b`, with its "
-        "canonical step or a slip (`prm.data.single_step_traces(isolate=True)`)"))
+        "canonical step or a slip (`prm.toy_traces.single_step_traces(isolate=True)`)"))
     fact_negate_fraction: float = dataclasses.field(default=0.0, metadata=_help(
         "fraction of the facts whose operands change sign (`single_step_traces(negate_fraction=...)`): "
         "more arithmetic on negative numbers than the solutions hold"))
     single_problems: int = dataclasses.field(default=0, metadata=_help(
         "one-step traces from a state of a training problem's solution: its canonical step or a slip "
-        "(`prm.data.single_step_traces`)"))
+        "(`prm.toy_traces.single_step_traces`)"))
     branch_problems: int = dataclasses.field(default=0, metadata=_help(
         "training problems whose canonical solution branches off at a random step into a slip or not "
-        "(`prm.data.branch_traces`: a balanced first-error signal)"))
+        "(`prm.toy_traces.branch_traces`: a balanced first-error signal)"))
     policy_problems: int = dataclasses.field(default=0, metadata=_help(
         "problems also rolled out by the tiny transformer policy (its own kinds of mistakes)"))
     wrong_fraction: float = dataclasses.field(default=0.5, metadata=_help(
         "fraction of the fact and one-step traces whose step is a slip"))
     copy_fraction: float = dataclasses.field(default=0.3, metadata=_help(
-        "fraction of those slips that are copy slips (`prm.data.copy_slip`)"))
+        "fraction of those slips that are copy slips (`prm.toy_traces.copy_slip`)"))
     min_ops: int = dataclasses.field(default=1, metadata=_help("fewest operations"))
     max_ops: int = dataclasses.field(default=6, metadata=_help("most operations"))
     max_operand: int = dataclasses.field(default=10, metadata=_help("largest operand"))
@@ -187,8 +212,6 @@ class ToyBuild:
 
     def arith(self):
         """The `ArithConfig` of the build's problems."""
-        from mcts.envs.arith import ArithConfig
-
         return ArithConfig(min_ops=self.min_ops, max_ops=self.max_ops, max_operand=self.max_operand,
                            max_value=self.max_value)
 
@@ -212,8 +235,6 @@ QUICK_PPRM_BUILD = dataclasses.replace(QUICK_BUILD, init="prm", problems=40, sam
 
 
 def _training_records(build: ToyBuild) -> list[dict]:
-    from prm.data import ToyDataConfig, branch_traces, single_step_traces, toy_problems, toy_records, toy_step_records
-
     config = ToyDataConfig(problems=max(1, build.problems), samples=build.samples, min_ops=build.min_ops,
                            max_ops=build.max_ops, max_operand=build.max_operand, max_value=build.max_value,
                            slip_rates=build.slip_rates, seed=build.data_seed)
@@ -231,8 +252,6 @@ def _training_records(build: ToyBuild) -> list[dict]:
         problems = toy_problems(build.branch_problems, build.data_seed + 104729, *arith)
         records += toy_records(branch_traces([p["problem"] for p in problems], seed=build.data_seed))
     if build.policy_problems:
-        from mcts.envs.tiny_models import load_toy_policy
-
         policy = load_toy_policy(seed=build.data_seed, device="cpu", progress=False)
         tiny = dataclasses.replace(config, problems=build.policy_problems, samples=1, seed=build.data_seed + 7919)
         records += toy_step_records(tiny, policy)
@@ -240,85 +259,14 @@ def _training_records(build: ToyBuild) -> list[dict]:
 
 
 def _eval_records(build: ToyBuild) -> list[dict]:
-    from prm.data import ToyDataConfig, toy_step_records
-
     config = ToyDataConfig(problems=max(1, build.eval_traces // 4), samples=4, min_ops=build.min_ops,
                            max_ops=build.max_ops, max_operand=build.max_operand, max_value=build.max_value,
                            slip_rates=(0.05,), seed=EVAL_SEED)
     return toy_step_records(config)[:build.eval_traces]
 
 
-def dense_labels(problem: str, steps: Sequence[str], labels: Sequence[int], ends: Sequence[int],
-                 num_tokens: int, weight: float) -> tuple[list[float], list[float]]:
-    """Per-token labels and loss weights of a toy trace (the PRM's token layout, one token per character).
-
-    A token of a step is labelled 1 while the step (up to and including that character) still
-    agrees with the canonical step of its state (`mcts.policy.toy.current_expression`), and 0
-    from the first character where it does not; every token of a step after a wrong one is 0
-    (its state is off). Step ends keep the oracle's label and weight 1; the other step tokens
-    weigh `weight`; the problem's tokens weigh 0.
-
-    Args:
-        problem, steps, labels: the trace and its oracle labels.
-        ends: [K] index of each step's last token.
-        num_tokens: the row's length.
-        weight: loss weight of the tokens inside steps.
-
-    Returns:
-        (labels, weights), both [num_tokens]; positions of weight 0 are labelled `IGNORE_INDEX`.
-    """
-    from mcts.envs.arith import DELIMITER, answer_step, reduce_once, reduction_step
-    from mcts.policy.base import Prefix
-    from mcts.policy.toy import current_expression
-    from prm.model import IGNORE_INDEX
-
-    out = [IGNORE_INDEX] * num_tokens
-    weights = [0.0] * num_tokens
-    wrong_before = False
-    for k, (step, label, end) in enumerate(zip(steps, labels, ends)):
-        text = step if step.endswith(DELIMITER) else step + DELIMITER
-        start = end - len(text) + 1
-        if wrong_before:
-            agree = 0
-        elif label:
-            agree = len(text)
-        else:
-            try:
-                expr = current_expression(Prefix(problem, tuple(steps[:k])))
-            except ValueError:
-                expr = None
-            red = reduce_once(expr) if expr is not None else None
-            canonical = "" if expr is None else (answer_step(expr) if red is None else reduction_step(
-                red.a, red.op, red.b, red.result, red.after)) + DELIMITER
-            agree = next((i for i, (x, c) in enumerate(zip(text, canonical)) if x != c), min(len(text), len(canonical)))
-            agree = min(agree, len(text) - 1)
-        for t in range(max(start, 0), end):
-            out[t] = 1.0 if t - start < agree else 0.0
-            weights[t] = weight
-        out[end], weights[end] = float(label), 1.0
-        wrong_before = wrong_before or not label
-    return out, weights
-
-
-def lm_labels(ids: Sequence[int], labels: Sequence[int], ends: Sequence[int], steps: Sequence[str],
-              delimiter: str) -> list[int]:
-    """Next-token targets of a row: the tokens of its correct steps (each predicted from the one
-    before), -100 elsewhere (the problem, wrong steps and the steps after them)."""
-    out = [-100] * len(ids)
-    for step, label, end in zip(steps, labels, ends):
-        if not label:
-            break
-        start = end - len(step if step.endswith(delimiter) else step + delimiter) + 1
-        for t in range(max(start, 1), end + 1):
-            out[t - 1] = ids[t]
-    return out
-
-
 def _rows(model, records: Sequence[dict], build: ToyBuild) -> list[dict]:
     """Training rows: step-end labels, plus dense labels and next-token targets when the build asks."""
-    from prm.model import IGNORE_INDEX
-    from prm.train import encode_step_rows
-
     rows = encode_step_rows(model, records, target="labels", mode="prm", max_length=model.max_length)
     if not (build.dense_weight or build.lm_weight):
         return rows
@@ -339,73 +287,7 @@ def _rows(model, records: Sequence[dict], build: ToyBuild) -> list[dict]:
 # Models
 
 
-def grow_backbone(model, extra_layers: int, seed: int = 0) -> None:
-    """Adds `extra_layers` blocks on top of a Llama-like backbone (in place), their attention and MLP
-    output projections zero: each new block starts as the identity, so the model starts as before.
-
-    Args:
-        model: a `PRM` whose backbone has `.layers`, `.config.num_hidden_layers` and a constructor
-            taking its config (LlamaModel and its kin).
-        extra_layers: how many blocks.
-        seed: seed of the new blocks' other weights.
-    """
-    import torch
-
-    if extra_layers <= 0:
-        return
-    old = model.backbone
-    config = old.config.__class__.from_dict(old.config.to_dict())
-    depth = config.num_hidden_layers
-    config.num_hidden_layers = depth + extra_layers
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        new = type(old)(config)
-    missing = new.load_state_dict(old.state_dict(), strict=False).missing_keys
-    if any(not k.startswith(tuple(f"layers.{i}." for i in range(depth, depth + extra_layers))) for k in missing):
-        raise ValueError(f"growing the backbone lost weights other than the new blocks': {missing[:3]}")
-    for layer in new.layers[depth:]:
-        torch.nn.init.zeros_(layer.self_attn.o_proj.weight)
-        torch.nn.init.zeros_(layer.mlp.down_proj.weight)
-    model.backbone = new.to(old.device)
-
-
-class AuxLMLoss:
-    """`train_rows`' loss_fn for a toy PRM: the masked value loss (weighted step ends and dense
-    labels) plus `weight` times the next-token loss on a batch's `lm_labels`, read at block `layer`
-    (the policy's depth: a grown backbone has blocks above it) through the backbone's final norm
-    and the tied input embedding."""
-
-    def __init__(self, loss: str, weight: float, layer: int):
-        self.loss, self.weight, self.layer = loss, weight, layer
-
-    def __call__(self, model, batch) -> "torch.Tensor":
-        import torch.nn.functional as F
-
-        from prm.train import masked_loss
-
-        prm = getattr(model, "module", model)  # unwrapped under DDP
-        want_lm = self.weight > 0 and "lm_labels" in batch
-        out = prm.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           output_hidden_states=want_lm, use_cache=False)
-        logits = prm.head(out.last_hidden_state.float()).squeeze(-1)
-        value = masked_loss(logits, batch["labels"], self.loss, batch.get("weights"))
-        if not want_lm:
-            return value
-        hidden = out.hidden_states[self.layer]
-        if self.layer < prm.backbone.config.num_hidden_layers:
-            hidden = prm.backbone.norm(hidden)  # the last entry is normed already
-        lm = hidden.float() @ prm.backbone.get_input_embeddings().weight.float().T
-        return value + self.weight * F.cross_entropy(lm.flatten(0, 1), batch["lm_labels"].flatten(), ignore_index=-100)
-
-
 def _scratch_prm(build: ToyBuild, mode: str):
-    import torch
-    from transformers import LlamaConfig, LlamaModel
-
-    from mcts.envs.tiny_models import build_char_tokenizer
-    from prm.model import PRM, PRMConfig
-    from prm.pairwise import PPRM
-
     tokenizer = build_char_tokenizer(build.max_positions)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=build.hidden_size,
                          intermediate_size=build.intermediate_size, num_hidden_layers=build.num_layers,
@@ -438,18 +320,12 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
     Returns:
         `out`.
     """
-    from mcts.envs.arith import DELIMITER
-    from prm.eval import step_metrics
-    from prm.train import load_model_for, train_rows
-
     out = Path(out).expanduser()
     if out.exists() and not replace:
         return out
     started = time.perf_counter()
     records = _training_records(build)
     if build.init in ("policy", "prm"):  # "prm" makes no sense for a PRM: its own source is the policy
-        from mcts.envs.tiny_models import ensure_toy_policy
-
         model = load_model_for("prm", ensure_toy_policy(cache_dir, progress=progress), delimiter=DELIMITER,
                                seed=build.train.seed)
     else:
@@ -479,10 +355,6 @@ def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *,
     separate-reading PPRM keeps its head too: it starts as the PRM's value at the last step);
     "policy" starts from the tiny policy, "scratch" from a fresh model.
     """
-    from prm.data import pair_records
-    from prm.eval import pairwise_metrics
-    from prm.train import encode_pair_rows, load_model_for, train_rows
-
     out = Path(out).expanduser()
     if out.exists() and not replace:
         return out
@@ -494,8 +366,6 @@ def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *,
         source = prm_dir or ensure_toy_prm(cache_dir, quick=quick, progress=progress)
         model = load_model_for("pprm", source, seed=build.train.seed, pair_reading=build.pair_reading)
     elif build.init == "policy":
-        from mcts.envs.tiny_models import ensure_toy_policy
-
         model = load_model_for("pprm", ensure_toy_policy(cache_dir, progress=progress), seed=build.train.seed,
                                pair_reading=build.pair_reading)
     else:
@@ -513,8 +383,6 @@ def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *,
 
 
 def _save(out: Path, model, build: ToyBuild, kind: str, data: dict, info: dict, metrics: dict, replace: bool) -> None:
-    from prm.train import save_atomic
-
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         record = {"format_version": FORMAT_VERSION, "kind": kind, "build": dataclasses.asdict(build),
@@ -553,8 +421,6 @@ def _valid(folder: Path) -> bool:
 
 
 def _ensure(kind: str, cache_dir, quick: bool, progress: bool) -> Path:
-    from filelock import FileLock
-
     folder = toy_cache_dir(kind, quick, cache_dir)
     if _valid(folder):
         return folder
@@ -601,41 +467,74 @@ def ensure_toy_pprm(cache_dir: str | os.PathLike | None = None, *, quick: bool =
 
 def load_toy_prm(cache_dir=None, *, quick: bool = False, device=None, **overrides):
     """The toy PRM as a `PRM` (built on first use)."""
-    from prm.model import PRM
-
     return PRM.from_pretrained(ensure_toy_prm(cache_dir, quick=quick), device=device, **overrides)
 
 
 def load_toy_pprm(cache_dir=None, *, quick: bool = False, device=None, **overrides):
     """The toy PPRM as a `PPRM` (built on first use)."""
-    from prm.pairwise import PPRM
-
     return PPRM.from_pretrained(ensure_toy_pprm(cache_dir, quick=quick), device=device, **overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command line: python -m prm.toy build [--pprm] [--quick] [--out DIR]
+# Command line: python -m prm.toy build [--pprm] [--quick] [--out DIR] [optimisation options]
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prm.toy", description="Build the toy world's PRM or PPRM.")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="train and save (replacing the folder)")
     build.add_argument("--pprm", action="store_true", help="the pairwise model instead of the PRM")
-    build.add_argument("--quick", action="store_true", help="the quick variant")
+    build.add_argument("--quick", action="store_true", help="the quick variant (seconds; for tests)")
     build.add_argument("--out", help="folder (default: the cache folder)")
     build.add_argument("--seconds", type=float, help="train for about this many seconds")
-    build.add_argument("--init", choices=("policy", "prm", "scratch"), help="starting weights")
+    build.add_argument("--init", choices=("policy", "prm", "scratch"), help="start from the tiny policy's weights, "
+                       "the toy PRM's (PPRM builds) or from scratch (default: the build's)")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    from prm.train import main as train_main
+    add_config_arguments(build.add_argument_group("optimisation (each replaces the build's setting)"))
+    return parser
 
-    forwarded = ["--toy", "--kind", "pprm" if args.pprm else "prm"]
-    for flag, value in (("--out", args.out), ("--seconds", args.seconds), ("--init", args.init)):
-        if value is not None:
-            forwarded += [flag, str(value)]
-    forwarded += ["--quick"] * args.quick + ["--no-progress"] * args.no_progress
-    return train_main(forwarded)
+
+def _build_cli(args: argparse.Namespace) -> int:
+    kind = "pprm" if args.pprm else "prm"
+    if kind == "pprm":
+        build = QUICK_PPRM_BUILD if args.quick else FULL_PPRM_BUILD
+    else:
+        build = QUICK_BUILD if args.quick else FULL_BUILD
+    changes = {}
+    if args.seconds is not None:
+        changes["seconds"] = args.seconds
+    if args.init is not None:
+        changes["init"] = args.init
+    try:
+        build = dataclasses.replace(build, **changes)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
+    build = dataclasses.replace(build, train=config_from_args(args, build.train))
+    out = Path(args.out) if args.out else toy_cache_dir(kind, args.quick)
+    started = time.perf_counter()
+    if kind == "pprm":
+        build_toy_pprm(out, build, progress=not args.no_progress, replace=True, quick=args.quick)
+    else:
+        build_toy_prm(out, build, progress=not args.no_progress, replace=True)
+    record = json.loads((out / TRAIN_INFO).read_text(encoding="utf-8"))
+    summary = [("kind", kind), ("init", record["build"]["init"]), ("traces", record["data"]["traces"]),
+               ("data seconds", record["data"]["seconds"]),
+               ("steps", record["training"]["steps"]), ("train seconds", record["training"]["train_seconds"]),
+               ("final loss", record["training"]["final_loss"])]
+    summary += [(f"held-out {k}", v) for k, v in record.get("eval", {}).items()]
+    summary.append(("total seconds", round(time.perf_counter() - started, 1)))
+    print(summary_table(summary))
+    print(f"saved: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return _build_cli(args)
+    except TrainError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

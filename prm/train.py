@@ -2,8 +2,7 @@
 
 Every model here is a backbone with a scalar head that reads chosen positions (`prm.model`); a
 training row is token ids plus one float label per position, `IGNORE_INDEX` everywhere but the
-positions that carry loss (step ends for a PRM, the last step end for an ORM, the last token of a
-pair for the PPRM). One loop trains them all:
+positions that carry loss (rows, batches and losses: `prm.rows`). One loop trains them all:
 
     rows grouped by length into batches -> Accelerator (CPU, one GPU, or `accelerate launch`)
     gradient accumulation, AdamW, linear warmup then cosine decay, gradient clipping
@@ -11,10 +10,9 @@ pair for the PPRM). One loop trains them all:
     checkpoints every `save_every` steps into `<out>.checkpoints/step-N`; `--resume` goes on from
     the newest; the final model is written into a temporary folder beside `--out`, then renamed
 
-Command lines:
+Command line (data files only; the toy world's PRM and PPRM are built by `python -m prm.toy build`):
 
     python -m prm.train --data FILE --backbone DIR --out DIR [--kind prm|orm|pprm] [--loss mse|bce]
-    python -m prm.train --toy [--quick] [--out DIR] [--kind prm|pprm]     the toy world's tiny PRM
 
 Bad data (`prm.data.StepDataError`) and bad arguments print one line and exit with status 2,
 leaving nothing behind.
@@ -24,26 +22,33 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 import os
-import random
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
-if TYPE_CHECKING:
-    import torch
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
 
-    from prm.model import PRM
+from prm.data import StepDataError, load_pair_dataset, read_step_records
+from prm.metrics import pairwise_metrics, step_metrics
+from prm.model import CONFIG_FILE, PRM, PRMConfig, read_config
+from prm.pairwise import PPRM
+from prm.rows import batch_order, collate, encode_pair_rows, encode_step_rows, masked_loss, pair_logits
 
+# encode_step_rows and encode_pair_rows stay importable from here (self-training reads them).
 __all__ = [
-    "KINDS", "LOSSES", "TrainConfig", "TrainError", "batch_order", "collate", "default_threads", "encode_pair_rows",
-    "encode_step_rows", "load_model_for", "main", "make_parser", "masked_loss", "pair_logits", "save_atomic",
-    "train_rows",
+    "KINDS", "LOSSES", "TRAIN_INFO", "TrainConfig", "TrainError", "add_config_arguments", "config_from_args",
+    "default_threads", "load_model_for", "main", "make_parser",
+    "save_atomic", "summary_table", "train_rows",
 ]
 
 KINDS = ("prm", "orm", "pprm")
@@ -115,151 +120,6 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Rows and batches (pure functions)
-
-
-def encode_step_rows(model: "PRM", records: Iterable[Mapping], *, target: str, mode: str,
-                     max_length: int | None = None) -> list[dict]:
-    """Training rows of step records: ids and a float label at each step end (the last only for an ORM).
-
-    Args:
-        model: the PRM (its tokenizer, delimiter and problem head).
-        records: canonical records (problem, steps, labels and/or values).
-        target: "labels" or "values".
-        mode: "prm" or "orm".
-        max_length: see `prm.model.tokenize_row`.
-    """
-    from prm.model import tokenize_row
-
-    rows = []
-    for r in records:
-        rows.append(tokenize_row(model.tokenizer, model.head_ids(r["problem"]), r["steps"], r[target],
-                                 delimiter=model.config.delimiter, mode=mode, max_length=max_length))
-    return rows
-
-
-def encode_pair_rows(model, records: Iterable[Mapping], *, max_length: int | None = None) -> list[dict]:
-    """Training rows of preference pairs.
-
-    A joint PPRM (see `prm.pairwise`): both orders, (chosen, rejected) -> 1, (rejected, chosen) ->
-    0, the label on the last token of the pair sequence (`PPRM.encode_pair`). A separate-reading
-    (Bradley-Terry) PPRM: one row per pair, the chosen solution's ids with label 1 on its last
-    token, and the rejected one's as "input_ids_b" (`train_rows` fits sigmoid(s(a) - s(b)))."""
-    from prm.model import IGNORE_INDEX
-
-    rows = []
-    if getattr(model, "separate", False):
-        for r in records:
-            a = model.encode_solution(r["problem"], r["chosen"])
-            b = model.encode_solution(r["problem"], r["rejected"])
-            if max_length is not None:
-                a, b = a[-max_length:], b[-max_length:]
-            rows.append({"input_ids": a, "labels": [IGNORE_INDEX] * (len(a) - 1) + [1.0], "input_ids_b": b})
-        return rows
-    for r in records:
-        for a, b, y in ((r["chosen"], r["rejected"], 1.0), (r["rejected"], r["chosen"], 0.0)):
-            ids = model.encode_pair(r["problem"], a, b)
-            if max_length is not None and len(ids) > max_length:
-                ids = ids[-max_length:]
-            rows.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (len(ids) - 1) + [y]})
-    return rows
-
-
-def batch_order(lengths: Sequence[int], batch_size: int, epochs: float, seed: int, pool_batches: int = 50) -> list[list[int]]:
-    """Batches of row indices grouped by length, for every epoch.
-
-    Each epoch shuffles the rows (seeded by seed and epoch), cuts them into pools of
-    `pool_batches` batches, sorts each pool by length and cuts it into batches, then shuffles the
-    batches: similar lengths share a batch (little padding) and the order stays random. A
-    fractional last epoch keeps that fraction of its batches.
-    """
-    out: list[list[int]] = []
-    whole = math.ceil(epochs)
-    for epoch in range(whole):
-        rng = random.Random(f"prm-batches:{seed}:{epoch}")
-        idx = list(range(len(lengths)))
-        rng.shuffle(idx)
-        pool = batch_size * pool_batches
-        batches = []
-        for start in range(0, len(idx), pool):
-            chunk = sorted(idx[start:start + pool], key=lambda i: lengths[i])
-            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-        rng.shuffle(batches)
-        if epoch == whole - 1 and epochs < whole:
-            batches = batches[:max(1, round(len(batches) * (epochs - epoch)))]
-        out += batches
-    return out
-
-
-def collate(rows: Sequence[Mapping], pad_id: int) -> dict:
-    """Right-padded {"input_ids", "attention_mask", "labels"} tensors of a batch of rows, "weights"
-    when the rows carry per-position weights (else every labelled position weighs 1), and
-    "lm_labels" (int64, -100 where no next-token loss; for a `loss_fn`) when they carry them, and
-    "input_ids_b"/"attention_mask_b" (the second solutions of Bradley-Terry pair rows)."""
-    import torch
-
-    from prm.model import IGNORE_INDEX, pad_right
-
-    ids, mask = pad_right([r["input_ids"] for r in rows], pad_id)
-    labels = torch.full(ids.shape, IGNORE_INDEX, dtype=torch.float32)
-    for i, r in enumerate(rows):
-        labels[i, :len(r["labels"])] = torch.tensor(r["labels"], dtype=torch.float32)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if any("weights" in r for r in rows):
-        weights = torch.zeros(ids.shape, dtype=torch.float32)
-        for i, r in enumerate(rows):
-            w = r.get("weights") or [float(y != IGNORE_INDEX) for y in r["labels"]]
-            weights[i, :len(w)] = torch.tensor(w, dtype=torch.float32)
-        batch["weights"] = weights
-    if any("lm_labels" in r for r in rows):
-        lm = torch.full(ids.shape, -100, dtype=torch.long)
-        for i, r in enumerate(rows):
-            if "lm_labels" in r:
-                lm[i, :len(r["lm_labels"])] = torch.tensor(r["lm_labels"], dtype=torch.long)
-        batch["lm_labels"] = lm
-    if any("input_ids_b" in r for r in rows):
-        batch["input_ids_b"], batch["attention_mask_b"] = pad_right([r["input_ids_b"] for r in rows], pad_id)
-    return batch
-
-
-def pair_logits(logits: "torch.Tensor", mask: "torch.Tensor", logits_b: "torch.Tensor",
-                mask_b: "torch.Tensor") -> "torch.Tensor":
-    """[B] s(a) - s(b) of Bradley-Terry pair rows: each sequence's logit at its last real token."""
-    import torch
-
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, mask.sum(1) - 1] - logits_b[rows, mask_b.sum(1) - 1]
-
-
-def masked_loss(logits: "torch.Tensor", labels: "torch.Tensor", loss: str,
-                weights: "torch.Tensor | None" = None) -> "torch.Tensor":
-    """Mean loss over the labelled positions (labels != IGNORE_INDEX) of [B, T] logits.
-
-    bce: binary cross-entropy with logits (the Bradley-Terry / logistic loss for pairs); mse: squared
-    error of sigmoid(logit). With `weights` [B, T], the weighted mean over labelled positions. A
-    batch without a labelled position gives a zero that keeps the graph.
-    """
-    import torch.nn.functional as F
-
-    from prm.model import IGNORE_INDEX
-
-    mask = labels != IGNORE_INDEX
-    if weights is not None:
-        mask = mask & (weights > 0)
-    if not bool(mask.any()):
-        return logits.sum() * 0.0
-    x, y = logits[mask].float(), labels[mask].float()
-    if loss == "bce":
-        per = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-    else:
-        per = (x.sigmoid() - y) ** 2
-    if weights is None:
-        return per.mean()
-    w = weights[mask].float()
-    return (per * w).sum() / w.sum()
-
-
-# ---------------------------------------------------------------------------------------------------
 # The loop
 
 
@@ -294,8 +154,6 @@ def _checkpoints(folder: Path | None) -> list[Path]:
 
 
 def _fingerprint(config: TrainConfig, rows: Sequence[Mapping], loss: str) -> dict:
-    import hashlib
-
     h = hashlib.blake2b(digest_size=8)
     for r in rows:
         h.update(len(r["input_ids"]).to_bytes(4, "little"))
@@ -331,11 +189,6 @@ def train_rows(model: "torch.nn.Module", rows: Sequence[Mapping], config: TrainC
         info: steps, seconds, first and final loss (means over the first and last min(20, steps / 5)
         steps), threads, processes, rows.
     """
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
-
     if not rows:
         raise ValueError("no training rows")
     threads = config.num_threads or default_threads()
@@ -509,11 +362,6 @@ def load_model_for(kind: str, backbone: str | Path, *, delimiter: str | None = N
         pair_reading: a PPRM's reading, "joint" or "separate" (`prm.model.PRMConfig`); None: a saved
             PPRM's, else "joint".
     """
-    import torch
-
-    from prm.model import CONFIG_FILE, PRM, PRMConfig, read_config
-    from prm.pairwise import PPRM
-
     folder = Path(backbone).expanduser()
     mode = {"prm": "prm", "orm": "orm", "pprm": "pairwise"}[kind]
     cls = PPRM if kind == "pprm" else PRM
@@ -542,8 +390,8 @@ def load_model_for(kind: str, backbone: str | Path, *, delimiter: str | None = N
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m prm.train",
-        description="Train a PRM (step values), an ORM (outcomes) or a pairwise PPRM on step-labelled data, "
-                    "or (--toy) the toy world's tiny PRM.")
+        description="Train a PRM (step values), an ORM (outcomes) or a pairwise PPRM on step-labelled data "
+                    "(the toy world's PRM and PPRM: python -m prm.toy build).")
     io = parser.add_argument_group("data and models")
     io.add_argument("--data", help="training file: JSONL/Parquet step records (problem, steps, labels/values), "
                     "PRM800K or Math-Shepherd lines, or pairs (problem, chosen, rejected) for --kind pprm")
@@ -566,25 +414,24 @@ def make_parser() -> argparse.ArgumentParser:
                     "'\\n\\n' for MATH-style models; escapes are read)")
     io.add_argument("--resume", action="store_true", help="go on from the newest checkpoint in <out>.checkpoints")
     io.add_argument("--no-progress", action="store_true", help="no progress bar")
-    toy = parser.add_argument_group("the toy world")
-    toy.add_argument("--toy", action="store_true", help="build the toy world's tiny PRM (or PPRM with --kind pprm) "
-                     "from generated oracle-labelled traces; --out defaults to the cache folder")
-    toy.add_argument("--quick", action="store_true", help="with --toy: the quick build (seconds; for tests)")
-    toy.add_argument("--seconds", type=float, help="with --toy: train for about this many seconds")
-    toy.add_argument("--init", choices=("policy", "prm", "scratch"), help="with --toy: start from the tiny "
-                     "policy's weights, the toy PRM's (PPRM builds) or from scratch (default: the build's)")
-    opt = parser.add_argument_group("optimisation")
+    add_config_arguments(parser.add_argument_group("optimisation"))
+    return parser
+
+
+def add_config_arguments(group) -> None:
+    """One option per `TrainConfig` field (`--batch-size`, ...), each defaulting to None (unset)."""
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = {"int | None": int, "float | None": float, "str | None": str}.get(f.type, type(f.default))
         if f.name == "loss":
-            opt.add_argument(flag, choices=LOSSES, default=None, help=f.metadata["help"])
+            group.add_argument(flag, choices=LOSSES, default=None, help=f.metadata["help"])
         else:
-            opt.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
-    return parser
+            group.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
 
 
-def _train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """`base` (default `TrainConfig()`) with the options of `add_config_arguments` that were set;
+    a bad value raises TrainError."""
     base = base or TrainConfig()
     changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
                if getattr(args, f.name) is not None}
@@ -594,7 +441,8 @@ def _train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> 
         raise TrainError(str(err)) from None
 
 
-def _summary_table(rows: Sequence[tuple[str, object]]) -> str:
+def summary_table(rows: Sequence[tuple[str, object]]) -> str:
+    """(key, value) rows as the CLIs' end-of-run table (floats to 4 decimals, trailing zeros cut)."""
     width = max(len(k) for k, _ in rows)
     lines = ["-" * (width + 14)]
     for key, value in rows:
@@ -605,12 +453,10 @@ def _summary_table(rows: Sequence[tuple[str, object]]) -> str:
 
 
 def _train_cli(args: argparse.Namespace) -> int:
-    from prm.data import load_pair_dataset, read_step_records
-
     for name in ("data", "backbone", "out"):
         if not getattr(args, name):
-            raise TrainError(f"--{name} is required (or use --toy)")
-    config = _train_config(args)
+            raise TrainError(f"--{name} is required (the toy world's models: python -m prm.toy build)")
+    config = config_from_args(args)
     delimiter = args.delimiter.encode().decode("unicode_escape") if args.delimiter else None
     # Read and check everything before anything is written.
     if args.kind == "pprm":
@@ -647,10 +493,8 @@ def _train_cli(args: argparse.Namespace) -> int:
         ("first loss", info["first_loss"]), ("final loss", info["final_loss"])]
     metrics = {}
     if eval_records is not None:
-        from prm import eval as prm_eval
-
-        metrics = (prm_eval.pairwise_metrics(model, eval_records) if args.kind == "pprm"
-                   else prm_eval.step_metrics(model, eval_records))
+        metrics = (pairwise_metrics(model, eval_records) if args.kind == "pprm"
+                   else step_metrics(model, eval_records))
         summary += [(f"eval {k}", v) for k, v in metrics.items()]
 
     def write(tmp: Path) -> None:
@@ -659,64 +503,24 @@ def _train_cli(args: argparse.Namespace) -> int:
                   "train_config": dataclasses.asdict(config), "training": info, "eval": metrics}
         (tmp / TRAIN_INFO).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
-    from accelerate import PartialState
-
     if PartialState().is_main_process:
         save_atomic(out, write, overwrite=args.overwrite)
         shutil.rmtree(checkpoints, ignore_errors=True)
     summary.append(("total seconds", round(time.perf_counter() - started, 1)))
-    print(_summary_table(summary))
-    print(f"saved: {out}")
-    return 0
-
-
-def _toy_cli(args: argparse.Namespace) -> int:
-    from prm import toy
-
-    kind = args.kind if args.kind != "orm" else None
-    if kind is None:
-        raise TrainError("--toy builds a prm or a pprm, not an orm")
-    if kind == "pprm":
-        build = toy.QUICK_PPRM_BUILD if args.quick else toy.FULL_PPRM_BUILD
-    else:
-        build = toy.QUICK_BUILD if args.quick else toy.FULL_BUILD
-    changes = {}
-    if args.seconds is not None:
-        changes["seconds"] = args.seconds
-    if args.init is not None:
-        changes["init"] = args.init
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name) is not None}
-    try:
-        build = dataclasses.replace(build, **changes)
-        if overrides:
-            build = dataclasses.replace(build, train=dataclasses.replace(build.train, **overrides))
-    except ValueError as err:
-        raise TrainError(str(err)) from None
-    out = Path(args.out) if args.out else toy.toy_cache_dir(kind, args.quick)
-    started = time.perf_counter()
-    if kind == "pprm":
-        toy.build_toy_pprm(out, build, progress=not args.no_progress, replace=True, quick=args.quick)
-    else:
-        toy.build_toy_prm(out, build, progress=not args.no_progress, replace=True)
-    record = json.loads((out / TRAIN_INFO).read_text(encoding="utf-8"))
-    summary = [("kind", kind), ("init", record["build"]["init"]), ("traces", record["data"]["traces"]),
-               ("data seconds", record["data"]["seconds"]),
-               ("steps", record["training"]["steps"]), ("train seconds", record["training"]["train_seconds"]),
-               ("final loss", record["training"]["final_loss"])]
-    summary += [(f"held-out {k}", v) for k, v in record.get("eval", {}).items()]
-    summary.append(("total seconds", round(time.perf_counter() - started, 1)))
-    print(_summary_table(summary))
+    print(summary_table(summary))
     print(f"saved: {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prm.data import StepDataError
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--toy" in argv:  # checked before parsing, so that `--toy --quick` still gets this line
+        print("error: --toy moved: the toy world's PRM and PPRM are built by `python -m prm.toy build "
+              "[--pprm] [--quick] [--out DIR]`", file=sys.stderr)
+        return 2
     args = make_parser().parse_args(argv)
     try:
-        return _toy_cli(args) if args.toy else _train_cli(args)
+        return _train_cli(args)
     except (TrainError, StepDataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

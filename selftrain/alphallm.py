@@ -43,19 +43,24 @@ import dataclasses
 import math
 import random
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from mcts.envs.arith import is_toy
 from mcts.grading import extract_answer, normalize
 from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 from mcts.problems import Problem
-from mcts.search import Counters, SearchConfig, SearchResult, Trace, TreeSearch, sample_traces
+from mcts.answers import SearchResult
+from mcts.config import SearchConfig
+from mcts.search import Leaf, TreeSearch
+from mcts.traces import Counters, sample_traces, Trace
 from selftrain.config import AlphaLLMConfig
 from selftrain.run import RunContext, read_jsonl, write_jsonl_atomic
+from treesearch.loaders import load_scorer
 
 __all__ = [
-    "CriticTrio", "EtaMCTS", "PromptImaginer", "ToyImaginer", "edit_distance", "importance", "is_toy",
+    "CriticTrio", "EtaMCTS", "PromptImaginer", "ToyImaginer", "EtaSearch", "edit_distance", "importance",
     "iteration", "majority_answer", "merge_near_duplicates", "node_width", "normalized_edit_distance",
     "perturb_expression", "search_eval",
 ]
@@ -63,18 +68,6 @@ __all__ = [
 
 # ---------------------------------------------------------------------------------------------------
 # Imagination
-
-
-def is_toy(problems: Sequence[str]) -> bool:
-    """Whether every problem (of the first 20) is a toy-world expression."""
-    from mcts.envs.arith import ArithParseError, parse_expression
-
-    try:
-        for text in list(problems)[:20]:
-            parse_expression(text)
-    except ArithParseError:
-        return False
-    return bool(problems)
 
 
 def _values(expr) -> list[int]:
@@ -131,11 +124,11 @@ class ToyImaginer:
     def __init__(self, config=None, seed: int = 0):
         """Args:
             config: the bounds (`ArithConfig`; default the toy policy's training problems,
-                `mcts.envs.tiny_models.toy_problem_config()`).
+                `mcts.envs.toy_config.toy_problem_config()`).
             seed: problem i is drawn from `random.Random(f"imagine:{seed}:{i}")`.
         """
         if config is None:
-            from mcts.envs.tiny_models import toy_problem_config
+            from mcts.envs.toy_config import toy_problem_config
 
             config = toy_problem_config()
         self.config, self.seed = config, seed
@@ -302,9 +295,8 @@ class EtaMCTS(TreeSearch):
                                              max_children=eta.max_width))  # eta-MCTS widens by importance instead
         self.eta = eta
         self.widths: list[tuple[int, int, float, int]] = []  # (tree, leaf, I(s), children), per expansion
-        self._pending: list[list[float]] = []
 
-    def _sample(self, to_expand, prefixes: list[Prefix], counts: Sequence[int]) -> list[list[Step]]:
+    def _sample(self, asked: Sequence[Leaf], prefixes: Sequence[Prefix], counts: Sequence[int]) -> list[list[Step]]:
         """counts[i] sampled steps after prefixes[i], all in one policy call (a prefix repeated once
         per sample, so that each leaf asks for as many as it needs)."""
         cfg = self.config
@@ -313,58 +305,51 @@ class EtaMCTS(TreeSearch):
         if not rows:
             return out
         proposals = self.proposer.propose([prefixes[i] for i in rows], 1, cfg.temperature)
-        self.counters.charge_policy([to_expand[i][0] for i in rows], proposals)
+        self.counters.charge_policy([asked[i].tree for i in rows], proposals)
         for i, steps in zip(rows, proposals):
             out[i].extend(steps[:1])
         return out
 
-    def _critic(self, to_expand, pairs: list[tuple[int, Prefix, Step]]) -> list[float]:
+    def _critic(self, asked: Sequence[Leaf], pairs: list[tuple[int, Prefix, Step]]) -> list[float]:
         if not pairs:
             return []
         values = self.scorer.score([p for _, p, _ in pairs], [s for _, _, s in pairs])
-        self.counters.charge_scorer([to_expand[i][0] for i, _, _ in pairs])
+        self.counters.charge_scorer([asked[i].tree for i, _, _ in pairs])
         return [float(v) for v in values]
 
-    def _propose(self, to_expand, prefixes: list[Prefix]) -> list[list[Step]]:
-        """Probe, widen by importance, merge; the children's critic values wait in `_pending` for
-        `_score` (the round scores nothing twice)."""
-        self._pending = []
-        if not to_expand:
-            return []
+    def children(self, asked: Sequence[Leaf], prefixes: Sequence[Prefix]) -> tuple[list[list[Step]], list[list[float]]]:
+        """The expander hook of `TreeSearch`: probe, widen by importance, merge. Each child is scored
+        once, when it is first sampled (the probe's values decide the width)."""
+        if not asked:
+            return [], []
+        assert not any(a.widen for a in asked), "eta-MCTS sets its widths itself: no widening slots"
         eta, greedy = self.eta, self.config.temperature == 0
         merge = lambda steps: merge_near_duplicates(steps, eta.merge_threshold)  # noqa: E731
-        probe = self._sample(to_expand, prefixes, [1 if greedy else eta.min_width] * len(prefixes))
+        probe = self._sample(asked, prefixes, [1 if greedy else eta.min_width] * len(prefixes))
         children = [merge(s) for s in probe]
-        values = self._critic(to_expand, [(i, prefixes[i], s) for i, kids in enumerate(children) for s in kids])
+        values = self._critic(asked, [(i, prefixes[i], s) for i, kids in enumerate(children) for s in kids])
         scored: list[dict[str, float]] = []
         it = iter(values)
         for kids in children:
             scored.append({s.text: next(it) for s in kids})
         want = []
-        for i, ((b, _, leaf), kids) in enumerate(zip(to_expand, children)):
+        for i, ((b, _, leaf, _), kids) in enumerate(zip(asked, children)):
             vals = list(scored[i].values())
             parent = float(np.mean(vals)) if leaf == 0 and vals else float(self.forest.reward[b, leaf])
             level = importance(vals, parent)
             width = 1 if greedy else node_width(level, eta.min_width, eta.max_width, eta.width_scale)
             self.widths.append((b, leaf, level, width))
             want.append(width)
-        more = self._sample(to_expand, prefixes, [0 if greedy else max(0, w - len(k)) for w, k in zip(want, children)])
+        more = self._sample(asked, prefixes, [0 if greedy else max(0, w - len(k)) for w, k in zip(want, children)])
         for i, extra in enumerate(more):
             if extra:
                 children[i] = merge([*children[i], *extra])[:want[i]]
             else:
                 children[i] = children[i][:want[i]]
         new = [(i, prefixes[i], s) for i, kids in enumerate(children) for s in kids if s.text not in scored[i]]
-        for (i, _, s), v in zip(new, self._critic(to_expand, new)):
+        for (i, _, s), v in zip(new, self._critic(asked, new)):
             scored[i][s.text] = v
-        self._pending = [[scored[i][s.text] for s in kids] for i, kids in enumerate(children)]
-        return children
-
-    def _score(self, to_expand, prefixes: list[Prefix], children: list[list[Step]]) -> list[list[float]]:
-        pending, self._pending = self._pending, []
-        if len(pending) != len(children) or any(len(p) != len(c) for p, c in zip(pending, children)):
-            return super()._score(to_expand, prefixes, children)
-        return pending
+        return children, [[scored[i][s.text] for s in kids] for i, kids in enumerate(children)]
 
     def to_json(self, b: int) -> dict:
         tree = super().to_json(b)
@@ -431,25 +416,36 @@ def _critics(ctx: RunContext, k: int) -> tuple[Path | None, Path | None]:
     return None, None
 
 
-def eta_search(ctx: RunContext, value_dir: Path | None, orm_dir: Path | None,
-               search: SearchConfig | None = None) -> Callable:
-    """A `run(texts, proposer, scorer, on_tree)` for `RunContext.search`: eta-MCTS with the trio of
-    `scorer` (the PRM), the value function and the ORM (loaded once, on first use)."""
-    cfg = ctx.config
-    loaded: dict[str, object] = {}
+@dataclasses.dataclass(frozen=True)
+class EtaSearch:
+    """eta-MCTS as a `treesearch.executor.SearchRunner`: the search stage's tree search, run by the
+    executor in this process or on Ray actors. The critic trio is the worker's scorer (the PRM),
+    the value function and the ORM of these folders, loaded once per engine."""
 
-    def run(texts: Sequence[str], proposer, scorer, on_tree) -> list[SearchResult]:
-        if "trio" not in loaded:
-            value = ctx.load_prm(value_dir) if value_dir is not None else None
-            orm = ctx.load_prm(orm_dir) if orm_dir is not None else None
-            loaded["trio"] = CriticTrio.from_config(scorer, value, orm, cfg.alphallm)
-        tree = EtaMCTS(texts, proposer, loaded["trio"], search or cfg.search, cfg.alphallm)
+    value_dir: str | None
+    orm_dir: str | None
+    alphallm: AlphaLLMConfig
+    device: str | None = None
+    name: str = "eta_mcts"
+
+    def __call__(self, texts: Sequence[str], proposer, scorer, config: SearchConfig, *, on_tree,
+                 cache: dict) -> list[SearchResult]:
+        if "trio" not in cache:
+            value = load_scorer(self.value_dir, device=self.device) if self.value_dir is not None else None
+            orm = load_scorer(self.orm_dir, device=self.device) if self.orm_dir is not None else None
+            cache["trio"] = CriticTrio.from_config(scorer, value, orm, self.alphallm)
+        tree = EtaMCTS(texts, proposer, cache["trio"], config, self.alphallm)
         results = tree.run()
         for b in range(len(texts)):
             on_tree(b, tree.to_json(b))
         return results
 
-    return run
+
+def eta_search(ctx: RunContext, k: int) -> EtaSearch:
+    """The eta-MCTS of iteration k + 1: the critics in effect after iteration k."""
+    value_dir, orm_dir = _critics(ctx, k)
+    return EtaSearch(str(value_dir) if value_dir is not None else None,
+                     str(orm_dir) if orm_dir is not None else None, ctx.config.alphallm, ctx.config.device)
 
 
 def imagine_stage(ctx: RunContext, k: int, policy: Path) -> list[dict]:
@@ -461,7 +457,7 @@ def imagine_stage(ctx: RunContext, k: int, policy: Path) -> list[dict]:
         counters = Counters.zeros(max(1, eta.imagined_problems))
         proposer = ctx.load_policy(policy, cfg.seed * 1000 + k)
         if is_toy(seeds):
-            from mcts.envs.tiny_models import toy_problem_config
+            from mcts.envs.toy_config import toy_problem_config
 
             bounds = dataclasses.replace(toy_problem_config(), min_ops=cfg.min_ops, max_ops=cfg.max_ops)
             imaginer = ToyImaginer(bounds, seed=cfg.seed * 1000 + k)
@@ -511,7 +507,7 @@ def iteration(ctx: RunContext, k: int) -> None:
     problems = [*ctx.train, *(Problem(id=r["id"], problem=r["problem"], answer=None, source="imagined")
                               for r in imagined)]
     ctx.search(k, "search", problems, policy, prm, cfg.search, seed=cfg.seed * 1000 + k,
-               run=eta_search(ctx, value_dir, orm_dir))
+               runner=eta_search(ctx, k - 1))
 
     def harvest(folder: Path) -> dict:
         golds = {**_imagined_golds(ctx, k), **ctx.golds}  # a real answer wins over a pseudo-gold
@@ -541,14 +537,14 @@ def iteration(ctx: RunContext, k: int) -> None:
 
 def search_eval(ctx: RunContext, k: int, problems: Sequence[Problem], policy_dir: Path, prm_dir: Path) -> list[str | None]:
     """Held-out search answers: eta-MCTS with the critic trio of the iteration being evaluated."""
-    value_dir, orm_dir = _critics(ctx, k)
     proposer = ctx.load_policy(policy_dir, ctx.config.seed)
     if hasattr(proposer, "reseed"):
         proposer.reseed(ctx.config.seed)
     answers: list[str | None] = []
-    run = eta_search(ctx, value_dir, orm_dir)
+    run, cache = eta_search(ctx, k), {}
     scorer = ctx.load_prm(prm_dir)
     texts = [p.problem for p in problems]
     for i in range(0, len(texts), ctx.config.batch):
-        answers += [r.answer for r in run(texts[i:i + ctx.config.batch], proposer, scorer, lambda *a: None)]
+        answers += [r.answer for r in run(texts[i:i + ctx.config.batch], proposer, scorer, ctx.config.search,
+                                          on_tree=lambda b, tree: None, cache=cache)]
     return answers

@@ -44,7 +44,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from selftrain.run import RunError, execute, summary_table
+    from selftrain.loops import execute
+    from selftrain.run import RunError, summary_table
 
     args = make_parser().parse_args(argv)
     overrides = {name: getattr(args, name) for name in FLAG_FIELDS}

@@ -24,7 +24,7 @@ import typing
 from pathlib import Path
 from typing import Any, Mapping
 
-from mcts.search import SearchConfig
+from mcts.config import SearchConfig
 from prm.train import TrainConfig
 from selftrain.sft import SFTConfig
 
@@ -172,7 +172,7 @@ class RunConfig:
         "train on the data harvested by every iteration so far (else this iteration's only)"))
     backend: str = dataclasses.field(default="hf", metadata=_help("policy engine: hf or vllm"))
     executor: str = dataclasses.field(default="local", metadata=_help(
-        "where the search stages run: local or ray (mcts.executor)"))
+        "where the search stages run: local or ray (treesearch.executor)"))
     actors: int | None = dataclasses.field(default=None, metadata=_help("Ray actors (None: one per GPU, else 1)"))
     device: str | None = dataclasses.field(default=None, metadata=_help("torch device of the models (None: auto)"))
     threads: int = dataclasses.field(default=1, metadata=_help(

@@ -12,7 +12,7 @@ Inferred targets (ARCHITECTURE.md): a node on a path that ends in a verified-cor
 r_k = 0 and m_k = K - k (K: the length of the shortest correct solution through it); any other node
 of a finished solution gets r_k = 1 (its subtree holds no correct answer) and m_k = the steps left
 to that solution's end. Its label is 1 - r_k; its value V_k = max(V_{k-1} + w_k, 0) with
-w_k = (1 - V_{k-1}) / (m_k + 1) (1 - 2 r_k) (`prm.data.quality_values`).
+w_k = (1 - V_{k-1}) / (m_k + 1) (1 - 2 r_k) (`prm.quality.quality_values`).
 
 Everything here is a pure function of the tree; `write_harvest` stores a harvest as Parquet files
 (`datasets`) with a `manifest.json`, atomically.
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from mcts.grading import is_equivalent
-from prm.data import pair_records, quality_values
+from prm.data import pair_records
+from prm.quality import quality_values
 
 __all__ = ["Harvest", "SFT_FILE", "PRM_FILE", "PAIRS_FILE", "MANIFEST", "balance_by_length", "harvest_tree",
            "harvest_trees", "read_harvest", "unique_solutions", "write_harvest"]

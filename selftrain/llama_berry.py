@@ -38,15 +38,19 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from mcts.core import Forest, backup, expand, select
+from mcts.envs.arith import is_toy
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 from mcts.problems import Problem
-from mcts.search import Candidate, Counters, SearchResult, Trace, aggregate_step_values, sample_traces
+from mcts.answers import aggregate_step_values, Candidate, SearchResult
+from mcts.traces import Counters, sample_traces, Trace
+from mcts.config import SearchConfig
+from prm.pairwise import PPRM
 from selftrain.config import BerryConfig
 from selftrain.run import RunContext
 
@@ -350,30 +354,34 @@ def _pprm(ctx: RunContext, k: int) -> Path:
     return Path(ctx.stage(0, "pprm_base", work)["pprm"])
 
 
-def sr_search(ctx: RunContext, pprm_dir: Path | None) -> Callable:
-    """A `run(texts, proposer, scorer, on_tree)` for `RunContext.search`: SR-MCTS with `scorer`
-    (the PRM) and the PPRM of `pprm_dir` (loaded once, on first use)."""
-    from selftrain.alphallm import is_toy
+@dataclasses.dataclass(frozen=True)
+class SRSearch:
+    """SR-MCTS as a `treesearch.executor.SearchRunner`: the search stage's tree search, run by the
+    executor in this process or on Ray actors, with the worker's scorer (the PRM) and the PPRM of
+    `pprm_dir` (loaded once per engine). Its sampling and depth are the search config's."""
 
-    cfg = ctx.config
-    loaded: dict[str, object] = {}
+    pprm_dir: str | None
+    llama_berry: BerryConfig
+    device: str | None = None
+    name: str = "sr_mcts"
 
-    def run(texts: Sequence[str], proposer, scorer, on_tree) -> list[SearchResult]:
-        if "pprm" not in loaded:
-            from prm.pairwise import PPRM
-
-            loaded["pprm"] = PPRM.from_pretrained(pprm_dir, device=cfg.device) if pprm_dir is not None else None
-        options = {"temperature": cfg.search.temperature, "max_depth": cfg.search.max_depth}
-        refiner = (PRMCritic(proposer, threshold=cfg.llama_berry.critique_threshold, **options) if is_toy(texts)
+    def __call__(self, texts: Sequence[str], proposer, scorer, config: SearchConfig, *, on_tree,
+                 cache: dict) -> list[SearchResult]:
+        if "pprm" not in cache:
+            cache["pprm"] = PPRM.from_pretrained(self.pprm_dir, device=self.device) if self.pprm_dir is not None else None
+        options = {"temperature": config.temperature, "max_depth": config.max_depth}
+        refiner = (PRMCritic(proposer, threshold=self.llama_berry.critique_threshold, **options) if is_toy(texts)
                    else PromptRefiner(proposer, **options))
-        tree = SRMCTS(texts, proposer, scorer, refiner, cfg.llama_berry, pprm=loaded["pprm"],
-                      tree_backend=cfg.search.tree_backend, **options)
+        tree = SRMCTS(texts, proposer, scorer, refiner, self.llama_berry, pprm=cache["pprm"],
+                      tree_backend=config.tree_backend, **options)
         results = tree.run()
         for b in range(len(texts)):
             on_tree(b, tree.to_json(b))
         return results
 
-    return run
+
+def sr_search(ctx: RunContext, pprm_dir: Path | None) -> SRSearch:
+    return SRSearch(str(pprm_dir) if pprm_dir is not None else None, ctx.config.llama_berry, ctx.config.device)
 
 
 def best_solutions(tree: Mapping, gold, n: int) -> list[tuple[str, ...]]:
@@ -397,7 +405,7 @@ def iteration(ctx: RunContext, k: int) -> None:
     cfg = ctx.config
     policy, prm = ctx.models(k - 1)
     pprm = _pprm(ctx, k - 1)
-    ctx.search(k, "search", ctx.train, policy, prm, cfg.search, seed=cfg.seed * 1000 + k, run=sr_search(ctx, pprm))
+    ctx.search(k, "search", ctx.train, policy, prm, cfg.search, seed=cfg.seed * 1000 + k, runner=sr_search(ctx, pprm))
 
     def harvest(folder: Path) -> dict:
         trees = [r["tree"] for r in ctx.search_records(k, "search") if r.get("tree")]
@@ -425,10 +433,11 @@ def search_eval(ctx: RunContext, k: int, problems: Sequence[Problem], policy_dir
     proposer = ctx.load_policy(policy_dir, ctx.config.seed)
     if hasattr(proposer, "reseed"):
         proposer.reseed(ctx.config.seed)
-    run = sr_search(ctx, _pprm(ctx, k))
+    run, cache = sr_search(ctx, _pprm(ctx, k)), {}
     scorer = ctx.load_prm(prm_dir)
     texts = [p.problem for p in problems]
     answers: list[str | None] = []
     for i in range(0, len(texts), ctx.config.batch):
-        answers += [r.answer for r in run(texts[i:i + ctx.config.batch], proposer, scorer, lambda *a: None)]
+        answers += [r.answer for r in run(texts[i:i + ctx.config.batch], proposer, scorer, ctx.config.search,
+                                          on_tree=lambda b, tree: None, cache=cache)]
     return answers

@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Sequence
 
 from mcts.policy.base import Prefix
-from mcts.search import Candidate, Counters, SearchResult, Trace, choose_answer, sample_traces
+from mcts.answers import Candidate, choose_answer, SearchResult
+from mcts.traces import Counters, sample_traces, Trace
+from mcts.config import SearchConfig
 from selftrain.rest_mcts import harvest_stage, train_and_hand_on
 from selftrain.run import RunContext
 
-__all__ = ["chain_tree", "iteration", "sample_solutions"]
+__all__ = ["SampledChains", "chain_tree", "iteration"]
 
 
 def chain_tree(problem: str, traces: Sequence[Trace]) -> dict:
@@ -36,15 +38,22 @@ def chain_tree(problem: str, traces: Sequence[Trace]) -> dict:
     return {"problem": problem, "algorithm": "rest_em", "nodes": nodes}
 
 
-def sample_solutions(samples: int, max_depth: int, temperature: float) -> Callable:
-    """A `run(texts, proposer, scorer, on_tree)` for `RunContext.search`: `samples` solutions per
-    problem, the majority answer as the result."""
+@dataclasses.dataclass(frozen=True)
+class SampledChains:
+    """ReST-EM's sampling as a `treesearch.executor.SearchRunner`: `config.simulations` solutions per
+    problem at the config's temperature and depth, the majority answer as the result, and the
+    samples as a tree of independent chains (`chain_tree`) for the harvest."""
 
-    def run(texts: Sequence[str], proposer, scorer, on_tree) -> list[SearchResult]:
+    name: str = "rest_em"
+
+    def __call__(self, texts: Sequence[str], proposer, scorer, config: SearchConfig, *, on_tree,
+                 cache: dict) -> list[SearchResult]:
         started = time.perf_counter()
+        samples = config.simulations
         counters = Counters.zeros(len(texts))
         traces = [Trace(b, Prefix(text, ())) for b, text in enumerate(texts) for _ in range(samples)]
-        sample_traces(traces, proposer, None, max_depth=max_depth, temperature=temperature, counters=counters)
+        sample_traces(traces, proposer, None, max_depth=config.max_depth, temperature=config.temperature,
+                      counters=counters)
         results = []
         for b, text in enumerate(texts):
             mine = [t for t in traces if t.owner == b]
@@ -58,8 +67,6 @@ def sample_solutions(samples: int, max_depth: int, temperature: float) -> Callab
                 seconds=time.perf_counter() - started, num_candidates=len(mine)))
         return results
 
-    return run
-
 
 def samples_for(ctx: RunContext, k: int) -> int:
     """config.rest_em_samples, else the samples that spend the tree search's tokens per problem: a
@@ -69,13 +76,14 @@ def samples_for(ctx: RunContext, k: int) -> int:
         return cfg.rest_em_samples
 
     def work(folder) -> dict:
-        from mcts.search import run_algorithm
+        from mcts.algorithms import run_algorithm
 
         policy, prm = ctx.models(k - 1)
         shard = [p.problem for p in ctx.train[:cfg.batch]]
         proposer = ctx.load_policy(policy, cfg.seed)
         tree_tokens = sum(r.tokens for r in run_algorithm(shard, proposer, ctx.load_prm(prm), cfg.search)) / len(shard)
-        one = sample_solutions(1, cfg.search.max_depth, cfg.search.temperature)(shard, proposer, None, lambda *a: None)
+        one = SampledChains()(shard, proposer, None, dataclasses.replace(cfg.search, simulations=1),
+                              on_tree=lambda b, tree: None, cache={})
         sample_tokens = max(1.0, sum(r.tokens for r in one) / len(shard))
         return {"samples": max(1, round(tree_tokens / sample_tokens)), "tree_tokens_per_problem": tree_tokens,
                 "sample_tokens": sample_tokens}
@@ -88,7 +96,6 @@ def iteration(ctx: RunContext, k: int) -> None:
     cfg = ctx.config
     n = samples_for(ctx, k)
     search = dataclasses.replace(cfg.search, algorithm="self_consistency", simulations=n)
-    ctx.search(k, "search", ctx.train, policy, None, search, seed=cfg.seed * 1000 + k,
-               run=sample_solutions(n, cfg.search.max_depth, cfg.search.temperature))
+    ctx.search(k, "search", ctx.train, policy, None, search, seed=cfg.seed * 1000 + k, runner=SampledChains())
     harvest_stage(ctx, k)
     train_and_hand_on(ctx, k)

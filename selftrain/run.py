@@ -31,9 +31,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mcts.envs.arith import is_toy
 from mcts.grading import is_equivalent
 from mcts.problems import Problem
-from mcts.search import write_jsonl_atomic
+from treesearch.results import write_jsonl_atomic
 from selftrain.config import RunConfig, config_fingerprint, to_dict
 
 __all__ = ["RunContext", "RunError", "crash_point", "summary_table", "write_json_atomic"]
@@ -160,7 +161,7 @@ class RunContext:
 
         def generated(n: int, seed: int) -> list[Problem]:
             from mcts.envs.arith import generate_problems
-            from mcts.envs.tiny_models import toy_problem_config
+            from mcts.envs.toy_config import toy_problem_config
 
             arith = dataclasses.replace(toy_problem_config(), min_ops=cfg.min_ops, max_ops=cfg.max_ops)
             return [Problem(id=r["id"], problem=r["problem"], answer=str(r["answer"]), source="jsonl")
@@ -185,14 +186,8 @@ class RunContext:
 
     @property
     def toy(self) -> bool:
-        from mcts.envs.arith import parse_expression
-
-        try:
-            for p in self.eval[:20]:
-                parse_expression(p.problem)
-        except ValueError:
-            return False
-        return True
+        """Whether the run's problems are the toy world's (the oracle's step labels exist)."""
+        return is_toy([p.problem for p in [*self.train, *self.eval]])
 
     # -- models
 
@@ -208,31 +203,31 @@ class RunContext:
         return Path(info["policy"]), Path(info["prm"])
 
     def load_policy(self, folder: Path, seed: int):
-        from mcts.search import load_proposer
+        from treesearch.loaders import load_proposer
 
         return load_proposer(str(folder), backend=self.config.backend, seed=seed, device=self.config.device)
 
     def load_prm(self, folder: Path):
-        from mcts.search import load_scorer
+        from treesearch.loaders import load_scorer
 
         return load_scorer(str(folder), device=self.config.device)
 
     # -- shared stages
 
     def search(self, k: int, name: str, problems: Sequence[Problem], policy: Path, prm: Path | None,
-               search, *, seed: int, run: Callable | None = None) -> dict:
+               search, *, seed: int, runner=None) -> dict:
         """Searches `problems` in shards of `config.batch` (stage iter_k/<name>): results.jsonl holds
         one record per problem, with its tree, in problem order; finished shards survive a crash.
 
-        A plain search (`mcts.search.run_algorithm` with `search`) goes through `mcts.executor`
-        (local, or Ray actors with --executor ray); shard k is seeded by (seed, k) either way, so
-        the records do not depend on where or in which order the shards ran. A loop with its own
-        search passes `run(texts, proposer, scorer, on_tree) -> [SearchResult]`, run here."""
+        Every search goes through `treesearch.executor` (local, or Ray actors with --executor ray):
+        `search.algorithm`'s, or a loop's own `runner` (a picklable `treesearch.executor.SearchRunner`:
+        eta-MCTS, SR-MCTS, ReST-EM's chains). Shard k is seeded by (seed, k) either way, so the
+        records do not depend on where or in which order the shards ran."""
 
         def work(folder: Path) -> dict:
             from tqdm.auto import tqdm
 
-            from mcts.executor import EngineSpec, ShardResult, make_shards, shard_seed
+            from treesearch.engine import EngineSpec, ShardResult, make_shards
 
             out = folder / "results.jsonl"
             order = {p.id: i for i, p in enumerate(problems)}
@@ -241,7 +236,8 @@ class RunContext:
             seconds = [float(self._partial_seconds(k, name))]
             shards = make_shards(problems, self.config.batch, by_id, trees=True)
             spec = EngineSpec(model=str(policy), prm=str(prm) if prm is not None else "oracle",
-                              backend=self.config.backend, device=self.config.device, seed=seed, config=search)
+                              backend=self.config.backend, device=self.config.device, seed=seed, config=search,
+                              runner=runner)
             bar = tqdm(total=len(problems), initial=len(by_id), desc=f"iter {k} {name}", unit="problem",
                        disable=not self.progress)
             started = [time.perf_counter()]
@@ -259,19 +255,7 @@ class RunContext:
                 crash_point(f"iter_{k}/{name}/shard_{result.index}")
 
             try:
-                if run is None:
-                    self.executor.run(spec, shards, done)
-                elif shards:
-                    proposer = self.load_policy(policy, seed)
-                    scorer = self.load_prm(prm) if prm is not None else None
-                    for shard in shards:
-                        proposer.reseed(shard_seed(seed, shard.index))
-                        trees: list = [None] * len(shard.problems)
-                        results = run([p.problem for p in shard.problems], proposer, scorer, trees.__setitem__)
-                        records = [{"id": p.id, "answer": r.answer, "gold": p.answer,
-                                    "correct": None if p.answer is None else is_equivalent(r.answer, p.answer),
-                                    **r.record()} for p, r in zip(shard.problems, results)]
-                        done(ShardResult(shard.index, records, trees, 0.0, "local"))
+                self.executor.run(spec, shards, done)
             finally:
                 bar.close()
             records = list(by_id.values())
@@ -285,7 +269,7 @@ class RunContext:
     def executor(self):
         """The executor of the search stages (config.executor), started on first use."""
         if getattr(self, "_executor", None) is None:
-            from mcts.executor import make_executor
+            from treesearch.executor import make_executor
 
             self._executor = make_executor(self.config.executor, actors=self.config.actors)
         return self._executor
@@ -361,7 +345,7 @@ class RunContext:
         path = self.folder / "prm_eval_traces.jsonl"
         if path.exists():
             return read_jsonl(path)
-        from prm.data import ToyDataConfig, toy_step_records
+        from prm.toy_traces import ToyDataConfig, toy_step_records
 
         cfg = self.config
         data = ToyDataConfig(problems=max(1, cfg.prm_eval_traces // 4), samples=4, min_ops=cfg.min_ops,
@@ -376,7 +360,8 @@ class RunContext:
         iteration's harvest, tokens and seconds, into iter_k/metrics.json."""
 
         def work(folder: Path) -> dict:
-            from mcts.search import SearchConfig, run_algorithm
+            from mcts.algorithms import run_algorithm
+            from mcts.config import SearchConfig
 
             policy_dir, prm_dir = self.models(k)
             texts = [p.problem for p in self.eval]
@@ -396,7 +381,7 @@ class RunContext:
                 search_acc = sum(is_equivalent(a, p.answer) for a, p in zip(answers, subset)) / len(subset)
             prm_auc = None
             if self.toy:
-                from prm.eval import step_metrics
+                from prm.metrics import step_metrics
 
                 prm_auc = step_metrics(self.load_prm(prm_dir), self.prm_eval_records())["step_auc"]
             return {"greedy_acc": greedy_acc, "search_acc": search_acc, "prm_auc": prm_auc}
@@ -432,7 +417,8 @@ def build_weak_policy(steps: int, traces: int | None, seed: int, *, threads: int
     3000), on `traces` distinct solutions or (None) a fresh one every time: deliberately weak (it
     writes the format but has learnt few arithmetic facts), cached beside the full toy policy
     (training is deterministic under its seed and threads)."""
-    from mcts.envs.tiny_models import FULL_CONFIG, build_toy_policy
+    from mcts.envs.tiny_models import build_toy_policy
+    from mcts.envs.toy_config import FULL_CONFIG
 
     out = weak_policy_dir(steps, traces, seed)
     if not out.exists():
@@ -474,35 +460,3 @@ def build_base(ctx: RunContext) -> dict:
         return {"policy": str(Path(policy).resolve()), "prm": str(Path(prm).resolve())}
 
     return ctx.stage(0, "base", work)
-
-
-def loop_module(algorithm: str):
-    import importlib
-
-    return importlib.import_module(f"selftrain.{algorithm}")
-
-
-def execute(config: RunConfig, *, force: bool = False, progress: bool = True,
-            on_iteration: Callable[[dict], None] | None = None) -> list[dict]:
-    """Runs (or resumes) a whole run; returns the metrics of iterations 0..K."""
-    ctx = RunContext(config, force=force, progress=progress)
-    loop = loop_module(config.algorithm)
-    import torch
-
-    torch.set_num_threads(config.threads)
-    search_eval = getattr(loop, "search_eval", None)
-    evaluate = lambda k: ctx.evaluate(k, search_eval and (lambda *a, k=k: search_eval(ctx, k, *a)))  # noqa: E731
-    try:
-        build_base(ctx)
-        rows = [evaluate(0)]
-        if on_iteration:
-            on_iteration(rows[-1])
-        for k in range(1, config.iterations + 1):
-            loop.iteration(ctx, k)
-            rows.append(evaluate(k))
-            if on_iteration:
-                on_iteration(rows[-1])
-    finally:
-        ctx.close()
-    write_json_atomic(ctx.folder / "summary.json", rows)
-    return rows

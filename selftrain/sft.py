@@ -119,7 +119,7 @@ def sft_policy(base: str | Path, traces: Sequence[Mapping], out: str | Path, con
     """
     import torch
 
-    from mcts.policy.hf_policy import POLICY_FILE, HFPolicy, HFPolicyConfig
+    from mcts.policy.hf_policy import HFPolicy, HFPolicyConfig, POLICY_FILE
 
     base, out = Path(base), Path(out)
     if not traces:

@@ -32,7 +32,8 @@ def train_scorer_model(kind: str, start: str | Path, records: Sequence[Mapping],
     `<out>.checkpoints` (resumed when present, removed at the end)."""
     from accelerate import PartialState
 
-    from prm.train import TrainConfig, encode_pair_rows, encode_step_rows, load_model_for, save_atomic, train_rows
+    from prm.rows import encode_pair_rows, encode_step_rows
+    from prm.train import TrainConfig, load_model_for, save_atomic, train_rows
 
     out = Path(out)
     config = TrainConfig(**train)

@@ -13,7 +13,7 @@ def random_llama():
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mcts.envs.tiny_models import build_char_tokenizer
+    from mcts.envs.toy_tokenizer import build_char_tokenizer
 
     def make(max_positions: int, num_layers: int, folder=None):
         tok = build_char_tokenizer(max_positions)

@@ -132,7 +132,7 @@ class FakePPRM:
 
 
 def test_ebc_select_picks_among_search_candidates():
-    from mcts.search import Candidate
+    from mcts.answers import Candidate
 
     cands = [Candidate("1", 0.9, ("a",)), Candidate("2", 0.2, ("a", "b", "c")), Candidate("3", 0.5, ("a", "b")),
              Candidate(None, 1.0, ("x", "y", "z", "w"))]
@@ -153,7 +153,8 @@ def test_ebc_select_picks_among_search_candidates():
 
 
 def test_choose_answer_ebc_asks_the_judge_and_needs_one():
-    from mcts.search import ANSWER_SELECTIONS, Candidate, SearchConfig, choose_answer
+    from mcts.answers import ANSWER_SELECTIONS, Candidate, choose_answer
+    from mcts.config import SearchConfig
     from prm.ebc import EBCScorer
 
     class StepValues:
@@ -191,7 +192,8 @@ def quick_models(tmp_path_factory):
 def test_load_scorer_with_a_pprm_ranks_real_candidates(quick_models, monkeypatch):
     from mcts.envs.arith import OraclePRM, solution_steps
     from mcts.policy.base import Prefix, Step
-    from mcts.search import Candidate, choose_answer, load_scorer
+    from mcts.answers import Candidate, choose_answer
+    from treesearch.loaders import load_scorer
     from prm import toy
     from prm.ebc import EBCScorer
     from prm.model import PRM
@@ -216,7 +218,7 @@ def test_load_scorer_with_a_pprm_ranks_real_candidates(quick_models, monkeypatch
 
 
 def test_search_cli_checks_ebc_flags(tmp_path, capsys):
-    from mcts.search import main
+    from treesearch.cli import main
 
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"problem": "1 + 2", "answer": 3}\n', encoding="utf-8")
@@ -239,7 +241,7 @@ def test_search_cli_answers_with_ebc(quick_models, tmp_path, algorithm):
     finished candidates and the problem to the PPRM judge."""
     import json
 
-    from mcts.search import main
+    from treesearch.cli import main
 
     prm_dir, pprm_dir = quick_models
     problems = tmp_path / "p.jsonl"

@@ -1,4 +1,4 @@
-"""mcts.executor: shards searched locally or on Ray give the same records; dead actors lose nothing.
+"""treesearch.executor: shards searched locally or on Ray give the same records; dead actors lose nothing.
 
 The Ray tests share one local cluster (`ray.init(num_cpus=2)`) and run the scripted policy with the
 oracle PRM, so a shard takes milliseconds and the time goes to starting actors.
@@ -15,19 +15,12 @@ import time
 import pytest
 
 from mcts.envs.arith import ArithConfig, generate_problems, write_problems
-from mcts.executor import (
-    EngineLoadError,
-    EngineSpec,
-    ExecutorError,
-    LocalExecutor,
-    RayExecutor,
-    SearchWorker,
-    make_shards,
-    search_problems,
-    shard_seed,
-)
+from treesearch.engine import EngineLoadError, EngineSpec, make_shards, shard_seed
+from treesearch.executor import ExecutorError, LocalExecutor, RayExecutor, SearchWorker
+from treesearch.results import search_problems
 from mcts.problems import load_problems
-from mcts.search import SearchConfig, main
+from mcts.config import SearchConfig
+from treesearch.cli import main
 
 SPEC = EngineSpec(model="scripted", prm="oracle", seed=3, oracle_noise=0.1,
                   config=SearchConfig(simulations=8, width=2))
@@ -99,7 +92,7 @@ def test_reseed_of_the_transformers_policy():
     torch = pytest.importorskip("torch")
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mcts.envs.tiny_models import build_char_tokenizer
+    from mcts.envs.toy_tokenizer import build_char_tokenizer
     from mcts.policy.base import Prefix
     from mcts.policy.hf_policy import HFPolicy, HFPolicyConfig
 
@@ -267,3 +260,51 @@ def test_models_load_before_the_search_is_timed(problems, monkeypatch):
     run = search_problems(problems[:4], SPEC, executor, batch=BATCH)
     assert run.searched == 4 and run.seconds < 0.5  # the scripted search itself takes milliseconds
     assert executor._engine is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Self-training's searches: every loop's search runs through the executor, on Ray as locally
+
+
+def _loop_specs():
+    """The search stage of each self-training loop, as the loop builds it (scripted policy, oracle)."""
+    import dataclasses
+
+    from selftrain.alphallm import EtaSearch
+    from selftrain.config import AlphaLLMConfig, BerryConfig
+    from selftrain.llama_berry import SRSearch
+    from selftrain.rest_em import SampledChains
+
+    tree = SearchConfig(algorithm="mcts_star", simulations=6, width=2, max_depth=10)
+    return {
+        "rest_mcts": SPEC,
+        "alphallm": dataclasses.replace(SPEC, config=tree, runner=EtaSearch(None, None, AlphaLLMConfig(max_width=3))),
+        "llama_berry": dataclasses.replace(SPEC, config=tree, runner=SRSearch(
+            None, BerryConfig(rollouts=3, initial_solutions=2, rewrites=2))),
+        "rest_em": dataclasses.replace(SPEC, config=dataclasses.replace(tree, algorithm="self_consistency",
+                                                                        simulations=3),
+                                       runner=SampledChains()),
+    }
+
+
+def _records_and_trees(problems, spec, executor):
+    results = []
+    executor.run(spec, make_shards(problems[:8], BATCH, trees=True), results.append)
+    results.sort(key=lambda result: result.index)
+    return ([r for result in results for r in timeless(result.records)],
+            [tree for result in results for tree in result.trees])
+
+
+@pytest.mark.parametrize("loop", ["rest_mcts", "alphallm", "llama_berry", "rest_em"])
+def test_each_loops_search_gives_on_ray_the_records_and_trees_of_the_local_executor(ray_cluster, problems, loop):
+    spec = _loop_specs()[loop]
+    local_records, local_trees = _records_and_trees(problems, spec, LocalExecutor())
+    executor = RayExecutor(actors=2, keep_actors=True)
+    try:
+        ray_records, ray_trees = _records_and_trees(problems, spec, executor)
+    finally:
+        executor.close()
+    assert ray_records == local_records and ray_trees == local_trees
+    assert {r["algorithm"] for r in local_records} == {
+        {"rest_mcts": "mcts_star", "alphallm": "eta_mcts", "llama_berry": "sr_mcts", "rest_em": "rest_em"}[loop]}
+    assert all(tree is not None for tree in local_trees)

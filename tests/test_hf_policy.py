@@ -21,7 +21,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from mcts.envs.tiny_models import build_char_tokenizer  # noqa: E402
+from mcts.envs.toy_tokenizer import build_char_tokenizer  # noqa: E402
 from mcts.policy.base import Prefix, Step, StepProposer  # noqa: E402
 from mcts.policy.hf_policy import ChatPrompt, HFPolicy, HFPolicyConfig, plain_prompt  # noqa: E402
 

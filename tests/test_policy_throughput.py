@@ -31,7 +31,8 @@ def model_dir(tmp_path_factory) -> Path:
     """An untrained model with the toy policy's tokenizer and declared settings (delimiter '\\n')."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from mcts.envs.tiny_models import TOY_POLICY_DEFAULTS, build_char_tokenizer
+    from mcts.envs.tiny_models import TOY_POLICY_DEFAULTS
+    from mcts.envs.toy_tokenizer import build_char_tokenizer
     from mcts.policy.hf_policy import write_policy_defaults
 
     folder = tmp_path_factory.mktemp("untrained-toy")

@@ -12,20 +12,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from prm.data import (  # noqa: E402
     StepDataError,
-    ToyDataConfig,
-    copy_slip,
     load_pair_dataset,
     load_step_dataset,
     math_shepherd_record,
     pair_records,
     prm800k_record,
-    quality_values,
     read_step_records,
+)
+from prm.quality import quality_values, trace_quality_values  # noqa: E402
+from prm.toy_traces import (  # noqa: E402
+    ToyDataConfig,
+    copy_slip,
     rollout,
     single_step_traces,
+    toy_problems,
     toy_records,
     toy_step_records,
-    trace_quality_values,
 )
 
 
@@ -246,8 +248,7 @@ def test_pair_records_pair_correct_with_wrong_traces(tmp_path):
 
 def test_toy_data_defaults_to_the_toy_worlds_default_problems():
     from mcts.envs.arith import parse_expression
-    from mcts.envs.tiny_models import toy_problem_config
-    from prm.data import toy_problems
+    from mcts.envs.toy_config import toy_problem_config
 
     config, default = ToyDataConfig(), toy_problem_config()
     assert (config.min_ops, config.max_ops, config.max_operand, config.max_value) == (
@@ -273,7 +274,6 @@ def test_copy_slip_changes_the_copied_expression_only():
 
 def test_isolated_facts_with_negated_operands():
     from mcts.envs.arith import BinOp, apply_op, parse_expression
-    from prm.data import toy_problems
 
     problems = [p["problem"] for p in toy_problems(600, 11)]
     plain = single_step_traces(problems, seed=3, isolate=True)
@@ -297,7 +297,6 @@ def test_isolated_facts_with_negated_operands():
 @pytest.mark.parametrize("isolate", [False, True])
 def test_single_step_traces_balance_right_and_wrong_steps(isolate):
     from mcts.envs.arith import evaluate, parse_expression
-    from prm.data import toy_problems
 
     problems = [p["problem"] for p in toy_problems(400, 11)]
     traces = single_step_traces(problems, seed=3, isolate=isolate)

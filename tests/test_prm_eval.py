@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from prm.eval import first_error_accuracy, pairwise_accuracy, predicted_first_error, step_auc
+from prm.eval import choose_among
+from prm.metrics import first_error_accuracy, pairwise_accuracy, predicted_first_error, step_auc
 
 
 def auc_by_pairs(scores, labels):
@@ -81,8 +82,6 @@ class _OraclePRM:
 
 
 def test_choose_among_hand_made_samples():
-    from prm.eval import choose_among
-
     right = ["3 * 4 = 12, so 2 + 12\n", "2 + 12 = 14, so 14\n", "The answer is \\boxed{14}.\n"]
     wrong = ["3 * 4 = 13, so 2 + 13\n", "2 + 13 = 15, so 15\n", "The answer is \\boxed{15}.\n"]
     problems = [{"problem": "2 + 3 * 4", "answer": 14}, {"problem": "1 + 1", "answer": 2}]

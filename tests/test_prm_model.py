@@ -198,7 +198,7 @@ def test_load_errors_name_the_folder(prm, tmp_path, backbone_dir):
 
 
 def test_search_load_scorer_reads_a_prm_folder(prm, tmp_path):
-    from mcts.search import load_scorer
+    from treesearch.loaders import load_scorer
 
     prm.save_pretrained(tmp_path / "p")
     scorer = load_scorer(str(tmp_path / "p"), device="cpu")

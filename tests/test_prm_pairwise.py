@@ -16,6 +16,8 @@ pytest.importorskip("transformers")
 from mcts.policy.base import Prefix  # noqa: E402
 from prm.model import IGNORE_INDEX, PRM, PRMConfig, PRMLoadError  # noqa: E402
 from prm.pairwise import PPRM, pair_pieces, symmetric_matrix, symmetrize  # noqa: E402
+from prm.rows import encode_pair_rows  # noqa: E402
+from prm.train import TrainConfig, load_model_for, train_rows  # noqa: E402
 
 PROBLEM = "2 + 3 * 4"
 GOOD = ["3 * 4 = 12, so 2 + 12\n", "2 + 12 = 14, so 14\n", "The answer is \\boxed{14}.\n"]
@@ -41,7 +43,7 @@ def test_pair_pieces_layout():
 def pprm(tmp_path_factory):
     from transformers import LlamaConfig, LlamaModel
 
-    from mcts.envs.tiny_models import build_char_tokenizer
+    from mcts.envs.toy_tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer(512)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -97,8 +99,6 @@ def test_pprm_save_load_and_mode_checks(pprm, tmp_path):
 
 
 def test_pair_training_rows_hold_both_orders(pprm):
-    from prm.train import encode_pair_rows
-
     rows = encode_pair_rows(pprm, [{"problem": PROBLEM, "chosen": GOOD, "rejected": BAD}])
     assert len(rows) == 2
     for row, y in zip(rows, (1.0, 0.0)):
@@ -134,10 +134,6 @@ def test_separate_reading_is_bradley_terry_without_position_bias(bt):
 
 
 def test_separate_reading_rows_train_the_score_difference(bt, pprm, tmp_path):
-    import dataclasses
-
-    from prm.train import TrainConfig, encode_pair_rows, load_model_for, train_rows
-
     rows = encode_pair_rows(bt, [{"problem": PROBLEM, "chosen": GOOD, "rejected": BAD}])
     assert len(rows) == 1 and rows[0]["input_ids"] == bt.encode_solution(PROBLEM, GOOD)
     assert rows[0]["input_ids_b"] == bt.encode_solution(PROBLEM, BAD)

@@ -16,17 +16,14 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
 from mcts.policy.base import Prefix  # noqa: E402
-from prm.data import ToyDataConfig, toy_step_records  # noqa: E402
+from prm import toy  # noqa: E402
+from prm.eval import main as eval_main  # noqa: E402
 from prm.model import IGNORE_INDEX, PRM  # noqa: E402
-from prm.train import (  # noqa: E402
-    TrainConfig,
-    batch_order,
-    collate,
-    encode_step_rows,
-    main,
-    masked_loss,
-    train_rows,
-)
+from prm.rows import batch_order, collate, encode_step_rows, masked_loss  # noqa: E402
+from prm.toy import FULL_BUILD, _rows, ensure_toy_pprm, ensure_toy_prm, toy_cache_dir  # noqa: E402
+from prm.toy_training import AuxLMLoss, dense_labels, grow_backbone, lm_labels  # noqa: E402
+from prm.toy_traces import ToyDataConfig, toy_step_records  # noqa: E402
+from prm.train import TrainConfig, TrainError, main, train_rows  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,8 +144,6 @@ def test_resume_from_a_checkpoint_reproduces_the_uninterrupted_run(backbone_dir,
     for (n, a), (_, b) in zip(whole.named_parameters(), resumed.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
     other = dataclasses.replace(config, batch_size=8)
-    from prm.train import TrainError
-
     with pytest.raises(TrainError, match="other data or settings"):
         train_rows(fresh()[0], rows, other, loss="mse", pad_id=0, checkpoint_dir=tmp_path / "ck", resume=True,
                    progress=False)
@@ -182,8 +177,6 @@ def test_train_and_eval_cli(backbone_dir, records, tmp_path, capsys):
     assert main(args) == 2  # --out exists
     assert "--overwrite" in capsys.readouterr().err
 
-    from prm.eval import main as eval_main
-
     assert eval_main(["--data", str(held), "--prm", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["traces"] == 20 and 0 <= result["step_auc"] <= 1 and 0 <= result["first_error_acc"] <= 1
@@ -212,10 +205,20 @@ def test_bad_data_exits_2_and_writes_nothing(backbone_dir, tmp_path, capsys):
     assert "nobackbone" in capsys.readouterr().err and not out.exists()
 
 
-def test_quick_toy_build_is_cached_and_evaluates(tmp_path, capsys):
-    from prm.eval import main as eval_main
-    from prm.toy import ensure_toy_pprm, ensure_toy_prm, toy_cache_dir
+def test_the_toy_models_are_built_by_prm_toy_only(tmp_path, capsys):
+    out = tmp_path / "toy-prm"
+    assert main(["--toy", "--quick", "--out", str(out)]) == 2  # prm.train trains on data files only
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "python -m prm.toy build" in err and not out.exists()
+    assert toy.main(["build", "--quick", "--out", str(out), "--no-progress", "--max-steps", "2",
+                     "--num-threads", "1"]) == 0
+    assert "final loss" in capsys.readouterr().out
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["format_version"] == toy.FORMAT_VERSION and info["training"]["steps"] == 2
+    assert info["build"]["train"] == {**dataclasses.asdict(toy.QUICK_BUILD.train), "max_steps": 2, "num_threads": 1}
 
+
+def test_quick_toy_build_is_cached_and_evaluates(tmp_path, capsys):
     folder = ensure_toy_prm(tmp_path, quick=True, progress=False)
     assert folder == toy_cache_dir("prm", True, tmp_path)
     stamp = (folder / "train_info.json").stat().st_mtime_ns
@@ -233,12 +236,10 @@ def test_quick_toy_build_is_cached_and_evaluates(tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------
-# The toy build's training aids (prm.toy): dense labels, next-token targets, a grown backbone
+# The toy build's training aids (prm.toy_training): dense labels, next-token targets, a grown backbone
 
 
 def test_dense_labels_flip_at_the_first_character_that_leaves_the_canonical_step():
-    from prm.toy import dense_labels, lm_labels
-
     problem = "3 + 4 * 2"
     wrong = ["4 * 2 = 9, so 3 + 9\n", "3 + 9 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
     head = len(problem) + 2  # <bos>, the problem, its newline: one token per character
@@ -262,8 +263,6 @@ def test_dense_labels_flip_at_the_first_character_that_leaves_the_canonical_step
 
 
 def test_grown_backbone_starts_as_the_original_and_trains_with_the_next_token_loss(backbone_dir, records):
-    from prm.toy import AuxLMLoss, FULL_BUILD, _rows, grow_backbone
-
     model = PRM.from_backbone(backbone_dir, device="cpu")
     prefixes = [Prefix(r["problem"], tuple(r["steps"])) for r in records[:4]]
     before = model.score_traces(prefixes)

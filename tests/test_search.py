@@ -13,15 +13,10 @@ from mcts.envs.arith import ArithConfig, OraclePRM, generate_problems
 from mcts.grading import is_equivalent
 from mcts.policy.base import Prefix, Step
 from mcts.policy.toy import ScriptedPolicy
-from mcts.search import (
-    ALGORITHMS,
-    TREE_RULES,
-    Candidate,
-    SearchConfig,
-    TreeSearch,
-    choose_answer,
-    run_algorithm,
-)
+from mcts.algorithms import run_algorithm
+from mcts.answers import Candidate, choose_answer
+from mcts.config import ALGORITHMS, SearchConfig, TREE_RULES
+from mcts.search import TreeSearch
 
 PROBLEMS = generate_problems(12, seed=3, config=ArithConfig(min_ops=3, max_ops=5, max_operand=25))
 TEXTS = [p["problem"] for p in PROBLEMS]
@@ -340,3 +335,11 @@ def test_sampling_truncation_reaches_the_policy():
 
     with pytest.raises(ValueError, match="takes no sampling truncation"):
         run_algorithm(TEXTS[:1], NoTruncation(), OraclePRM(), SearchConfig("best_of_n", simulations=2, min_p=0.1))
+
+
+def test_every_algorithm_name_has_a_runner():
+    from mcts.algorithms import ALGORITHMS
+    from mcts.baselines import BASELINES
+
+    # SearchConfig validates names against mcts.search.ALGORITHMS; it cannot import the baselines.
+    assert set(ALGORITHMS) == {*TREE_RULES, *BASELINES}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from mcts.envs.arith import ArithConfig, generate_problems, write_problems
-from mcts.search import main
+from treesearch.cli import main
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 FAST = ["--model", "scripted", "--prm", "oracle", "--simulations", "8", "--width", "2"]
 
 
@@ -118,10 +118,9 @@ def test_resume_from_a_corrupt_results_file_fails_cleanly(toy_file, tmp_path, ca
     assert out.read_text() == '{"id": "arith-11-0"}\nnot json\n'  # untouched
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "math500.jsonl").exists(), reason="../shared/data not present")
 def test_the_oracle_refuses_real_maths(tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    code = main(["--problem-file", str(SHARED_DATA / "math500.jsonl"), "--limit", "2", "--out", str(out), *FAST])
+    code = main(["--problem-file", str(DATA / "math500.jsonl"), "--limit", "2", "--out", str(out), *FAST])
     assert code == 2 and "toy arithmetic world" in capsys.readouterr().err and not out.exists()
 
 
@@ -134,7 +133,8 @@ def test_module_entry_point_runs(toy_file, tmp_path):
 
 
 def test_vllm_engine_flags_need_the_vllm_backend(tmp_path, capsys):
-    from mcts.search import load_proposer, main
+    from treesearch.cli import main
+    from treesearch.loaders import load_proposer
 
     problems = tmp_path / "p.jsonl"
     problems.write_text('{"problem": "1 + 2", "answer": "3"}\n')

@@ -141,7 +141,7 @@ def test_harvest_without_gold_or_correct_answer():
 
 def test_chain_tree_harvest_labels_whole_samples():
     from mcts.policy.base import Prefix
-    from mcts.search import Trace
+    from mcts.traces import Trace
 
     good = Trace(0, Prefix("1 + 1", ("1 + 1 = 2, so 2\n", "The answer is \\boxed{2}.\n")), finished=True)
     bad = Trace(0, Prefix("1 + 1", ("1 + 1 = 3, so 3\n", "The answer is \\boxed{3}.\n")), finished=True)
@@ -304,3 +304,11 @@ def test_sft_filter_steps_needs_a_checker():
 
     with pytest.raises(ValueError, match="only the toy world has one"):
         step_checker(SimpleNamespace(config=SimpleNamespace(sft_filter="steps"), toy=False))
+
+
+def test_every_loop_name_has_a_loop():
+    from selftrain.config import ALGORITHMS
+    from selftrain.loops import LOOPS
+
+    # RunConfig validates names against ALGORITHMS; the loops import the config, not the other way.
+    assert set(LOOPS) == set(ALGORITHMS)

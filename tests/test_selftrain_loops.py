@@ -16,7 +16,8 @@ from mcts.envs.arith import ArithConfig, OraclePRM, generate_problems, solution_
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step
 from mcts.policy.toy import ScriptedPolicy
-from mcts.search import Counters, SearchConfig
+from mcts.config import SearchConfig
+from mcts.traces import Counters
 from selftrain.alphallm import (
     CriticTrio, EtaMCTS, ToyImaginer, consistent_problems, edit_distance, importance, is_toy, majority_answer,
     merge_near_duplicates, node_width, normalized_edit_distance, perturb_expression,
@@ -312,7 +313,8 @@ def _tiny_config(tmp_path, algorithm, policy):
 @pytest.mark.parametrize("algorithm", ["alphallm", "llama_berry"])
 def test_loop_runs_end_to_end_and_resumes_without_redoing_work(tmp_path, algorithm):
     from mcts.envs.tiny_models import ensure_toy_policy
-    from selftrain.run import METRIC_KEYS, execute
+    from selftrain.loops import execute
+    from selftrain.run import METRIC_KEYS
 
     config = _tiny_config(tmp_path, algorithm, ensure_toy_policy(quick=True, progress=False))
     rows = execute(config, progress=False)

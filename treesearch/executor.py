@@ -6,28 +6,19 @@ randomness depends only on (seed, k): the engine reseeds its proposer with `shar
 the start of every shard, so a shard's records are the same whichever worker searches it, in
 whatever order, and the local and Ray executors write identical results for the same seed.
 
-    from mcts.executor import EngineSpec, LocalExecutor, RayExecutor, search_problems
+    from mcts.config import SearchConfig
     from mcts.problems import load_problems
+    from treesearch.engine import EngineSpec
+    from treesearch.executor import RayExecutor
+    from treesearch.results import search_problems
 
     spec = EngineSpec(model="tiny", prm="oracle", seed=0, config=SearchConfig(simulations=32))
     run = search_problems(load_problems("toy.jsonl"), spec, RayExecutor(actors=4),
                           batch=16, out_path="results.jsonl", resume=True, progress=True)
     run.records        # every record of the results file, file order (finished ones first on resume)
 
-API:
+API (the engine, specs and shards: `treesearch.engine`):
 
-    EngineSpec          what every worker builds once: the policy (`model`, `backend`, `device`,
-                        `max_new_tokens`, `delimiter`), the scorer (`prm`, `oracle_noise`,
-                        `golds`, `scorer_options`), `seed` and the `SearchConfig`. A frozen,
-                        picklable dataclass; `spec.check(texts)` validates problems up front,
-                        `spec.build()` returns an `Engine`.
-    Engine              one proposer and one scorer (`load_proposer` / `load_scorer` of
-                        `mcts.search`); `engine.search(shard)` -> `ShardResult`.
-    Shard               index, problems (tuple of `mcts.problems.Problem`), trees (also return
-                        each tree's JSON). `make_shards(problems, batch, done_ids)`.
-    ShardResult         index, records (one dict per problem, as `python -m mcts.search` writes
-                        them), trees (or None), seconds (search time in the worker), worker,
-                        cpu_seconds (the worker process's CPU time during the search).
     LocalExecutor()     searches the shards one after another in this process; the engine is
                         built on first use and kept while the spec stays the same.
     RayExecutor(actors=None, address=None, num_cpus_per_actor=1, num_gpus_per_actor=None,
@@ -51,13 +42,8 @@ API:
                         `ExecutorError` when the cluster cannot hold an actor or a shard kills
                         its workers `max_attempts` times (`ShardFailedError`).
     executor.close()    frees the workers (Ray: kills the actors; shuts Ray down if it started it).
-    search_problems(problems, spec, executor=None, *, batch=16, out_path=None, resume=False,
-                    trees_out=None, on_record=None, progress=False) -> SearchRun
-                        the whole driver: skips finished problems (`resume`), shards the rest,
-                        writes `out_path` atomically (temporary file + rename) after every
-                        finished shard, finished records first then new ones in file order,
-                        dumps trees, calls `on_record(record)` per new record, one tqdm bar over
-                        all problems. `SearchRun`: records, searched, seconds.
+    treesearch.results.search_problems(problems, spec, executor, out_path=..., resume=...)
+                        the driver that writes the results file as shards finish.
 
 Ray is imported only by `RayExecutor` (`pip install -e .[ray]`); without it, an ImportError says
 how to install it. On a multi-node cluster the workers must be able to import treesearch (install
@@ -68,209 +54,15 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
-import os
-import socket
 import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
-from mcts.problems import Problem
-from mcts.search import SearchConfig, run_algorithm
+from treesearch.engine import Engine, EngineSpec, Shard, ShardResult, worker_name
 
-__all__ = [
-    "Engine", "EngineLoadError", "EngineSpec", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RayStats",
-    "SearchRun", "SearchWorker", "Shard", "ShardFailedError", "ShardResult", "make_executor", "make_shards",
-    "search_problems", "shard_seed",
-]
+__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RayStats", "SearchWorker",
+           "ShardFailedError", "make_executor"]
 
 EXECUTORS = ("local", "ray")
-# Algorithms that never call the scorer: their workers load none.
-_UNSCORED = ("greedy", "self_consistency")
-
-
-def shard_seed(seed: int, index: int) -> int:
-    """The proposer's seed for shard `index` of a run seeded with `seed`: a hash of both, below
-    2**31 (vLLM's per-request seeds must fit), so neighbouring shards share no random stream."""
-    digest = hashlib.blake2b(f"treesearch-shard:{seed}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 2**31
-
-
-# ---------------------------------------------------------------------------------------------------
-# The engine: one policy and one scorer
-
-
-class EngineLoadError(ValueError):
-    """The policy or scorer of a spec cannot be built: `part` is 'model' or 'prm', `name` what
-    the spec names, `reason` why (the message of the underlying error)."""
-
-    def __init__(self, part: str, name: str, reason: str):
-        self.part, self.name, self.reason = part, name, reason
-        super().__init__(f"{part} {name}: {reason}")
-
-    def __reduce__(self):  # picklable across Ray's process boundary
-        return type(self), (self.part, self.name, self.reason)
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineSpec:
-    """Everything a worker needs to build its engine; picklable (it is shipped to every actor)."""
-
-    model: str = "tiny"  # 'scripted', 'tiny' or a local model folder (`load_proposer`)
-    prm: str = "oracle"  # 'oracle' or a local PRM folder (`load_scorer`)
-    backend: str = "hf"  # what runs `model`: 'hf' or 'vllm'
-    device: str | None = None  # torch device; None: cuda when the worker sees one, else cpu
-    seed: int = 0  # the run's seed: shard k's proposer is seeded with shard_seed(seed, k)
-    oracle_noise: float = 0.1  # flip probability of the oracle PRM
-    max_new_tokens: int | None = None  # most tokens in one step (None: the policy's default)
-    delimiter: str | None = None  # step delimiter of a model folder (None: what it declares)
-    config: SearchConfig = dataclasses.field(default_factory=SearchConfig)
-    golds: Mapping[str, str] | None = None  # problem text -> gold answer, for the oracle
-    scorer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # more load_scorer kwargs
-    proposer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # vLLM engine options
-
-    @property
-    def needs_scorer(self) -> bool:
-        return self.config.algorithm not in _UNSCORED
-
-    def check(self, problems: Sequence[str]) -> None:
-        """Raises `EngineLoadError` when the spec cannot search these problem texts (the toy
-        world's scripted policy and oracle know only arithmetic); cheap, loads no model."""
-        from mcts.search import _check_toy
-
-        if self.model == "scripted":
-            try:
-                _check_toy(problems, "--model scripted")
-            except ValueError as err:
-                raise EngineLoadError("model", self.model, str(err)) from None
-        if self.needs_scorer and self.prm == "oracle":
-            try:
-                _check_toy(problems, "--prm oracle")
-            except ValueError as err:
-                raise EngineLoadError("prm", self.prm, str(err)) from None
-
-    def build(self) -> "Engine":
-        return Engine(self)
-
-
-class Engine:
-    """One proposer and one scorer built from a spec, searching shards.
-
-    Attributes:
-        spec: the `EngineSpec`.
-        proposer: the policy (a `StepProposer`).
-        scorer: the PRM (a `StepScorer`), None for algorithms that do not score.
-    """
-
-    def __init__(self, spec: EngineSpec):
-        """Loads the models; raises `EngineLoadError` naming the part that failed."""
-        from mcts.search import load_proposer, load_scorer
-
-        self.spec = spec
-        try:
-            self.proposer = load_proposer(spec.model, backend=spec.backend, seed=spec.seed, device=spec.device,
-                                          max_new_tokens=spec.max_new_tokens, delimiter=spec.delimiter,
-                                          engine_options=dict(spec.proposer_options))
-        except (OSError, ValueError, ImportError) as err:  # ImportError: an optional backend not installed
-            raise EngineLoadError("model", spec.model, str(err)) from err
-        self.scorer = None
-        if spec.needs_scorer:
-            golds = dict(spec.golds) if spec.golds is not None else None
-            try:
-                self.scorer = load_scorer(spec.prm, golds=golds, oracle_noise=spec.oracle_noise, seed=spec.seed,
-                                          device=spec.device, **dict(spec.scorer_options))
-            except (OSError, ValueError, ImportError) as err:
-                raise EngineLoadError("prm", spec.prm, str(err)) from err
-
-    def search(self, shard: "Shard") -> "ShardResult":
-        """Searches one shard as one batch, its proposer (and a scorer that can) reseeded first.
-
-        Returns:
-            The shard's records in its problems' order (and trees when `shard.trees`).
-        """
-        from mcts.grading import is_equivalent
-
-        seed = shard_seed(self.spec.seed, shard.index)
-        self.proposer.reseed(seed)
-        if self.scorer is not None and hasattr(self.scorer, "reseed"):  # the oracle and PRMs are stateless
-            self.scorer.reseed(seed)
-        config = self.spec.config
-        trees: list[dict | None] | None = [None] * len(shard.problems) if shard.trees else None
-
-        def on_tree(b: int, tree: dict) -> None:
-            trees[b] = tree
-
-        start, cpu = time.perf_counter(), time.process_time()
-        results = run_algorithm([p.problem for p in shard.problems], self.proposer, self.scorer, config,
-                                on_tree=on_tree if shard.trees else None)
-        records = []
-        for p, r in zip(shard.problems, results):
-            correct = None if p.answer is None else is_equivalent(r.answer, p.answer)
-            records.append({"id": p.id, "answer": r.answer, "gold": p.answer, "correct": correct,
-                            "algorithm": config.algorithm, **r.record()})
-        return ShardResult(shard.index, records, trees, time.perf_counter() - start, _worker_name(),
-                           time.process_time() - cpu)
-
-
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# ---------------------------------------------------------------------------------------------------
-# Shards
-
-
-@dataclasses.dataclass(frozen=True)
-class Shard:
-    """One batch of problems searched together: shard `index` of the run (its seed's key)."""
-
-    index: int
-    problems: tuple[Problem, ...]
-    trees: bool = False  # return each tree's JSON with the records
-
-
-@dataclasses.dataclass
-class ShardResult:
-    """What a worker sends back for one shard."""
-
-    index: int
-    records: list[dict]  # one per problem, the shard's order
-    trees: list[dict | None] | None  # one per problem when asked for (None: no tree), else None
-    seconds: float  # search time inside the worker
-    worker: str  # host:pid of the worker that searched it
-    cpu_seconds: float = 0.0  # CPU time of the worker's process during the search (all its threads)
-
-
-def make_shards(problems: Sequence[Problem], batch: int, done_ids: Iterable[str] = (), *,
-                trees: bool = False) -> list[Shard]:
-    """Cuts the problem list, in file order, into shards of `batch` consecutive problems.
-
-    Shard k always covers problems [k * batch, (k + 1) * batch) of `problems`; finished problems
-    (`done_ids`) are left out of their shard and empty shards are dropped, so a run restarted after
-    a crash searches each unfinished shard exactly as the first run would have. (Only a shard that
-    was finished in part, e.g. by an earlier run with another `--limit`, is searched with fewer trees.)
-
-    Args:
-        problems: [P] problems.
-        batch: problems per shard (>= 1).
-        done_ids: ids of problems not to search.
-        trees: ask workers for each tree's JSON.
-
-    Returns:
-        The shards that have problems left, by index.
-    """
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    done = set(done_ids)
-    shards = []
-    for k, start in enumerate(range(0, len(problems), batch)):
-        # Problem.meta (a MATH solution, ...) is not needed by the search: it is not shipped.
-        todo = tuple(dataclasses.replace(p, meta={}) for p in problems[start:start + batch] if p.id not in done)
-        if todo:
-            shards.append(Shard(k, todo, trees))
-    return shards
-
-
 # ---------------------------------------------------------------------------------------------------
 # Executors
 
@@ -324,7 +116,7 @@ class SearchWorker:
         """Builds the engine; returns the worker's name."""
         if self.engine is None:
             self.engine = self.spec.build()
-        return _worker_name()
+        return worker_name()
 
     def search(self, shard: Shard) -> ShardResult:
         self.setup()
@@ -592,92 +384,3 @@ def make_executor(name: str, *, actors: int | None = None, address: str | None =
         _import_ray()
         return RayExecutor(actors, address=address)
     raise ValueError(f"executor={name!r} is not one of {', '.join(EXECUTORS)}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# The driver
-
-
-@dataclasses.dataclass
-class SearchRun:
-    """The outcome of `search_problems`."""
-
-    records: list[dict]  # every record (finished ones from `out_path` first, then new ones in file order)
-    searched: int  # problems searched in this run
-    seconds: float  # wall time of the search (in process: the models loaded before it)
-
-
-def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Executor | None = None, *,
-                    batch: int = 16, out_path: str | os.PathLike | None = None, resume: bool = False,
-                    trees_out: str | os.PathLike | None = None, on_record: Callable[[dict], None] | None = None,
-                    progress: bool = False) -> SearchRun:
-    """Searches every problem with `executor` (default: a fresh `LocalExecutor`) and collects the
-    records, writing them as shards finish.
-
-    Args:
-        problems: [P] problems, in file order (shard k is problems [k * batch, (k + 1) * batch)).
-        spec: the engine every worker builds; `spec.golds` None is filled from the problems' answers.
-        executor: where the shards run; not closed here.
-        batch: problems per shard (trees per forest).
-        out_path: the results file, rewritten atomically after every finished shard; None: not written.
-        resume: keep the records already in `out_path` and search only the other problems.
-        trees_out: folder for one JSON file per searched tree (tree algorithms).
-        on_record: called with each new record, as its shard finishes.
-        progress: show a tqdm bar over the problems.
-
-    Returns:
-        The `SearchRun`. Raises `EngineLoadError` when the spec cannot search these problems, and
-        (from `mcts.search.read_results`) `CliError` for a results file that cannot be resumed.
-    """
-    from tqdm import tqdm
-
-    from mcts.search import _write_tree, read_results, write_jsonl_atomic
-
-    out = Path(out_path) if out_path is not None else None
-    done = read_results(out) if resume and out is not None and out.exists() else []
-    done_ids = {r["id"] for r in done}
-    todo = [p for p in problems if p.id not in done_ids]
-    if todo:
-        spec.check([p.problem for p in todo])
-    if spec.golds is None and spec.needs_scorer and spec.prm == "oracle":
-        spec = dataclasses.replace(spec, golds={p.problem: p.answer for p in todo if p.answer})
-    tree_dir = Path(trees_out) if trees_out is not None else None
-    if tree_dir is not None:
-        tree_dir.mkdir(parents=True, exist_ok=True)
-    shards = make_shards(problems, batch, done_ids, trees=tree_dir is not None)
-    position = {p.id: i for i, p in enumerate(problems)}
-    new: list[dict] = []
-    written: set[str] = set()
-    executor = LocalExecutor() if executor is None else executor
-    if todo and isinstance(executor, LocalExecutor):
-        # The models load (or build, with bars of their own) before the search's bar starts, so that
-        # loading is neither shown as search progress nor counted in its problems per second. Ray
-        # actors build theirs while the first shards wait, and `RayStats` times that start apart.
-        executor.start(spec)
-
-    with tqdm(total=len(todo), desc=spec.config.algorithm, unit="problem", disable=not (progress and todo)) as bar:
-        def on_shard_done(result: ShardResult) -> None:
-            fresh = [r for r in result.records if r["id"] not in written]  # never write a problem twice
-            written_now = {r["id"] for r in fresh}
-            written.update(r["id"] for r in fresh)
-            new.extend(fresh)
-            new.sort(key=lambda r: position[r["id"]])
-            if out is not None:
-                write_jsonl_atomic(out, [*done, *new])
-            if tree_dir is not None and result.trees is not None:
-                for record, tree in zip(result.records, result.trees):
-                    if tree is not None and record["id"] in written_now:
-                        _write_tree(tree_dir, record["id"], tree)
-            if on_record is not None:
-                for record in fresh:
-                    on_record(record)
-            graded = [r["correct"] for r in new if r["correct"] is not None]
-            bar.set_postfix(acc=f"{sum(graded) / len(graded):.3f}" if graded else "n/a")
-            bar.update(len(fresh))
-
-        start = time.perf_counter()
-        executor.run(spec, shards, on_shard_done)
-        elapsed = time.perf_counter() - start
-    if out is not None and not todo and not out.exists():
-        write_jsonl_atomic(out, done)
-    return SearchRun([*done, *new], len(new), elapsed)

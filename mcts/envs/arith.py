@@ -9,6 +9,10 @@ Everything here is checkable, which is what makes the world useful for testing t
     label_steps(problem, steps, gold)    the oracle's 0/1 label of every step; `first_error`
     OraclePRM                            a `StepScorer` from the oracle, with seeded, stable noise
 
+This module holds the problem generator, `OraclePRM` and the command line; the expressions live in
+`mcts.envs.arith_expr` and the solutions, step reading and labels in `mcts.envs.arith_steps`, and
+the names of both that the rest of the project uses are importable from here too.
+
 A problem is the bare expression, single spaces around binary operators: `(17 + 5) * 3 - 8`. A
 solution reduces the leftmost innermost highest-precedence operation at each step and writes the
 whole reduced expression, so that every step can be judged on its own:
@@ -31,442 +35,75 @@ import json
 import math
 import os
 import random
-import re
 import sys
 import tempfile
-from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence, Union
+from typing import Iterable, Mapping, Sequence
 
-from mcts.grading import extract_answer, normalize
+from mcts.envs.arith_expr import (
+    OPERATORS,
+    ArithParseError,
+    BinOp,
+    Expr,
+    apply_op,
+    evaluate,
+    first_non_toy,
+    is_toy,
+    max_abs,
+    parse_expression,
+    render,
+)
+from mcts.envs.arith_steps import (
+    DELIMITER,
+    FinalAnswer,
+    answer_step,
+    first_error,
+    gold_int,
+    label_steps,
+    parse_step,
+    reduce_once,
+    reduction_step,
+    replace_at,
+    solution_steps,
+    step_value,
+)
 from mcts.policy.base import Prefix, Step
 
 __all__ = [
-    "DELIMITER",
     "MAX_OPS",
-    "OPERATORS",
     "ArithConfig",
+    "OraclePRM",
+    "generate_problem",
+    "generate_problems",
+    "main",
+    "make_parser",
+    "write_problems",
+    # Kept importable from here, where the rest of the project reads them (and where
+    # `benchmarks/scale_out.py` clears the caches of `parse_step` and `step_value`):
+    "DELIMITER",
+    "OPERATORS",
+    "first_non_toy",
+    "is_toy",
     "ArithParseError",
     "BinOp",
     "Expr",
     "FinalAnswer",
-    "OraclePRM",
-    "Reduction",
     "answer_step",
     "apply_op",
     "evaluate",
     "first_error",
-    "generate_problem",
-    "generate_problems",
-    "label_step",
     "label_steps",
-    "main",
-    "make_parser",
     "parse_expression",
     "parse_step",
     "reduce_once",
     "reduction_step",
     "render",
-    "render_solution",
     "replace_at",
     "solution_steps",
     "step_value",
-    "write_problems",
 ]
 
-DELIMITER = "\n"
-OPERATORS = "+-*"
 MAX_OPS = 8
-PRECEDENCE = {"+": 1, "-": 1, "*": 2}
-# Parser limits: far above anything the world produces, low enough that no input recurses deeply.
-MAX_PARSE_OPS = 64
-MAX_PAREN_DEPTH = 32
-
-
-# ---------------------------------------------------------------------------------------------------
-# Expressions
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BinOp:
-    """A binary operation node; literals are plain Python ints."""
-
-    op: str  # one of OPERATORS
-    left: "Expr"
-    right: "Expr"
-
-
-Expr = Union[int, BinOp]
-
-
-class ArithParseError(ValueError):
-    """Text that is not an expression of the toy world; the message says where it fails."""
-
-
-def apply_op(op: str, a: int, b: int) -> int:
-    """`a op b` for op in `OPERATORS`."""
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    raise ValueError(f"unknown operator {op!r}; expected one of {OPERATORS!r}")
-
-
-_TOKEN = re.compile(r"\s*(?:(\d+)|([-+*()]))")
-
-
-def _tokenize(text: str) -> list[int | str]:
-    tokens: list[int | str] = []
-    pos, end = 0, len(text.rstrip())
-    while pos < end:
-        match = _TOKEN.match(text, pos)
-        if match is None:
-            raise ArithParseError(f"unexpected character {text[pos:].lstrip()[:1]!r} at {pos} in {text!r}")
-        number, symbol = match.groups()
-        tokens.append(int(number) if number is not None else symbol)
-        pos = match.end()
-    return tokens
-
-
-class _Parser:
-    """Recursive descent: expr := term (('+'|'-') term)*, term := factor ('*' factor)*,
-    factor := INT | '-' INT | '(' expr ')'. Binary operators associate to the left."""
-
-    def __init__(self, text: str):
-        self.text = text
-        self.tokens = _tokenize(text)
-        self.pos = 0
-        self.ops = 0
-        self.depth = 0
-
-    def fail(self, what: str) -> ArithParseError:
-        got = self.tokens[self.pos] if self.pos < len(self.tokens) else "end of input"
-        return ArithParseError(f"expected {what}, got {got!r} (token {self.pos}) in {self.text!r}")
-
-    def peek(self) -> int | str | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def parse(self) -> Expr:
-        if not self.tokens:
-            raise ArithParseError(f"empty expression {self.text!r}")
-        expr = self.expr()
-        if self.pos != len(self.tokens):
-            raise self.fail("an operator or the end")
-        return expr
-
-    def binary(self, left: Expr, op: str, right: Expr) -> BinOp:
-        self.ops += 1
-        if self.ops > MAX_PARSE_OPS:
-            raise ArithParseError(f"more than {MAX_PARSE_OPS} operations in {self.text[:60]!r}...")
-        return BinOp(op, left, right)
-
-    def expr(self) -> Expr:
-        node = self.term()
-        while self.peek() in ("+", "-"):
-            op = self.tokens[self.pos]
-            self.pos += 1
-            node = self.binary(node, op, self.term())
-        return node
-
-    def term(self) -> Expr:
-        node = self.factor()
-        while self.peek() == "*":
-            self.pos += 1
-            node = self.binary(node, "*", self.factor())
-        return node
-
-    def factor(self) -> Expr:
-        tok = self.peek()
-        if isinstance(tok, int):
-            self.pos += 1
-            return tok
-        if tok == "-" and isinstance(self.tokens[self.pos + 1] if self.pos + 1 < len(self.tokens) else None, int):
-            self.pos += 2
-            return -self.tokens[self.pos - 1]
-        if tok == "(":
-            self.depth += 1
-            if self.depth > MAX_PAREN_DEPTH:
-                raise ArithParseError(f"parentheses nested deeper than {MAX_PAREN_DEPTH} in {self.text[:60]!r}")
-            self.pos += 1
-            node = self.expr()
-            if self.peek() != ")":
-                raise self.fail("')'")
-            self.pos += 1
-            self.depth -= 1
-            return node
-        raise self.fail("a number, '-number' or '('")
-
-
-def parse_expression(text: str) -> Expr:
-    """Parses an expression of the toy world.
-
-    Integers, `+`, `-`, `*` (left-associative, `*` binds tighter), parentheses, and negative
-    literals `-5` where an operand is expected (`3 - -5`, `2 * -5`); whitespace is free.
-
-    Args:
-        text: the expression.
-
-    Returns:
-        The expression tree (an int for a literal). Raises `ArithParseError` on anything else.
-    """
-    return _Parser(text).parse()
-
-
-def evaluate(expr: Expr) -> int:
-    """The integer value of an expression tree."""
-    if isinstance(expr, int):
-        return expr
-    return apply_op(expr.op, evaluate(expr.left), evaluate(expr.right))
-
-
-def _needs_parens(child: Expr, parent_op: str, is_right: bool) -> bool:
-    # Same precedence on the right keeps the tree's shape: `a - (b - c)`, and `a + (b + c)` too.
-    if isinstance(child, int):
-        return False
-    child_prec, parent_prec = PRECEDENCE[child.op], PRECEDENCE[parent_op]
-    return child_prec < parent_prec or (is_right and child_prec == parent_prec)
-
-
-def render(expr: Expr) -> str:
-    """The canonical text of an expression: minimal parentheses, single spaces around operators.
-
-    `parse_expression(render(e)) == e` for every tree, and `render(parse_expression(t)) == t` for
-    every canonical text (problems and solution steps are canonical).
-    """
-    if isinstance(expr, int):
-        return str(expr)
-    left, right = render(expr.left), render(expr.right)
-    if _needs_parens(expr.left, expr.op, False):
-        left = f"({left})"
-    if _needs_parens(expr.right, expr.op, True):
-        right = f"({right})"
-    return f"{left} {expr.op} {right}"
-
-
-def _max_abs(expr: Expr) -> tuple[int, int]:
-    """(value, largest |value| of any node): the numbers a canonical solution writes."""
-    if isinstance(expr, int):
-        return expr, abs(expr)
-    (a, ma), (b, mb) = _max_abs(expr.left), _max_abs(expr.right)
-    value = apply_op(expr.op, a, b)
-    return value, max(ma, mb, abs(value))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reductions and solutions
-
-
-@dataclasses.dataclass(frozen=True)
-class Reduction:
-    """One step of a canonical solution: `a op b = result`, at `path` in `before`.
-
-    path: the way from the root to the reduced node, 0 = left, 1 = right.
-    after: `before` with that node replaced by `result`.
-    """
-
-    a: int
-    op: str
-    b: int
-    result: int
-    path: tuple[int, ...]
-    before: Expr
-    after: Expr
-
-
-def _reducible(expr: Expr, depth: int, path: tuple[int, ...], out: list) -> None:
-    """Appends (paren depth, precedence, path) of every operation whose operands are both numbers,
-    left to right."""
-    if isinstance(expr, int):
-        return
-    if isinstance(expr.left, int) and isinstance(expr.right, int):
-        out.append((depth, PRECEDENCE[expr.op], path))
-        return
-    _reducible(expr.left, depth + _needs_parens(expr.left, expr.op, False), (*path, 0), out)
-    _reducible(expr.right, depth + _needs_parens(expr.right, expr.op, True), (*path, 1), out)
-
-
-def _node_at(expr: Expr, path: tuple[int, ...]) -> Expr:
-    for side in path:
-        expr = expr.right if side else expr.left  # type: ignore[union-attr]
-    return expr
-
-
-def replace_at(expr: Expr, path: tuple[int, ...], value: Expr) -> Expr:
-    """`expr` with the node at `path` (0 = left, 1 = right) replaced by `value`."""
-    if not path:
-        return value
-    assert isinstance(expr, BinOp), "path leads through a literal"
-    if path[0] == 0:
-        return BinOp(expr.op, replace_at(expr.left, path[1:], value), expr.right)
-    return BinOp(expr.op, expr.left, replace_at(expr.right, path[1:], value))
-
-
-def reduce_once(expr: Expr) -> Reduction | None:
-    """The next reduction of the canonical solution, or None when `expr` is a number.
-
-    Among the operations whose operands are both numbers, the one inside the most parentheses
-    (innermost), then of the highest precedence (`*` before `+`/`-`), then the leftmost.
-
-    Args:
-        expr: the current expression.
-
-    Returns:
-        The `Reduction`, whose `after` is the expression the step writes.
-    """
-    if isinstance(expr, int):
-        return None
-    candidates: list = []
-    _reducible(expr, 0, (), candidates)
-    best = candidates[0]
-    for cand in candidates[1:]:  # strictly greater keeps the leftmost among ties
-        if cand[:2] > best[:2]:
-            best = cand
-    path = best[2]
-    node = _node_at(expr, path)
-    result = apply_op(node.op, node.left, node.right)
-    return Reduction(node.left, node.op, node.right, result, path, expr, replace_at(expr, path, result))
-
-
-def reduction_step(a: int, op: str, b: int, result: int, after: Expr) -> str:
-    """The text of a reduction step, without delimiter: `17 + 5 = 22, so 22 * 3 - 8`.
-
-    `result` and `after` need not be right: the scripted policy writes its slips with this too.
-    """
-    return f"{a} {op} {b} = {result}, so {render(after)}"
-
-
-def answer_step(value: int | str) -> str:
-    """The final step, without delimiter: `The answer is \\boxed{58}.` (what `mcts.grading` reads)."""
-    return f"The answer is \\boxed{{{value}}}."
-
-
-def solution_steps(problem: str) -> list[str]:
-    """The canonical step-by-step solution of a problem.
-
-    Args:
-        problem: the expression text.
-
-    Returns:
-        One reduction step per operation, then the final-answer step; texts without the delimiter
-        (`render_solution` joins them).
-    """
-    expr = parse_expression(problem)
-    steps = []
-    while (red := reduce_once(expr)) is not None:
-        steps.append(reduction_step(red.a, red.op, red.b, red.result, red.after))
-        expr = red.after
-    steps.append(answer_step(expr))
-    return steps
-
-
-def render_solution(steps: Sequence[str]) -> str:
-    """Steps as one text, each ending with `DELIMITER` (a step that already does is kept)."""
-    return "".join(s if s.endswith(DELIMITER) else s + DELIMITER for s in steps)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Reading steps and the oracle labeller
-
-
-@dataclasses.dataclass(frozen=True)
-class FinalAnswer:
-    """A final-answer step. value: the stated integer, or None when it is not an integer."""
-
-    value: int | None
-    text: str
-
-
-_INTEGER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)")
-_ANSWER_MARK = re.compile(r"\\boxed|\\fbox|\banswer\s+is\b", re.IGNORECASE)
-_SO = re.compile(r",\s*so\s+", re.IGNORECASE)
-
-
-def _integer_answer(answer: str | None) -> int | None:
-    if answer is None:
-        return None
-    s = normalize(answer)  # the grader's spelling: drops $, spaces, \text{}, a trailing period
-    return int(s.replace(",", "")) if _INTEGER.fullmatch(s) else None
-
-
-@lru_cache(maxsize=1 << 16)
-def parse_step(step: str) -> Expr | FinalAnswer | None:
-    """What a step says: the expression it writes, or its final answer.
-
-    A step with `\\boxed{}` or "the answer is" is a `FinalAnswer` (read as `mcts.grading` reads it).
-    Otherwise the expression is what follows the last ", so " (`17 + 5 = 22, so 22 * 3 - 8`), else
-    what follows the last "=", else the whole step. A trailing delimiter is ignored.
-
-    Args:
-        step: one step's text.
-
-    Returns:
-        The expression tree (an int when fully reduced), a `FinalAnswer`, or None when the step
-        writes nothing the world can read.
-    """
-    text = step.strip()
-    if _ANSWER_MARK.search(text):
-        answer = extract_answer(text)
-        return FinalAnswer(_integer_answer(answer), answer or "")
-    parts = _SO.split(text)
-    rhs = parts[-1] if len(parts) > 1 else text.rsplit("=", 1)[-1]
-    try:
-        return parse_expression(rhs)
-    except ArithParseError:
-        return None
-
-
-@lru_cache(maxsize=1 << 16)
-def step_value(step: str) -> int | None:
-    """The value a step claims for the problem: its expression's value or its final answer."""
-    parsed = parse_step(step)
-    if parsed is None:
-        return None
-    if isinstance(parsed, FinalAnswer):
-        return parsed.value
-    return evaluate(parsed)
-
-
-def _gold_int(gold: int | str) -> int:
-    if isinstance(gold, int) and not isinstance(gold, bool):
-        return gold
-    value = _integer_answer(str(gold))
-    if value is None:
-        raise ValueError(f"gold answer {gold!r} is not an integer")
-    return value
-
-
-def label_step(step: str, gold: int | str) -> int:
-    """The oracle label of one step: 1 iff its expression (or boxed answer) has the gold value.
-
-    Only what the step writes is judged: `17 + 5 = 23, so 22 * 3 - 8` is correct (the expression is
-    right, the remark is not); a step that cannot be read is wrong.
-    """
-    return int(step_value(step) == _gold_int(gold))
-
-
-def label_steps(problem: str, steps: Sequence[str], gold: int | str | None = None) -> list[int]:
-    """The oracle labels of a trace, one per step (each judged on its own).
-
-    Args:
-        problem: the expression text (gives the gold value when `gold` is None).
-        steps: the step texts, with or without delimiters.
-        gold: the gold answer (an int, or its text as `mcts.problems` stores it).
-
-    Returns:
-        0/1 per step.
-    """
-    g = evaluate(parse_expression(problem)) if gold is None else _gold_int(gold)
-    return [label_step(s, g) for s in steps]
-
-
-def first_error(labels: Sequence[int]) -> int:
-    """The index of the first wrong step (label 0), or -1 when every step is correct."""
-    for i, label in enumerate(labels):
-        if not label:
-            return i
-    return -1
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -536,7 +173,7 @@ def _random_flat(rng: random.Random, num_ops: int, config: ArithConfig) -> Expr:
 
 
 def _within(expr: Expr, bound: int | None) -> bool:
-    return bound is None or _max_abs(expr)[1] <= bound
+    return bound is None or max_abs(expr)[1] <= bound
 
 
 def generate_problem(rng: random.Random, config: ArithConfig) -> Expr:
@@ -647,7 +284,7 @@ class OraclePRM:
         """The gold value of a problem (from `answers`, else by evaluating the problem text)."""
         if problem not in self._gold:
             if self.answers is not None and problem in self.answers:
-                self._gold[problem] = _gold_int(self.answers[problem])
+                self._gold[problem] = gold_int(self.answers[problem])
             else:
                 try:
                     self._gold[problem] = evaluate(parse_expression(problem))

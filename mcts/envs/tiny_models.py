@@ -32,6 +32,12 @@ kind of CPU gives the same files bit for bit (the test suite checks that on the 
 that the shipped folder matches its record and the code's `FULL_CONFIG`). A build is atomic: it
 trains into a temporary folder beside the destination and renames it into place; a file lock keeps
 two processes from training the same folder at once.
+
+This module holds the build, the cache and the shipped folder's checks, loading, and the command
+line. The rest lives beside it: the tokenizer in `mcts.envs.toy_tokenizer`, the build configs
+(`FULL_CONFIG`, `QUICK_CONFIG`, `toy_problem_config`) in `mcts.envs.toy_config`, the traces and the
+training loop in `mcts.envs.toy_training`, and the evaluation in `mcts.envs.toy_eval`. The names of
+those that the rest of the project uses are importable from here too.
 """
 
 from __future__ import annotations
@@ -39,9 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
-import random
 import hashlib
 import shutil
 import subprocess
@@ -49,58 +53,33 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from mcts.envs.arith import (
-    DELIMITER,
-    ArithConfig,
-    FinalAnswer,
-    answer_step,
-    generate_problem,
-    generate_problems,
-    label_step,
-    parse_step,
-    reduce_once,
-    reduction_step,
-    render,
-    solution_steps,
-)
-from mcts.policy.base import Prefix
+from mcts.envs.arith_steps import DELIMITER
+from mcts.envs.toy_config import FULL_CONFIG, QUICK_CONFIG, ToyTrainConfig
+from mcts.envs.toy_eval import evaluate_toy_policy, format_table
+from mcts.envs.toy_training import train_toy_model
 
 if TYPE_CHECKING:
     from mcts.policy.hf_policy import HFPolicy, HFPolicyConfig
 
 __all__ = [
-    "CHARACTERS",
     "FORMAT_VERSION",
-    "FULL_CONFIG",
     "INFO_FILE",
-    "QUICK_CONFIG",
     "SHIPPED_DIR",
-    "SPECIAL_TOKENS",
-    "ToyTrainConfig",
-    "Trace",
-    "build_char_tokenizer",
+    "TOY_POLICY_DEFAULTS",
     "build_toy_policy",
     "check_folder",
     "code_version",
     "default_cache_dir",
-    "encode_trace",
     "ensure_toy_policy",
-    "evaluate_toy_policy",
     "folder_hashes",
-    "format_table",
-    "greedy_solve",
     "load_toy_policy",
     "main",
     "make_parser",
-    "make_traces",
     "shipped_toy_policy",
-    "solve",
     "toy_policy_config",
-    "toy_problem_config",
     "train_config_of",
-    "train_toy_model",
 ]
 
 FORMAT_VERSION = 3  # 1: the first draft (192 wide, operands to 25), never a finished build; 2: 1600 steps, built
@@ -108,166 +87,8 @@ FORMAT_VERSION = 3  # 1: the first draft (192 wide, operands to 25), never a fin
 INFO_FILE = "toy_policy.json"
 # The full build, shipped in the package (`python -m mcts.envs.tiny_models build --ship` writes it).
 SHIPPED_DIR = Path(__file__).resolve().parent / "models" / "toy-policy"
-SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>", "<unk>")  # ids 0, 1, 2, 3
-# Newline and printable ASCII: every character the toy world writes, and then some.
-CHARACTERS = "\n" + "".join(chr(c) for c in range(32, 127))
-IGNORE_INDEX = -100
 SHIP_PASS_K = 16  # the shipped build's record holds pass@16 at T=1 beside its greedy accuracy
 EVAL_SEED = 777  # problems of the accuracy recorded after a build: seeds EVAL_SEED + k, k operations
-
-
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Tokenizer
-
-
-def build_char_tokenizer(model_max_length: int = 1024):
-    """A character-level tokenizer over `CHARACTERS`, as a `transformers.PreTrainedTokenizerFast`.
-
-    One token per character (a BPE without merges), `<bos>` prepended by the post-processor when
-    special tokens are added, no normalisation, and a decoder that fuses the characters back:
-    decoding reproduces any text of `CHARACTERS` exactly, spaces and newlines included. Other
-    characters become `<unk>` (dropped when special tokens are skipped).
-    """
-    from tokenizers import Tokenizer, decoders, models, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate((*SPECIAL_TOKENS, *CHARACTERS))}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    tok.decoder = decoders.Fuse()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
-        clean_up_tokenization_spaces=False, model_max_length=model_max_length)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyTrainConfig:
-    """The architecture, data and optimisation of a toy policy build."""
-
-    hidden_size: int = dataclasses.field(default=96, metadata=_help("model width"))
-    num_layers: int = dataclasses.field(default=3, metadata=_help("transformer blocks"))
-    num_heads: int = dataclasses.field(default=3, metadata=_help("attention heads (hidden_size must divide)"))
-    intermediate_size: int = dataclasses.field(default=288, metadata=_help("MLP width"))
-    max_positions: int = dataclasses.field(default=1024, metadata=_help("context length"))
-    steps: int = dataclasses.field(default=3000, metadata=_help("optimizer steps (when seconds is None)"))
-    seconds: float | None = dataclasses.field(default=None, metadata=_help(
-        "train for about this many seconds instead of `steps`: the step count is set from the speed "
-        "of the first steps (machine-dependent)"))
-    batch_size: int = dataclasses.field(default=32, metadata=_help("traces per step"))
-    lr: float = dataclasses.field(default=5e-3, metadata=_help("peak learning rate (AdamW)"))
-    min_lr_ratio: float = dataclasses.field(default=0.1, metadata=_help("final LR as a fraction of the peak"))
-    warmup_steps: int = dataclasses.field(default=100, metadata=_help("linear warmup steps, then cosine decay"))
-    weight_decay: float = dataclasses.field(default=0.01, metadata=_help("AdamW weight decay on matrices"))
-    grad_clip: float = dataclasses.field(default=1.0, metadata=_help("gradient norm clip"))
-    min_ops: int = dataclasses.field(default=1, metadata=_help("fewest operations of a training problem"))
-    max_ops: int = dataclasses.field(default=6, metadata=_help("most operations of a training problem"))
-    max_operand: int = dataclasses.field(default=10, metadata=_help("largest operand of a training problem"))
-    max_value: int | None = dataclasses.field(default=100, metadata=_help(
-        "bound on |every intermediate value| of a training problem (ArithConfig.max_value); None: unbounded"))
-    ops_weights: tuple[float, ...] | None = dataclasses.field(default=(4, 3, 2, 1, 1, 1), metadata=_help(
-        "relative frequency of each number of operations min_ops..max_ops; None: uniform"))
-    distinct_traces: int | None = dataclasses.field(default=None, metadata=_help(
-        "train on only the first this many traces, over and over (a deliberately data-starved policy, "
-        "the starting point of self-training); None: a fresh trace every time"))
-    noisy_fraction: float = dataclasses.field(default=0.25, metadata=_help(
-        "fraction of traces rolled out by the noisy scripted policy (slips in context, no loss on them)"))
-    slip_rate: float = dataclasses.field(default=0.15, metadata=_help(
-        "base_eps of that scripted policy (its slip rate on one-digit + and -)"))
-    data_seed: int = dataclasses.field(default=1234, metadata=_help("seed of the training problems and slips"))
-    seed: int = dataclasses.field(default=0, metadata=_help("seed of the initialisation and batch order"))
-    num_threads: int | None = dataclasses.field(default=1, metadata=_help(
-        "torch threads while training (the result depends on it: a fixed count makes a build "
-        "reproducible bit for bit); None: `default_threads()` (the CPUs not kept busy by others)"))
-    eval_per_ops: int = dataclasses.field(default=100, metadata=_help(
-        "problems per number of operations (1-6) for the accuracy recorded after training; 0: skip"))
-    eval_samples: int = dataclasses.field(default=0, metadata=_help(
-        "samples per prefix for the recorded T=1 step rates; 0: greedy accuracy only (faster)"))
-
-    def __post_init__(self):
-        for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",
-                     "steps", "batch_size", "min_ops", "max_ops", "max_operand"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"num_heads must divide hidden_size, got hidden_size={self.hidden_size}, "
-                             f"num_heads={self.num_heads}")
-        if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(f"the head size hidden_size / num_heads must be even (rotary embeddings), got "
-                             f"{self.hidden_size} / {self.num_heads}")
-        if not self.min_ops <= self.max_ops <= 8:
-            raise ValueError(f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
-        if self.distinct_traces is not None and self.distinct_traces < 1:
-            raise ValueError(f"distinct_traces must be None or >= 1, got {self.distinct_traces}")
-        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
-            raise ValueError(f"seconds must be None or > 0, got {self.seconds}")
-        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and self.warmup_steps >= 0 and self.grad_clip > 0):
-            raise ValueError(f"need lr > 0, 0 <= min_lr_ratio <= 1, warmup_steps >= 0, grad_clip > 0; got "
-                             f"lr={self.lr}, min_lr_ratio={self.min_lr_ratio}, warmup_steps={self.warmup_steps}, "
-                             f"grad_clip={self.grad_clip}")
-        if not 0 <= self.noisy_fraction <= 1 or not 0 <= self.slip_rate <= 0.5:
-            raise ValueError(f"need 0 <= noisy_fraction <= 1 and 0 <= slip_rate <= 0.5, got "
-                             f"{self.noisy_fraction}, {self.slip_rate}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be None or >= 1, got {self.num_threads}")
-        if self.ops_weights is not None and (
-                len(self.ops_weights) != self.max_ops - self.min_ops + 1
-                or any(not (math.isfinite(w) and w >= 0) for w in self.ops_weights) or sum(self.ops_weights) <= 0):
-            raise ValueError(f"ops_weights must give one non-negative weight per number of operations "
-                             f"{self.min_ops}..{self.max_ops}, with a positive sum; got {self.ops_weights!r}")
-        if self.eval_per_ops < 0 or self.eval_samples < 0:
-            raise ValueError(f"eval_per_ops and eval_samples must be >= 0, got {self.eval_per_ops}, "
-                             f"{self.eval_samples}")
-
-    def arith(self, ops: int | None = None) -> ArithConfig:
-        """The problem config of training problems (with exactly `ops` operations when given)."""
-        lo, hi = (self.min_ops, self.max_ops) if ops is None else (ops, ops)
-        return ArithConfig(min_ops=lo, max_ops=hi, max_operand=self.max_operand, max_value=self.max_value)
-
-
-# 0.37M parameters, 3000 steps of 32 traces on one thread (a fixed thread count keeps the build
-# reproducible bit for bit). Arithmetic facts, not the format, are what takes steps: every operand
-# pair is learnt as a fact, so operands go up to 10 and every value a solution writes stays within
-# 100. Training length is what sets competence; measured on 100 fresh problems per number of
-# operations (seed EVAL_SEED), greedy accuracy at 1/2/3/4 operations and, in brackets, the mean
-# over 1-4 of greedy and of pass@16 at T=1:
-#     1600 steps (format 2, 150 s)     0.96 0.50 0.04 0.00   (0.375; pass@32 0.64 on other problems)
-#     3000 steps (this build, 540 s)   1.00 0.76 0.18 0.03   (0.49; 0.66)
-#     4500 steps                       1.00 0.96 0.73 0.49   (0.80; 0.90 on 60 per number)
-#     8000 steps                       1.00 1.00 0.91 0.65   (0.89; 0.95)
-#     3500 steps, ops weights 2,2,2,2,1,1   1.00 0.98 0.79 0.56   (0.83)
-#     0.17M parameters (64 wide), 7000 steps    1.00 1.00 0.95 0.65   (0.90)
-# Longer training makes the policy right more often and its mistakes surer: pass@16 - greedy falls
-# from 0.17 at 3000 steps to 0.10 at 4500 and 0.06 at 8000. 3000 steps is the most competent build
-# whose samples still hold many right solutions its greedy path misses.
-FULL_CONFIG = ToyTrainConfig()  # the shipped build (SHIPPED_DIR)
-# Seconds on 2 cores: learns the step format, little arithmetic (for tests).
-QUICK_CONFIG = ToyTrainConfig(hidden_size=64, num_layers=2, num_heads=2, intermediate_size=192, max_positions=512,
-                              steps=250, batch_size=16, lr=1e-2, warmup_steps=25, max_ops=2, ops_weights=None,
-                              eval_per_ops=0)
-
-
-def toy_problem_config(ops: int | None = None, config: ToyTrainConfig | None = None) -> ArithConfig:
-    """The problems the toy policy is trained on (operand range, value bound), with `ops` operations
-    when given, else its whole 1-6 range: draw the problems of a search with it from here.
-
-    Args:
-        ops: exactly this many operations (any of 1-8; beyond the training range the policy is weaker).
-        config: the build's config (default `FULL_CONFIG`).
-    """
-    config = FULL_CONFIG if config is None else config
-    arith = config.arith()
-    return arith if ops is None else dataclasses.replace(arith, min_ops=ops, max_ops=ops)
 
 
 # Declared in the model folder (`HFPolicy.from_pretrained` reads them): any loader gets them right.
@@ -284,357 +105,6 @@ def toy_policy_config(**overrides) -> "HFPolicyConfig":
     settings = dict(TOY_POLICY_DEFAULTS)
     settings.update(overrides)
     return HFPolicyConfig(**settings)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training data
-
-
-@dataclasses.dataclass(frozen=True)
-class Trace:
-    """A training trace: the problem, its steps (each ending with the delimiter), and whether each
-    step carries loss (False for the scripted policy's slips)."""
-
-    problem: str
-    steps: tuple[str, ...]
-    trained: tuple[bool, ...]
-
-
-def _canonical_next(expr) -> str:
-    red = reduce_once(expr)
-    if red is None:
-        return answer_step(expr) + DELIMITER
-    return reduction_step(red.a, red.op, red.b, red.result, red.after) + DELIMITER
-
-
-def _noisy_traces(problems: Sequence[str], slip_rate: float, seed: int) -> list[Trace]:
-    """Rollouts of the noisy scripted policy at temperature 1; a step is trained iff it is the
-    canonical reduction of the expression it follows (right or wrong, that expression)."""
-    from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig, current_expression
-
-    policy = ScriptedPolicy(ToyPolicyConfig(base_eps=slip_rate), seed=seed)
-    traces: dict[int, tuple[list[str], list[bool]]] = {i: ([], []) for i in range(len(problems))}
-    live = list(range(len(problems)))
-    while live:
-        prefixes = [Prefix(problems[i], tuple(traces[i][0])) for i in live]
-        proposals = policy.propose(prefixes, 1)
-        still = []
-        for i, prefix, steps in zip(live, prefixes, proposals):
-            if not steps:
-                continue
-            step = steps[0]
-            traces[i][0].append(step.text)
-            traces[i][1].append(step.text == _canonical_next(current_expression(prefix)))
-            if not step.finished:
-                still.append(i)
-        live = still
-    return [Trace(problems[i], tuple(s), tuple(t)) for i, (s, t) in traces.items()]
-
-
-def make_traces(start: int, count: int, config: ToyTrainConfig) -> list[Trace]:
-    """Training traces `start .. start + count - 1` of a build, deterministic.
-
-    Problem i, and whether the noisy scripted policy rolls it out, depend on (i, config) only; the
-    slips of those rollouts on the block too (one scripted policy seeded by its start).
-    """
-    counts = range(config.min_ops, config.max_ops + 1)
-    ariths = {k: config.arith(k) for k in counts}
-    problems, noisy = [], []
-    for i in range(start, start + count):
-        rng = random.Random(f"toy-train:{config.data_seed}:{i}")
-        k = rng.choices(counts, weights=config.ops_weights)[0]  # (drawn with random() alone)
-        problems.append(render(generate_problem(rng, ariths[k])))
-        noisy.append(rng.random() < config.noisy_fraction)
-    rolled = iter(_noisy_traces([p for p, z in zip(problems, noisy) if z], config.slip_rate,
-                                seed=config.data_seed * 1_000_003 + start))
-    traces = []
-    for problem, z in zip(problems, noisy):
-        if z:
-            traces.append(next(rolled))
-        else:
-            steps = tuple(s + DELIMITER for s in solution_steps(problem))
-            traces.append(Trace(problem, steps, (True,) * len(steps)))
-    return traces
-
-
-def encode_trace(tokenizer, trace: Trace) -> tuple[list[int], list[int]]:
-    """Token ids and labels of a trace: `<bos> problem \\n step... <eos>`.
-
-    Labels are IGNORE_INDEX (-100) on `<bos>`, the problem line and untrained steps, and the token
-    ids elsewhere (the trained steps and `<eos>`, which is trained when the last step is). The
-    model shifts labels itself.
-    """
-    pieces = [trace.problem + DELIMITER, *trace.steps]
-    encoded = tokenizer(pieces, add_special_tokens=False)["input_ids"]
-    ids = [tokenizer.bos_token_id, *encoded[0]]
-    labels = [IGNORE_INDEX] * len(ids)
-    for step_ids, trained in zip(encoded[1:], trace.trained):
-        ids.extend(step_ids)
-        labels.extend(step_ids if trained else [IGNORE_INDEX] * len(step_ids))
-    ids.append(tokenizer.eos_token_id)
-    labels.append(tokenizer.eos_token_id if trace.trained and trace.trained[-1] else IGNORE_INDEX)
-    return ids, labels
-
-
-def _batches(tokenizer, config: ToyTrainConfig, pool_batches: int = 32) -> Iterator[tuple]:
-    """Endless (input_ids, labels) batches, right-padded, of traces of similar lengths.
-
-    Traces come in pools of `pool_batches` batches: each pool is sorted by length, cut into
-    batches, and the batches shuffled (seeded), so that padding stays small.
-    """
-    import torch
-
-    rng = random.Random(f"toy-batches:{config.seed}")
-    pool = config.batch_size * pool_batches
-    start = 0
-    distinct = ([encode_trace(tokenizer, t) for t in make_traces(0, config.distinct_traces, config)]
-                if config.distinct_traces is not None else None)
-    while True:
-        if distinct is not None:  # draw from the same few traces again and again
-            examples = [distinct[rng.randrange(len(distinct))] for _ in range(pool)]
-        else:
-            examples = [encode_trace(tokenizer, t) for t in make_traces(start, pool, config)]
-            start += pool
-        examples.sort(key=lambda e: len(e[0]))
-        chunks = [examples[i:i + config.batch_size] for i in range(0, pool, config.batch_size)]
-        rng.shuffle(chunks)
-        for chunk in chunks:
-            width = min(max(len(ids) for ids, _ in chunk), config.max_positions)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-            for r, (i, l) in enumerate(chunk):
-                ids[r, :min(len(i), width)] = torch.tensor(i[:width])
-                labels[r, :min(len(l), width)] = torch.tensor(l[:width])
-            yield ids, labels
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training
-
-
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads() -> int:
-    """Training threads: the CPUs this process may use, less those other processes keep busy (the
-    1-minute load average). OpenMP threads that outnumber the free cores stall at every barrier:
-    on a busy 2-core machine 2 threads train 5 times slower than 1."""
-    cpus = _cpu_count()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this platform
-        busy = 0.0
-    return max(1, min(cpus, cpus - int(busy)))
-
-
-def _llama_config(config: ToyTrainConfig, tokenizer):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=config.hidden_size, intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers, num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_heads, max_position_embeddings=config.max_positions,
-        rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True)
-
-
-def train_toy_model(config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = True):
-    """Trains a toy policy in memory.
-
-    Args:
-        config: the build's settings.
-        progress: show a tqdm bar.
-
-    Returns:
-        (model in eval mode, tokenizer, info): info records the steps run, the seconds spent, the
-        final loss (mean of the last 20 steps) and the parameter count.
-    """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import GenerationConfig, LlamaForCausalLM
-
-    tokenizer = build_char_tokenizer(config.max_positions)
-    from mcts.policy.hf_policy import torch_threads
-
-    threads = config.num_threads or default_threads()
-    with torch_threads(threads):
-        torch.manual_seed(config.seed)
-        model = LlamaForCausalLM(_llama_config(config, tokenizer))
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
-        total = [config.steps]  # set from the measured speed when training for `seconds`
-        calibrate_at = min(10, config.warmup_steps) if config.seconds else None
-
-        def lr_factor(step: int) -> float:
-            if step < config.warmup_steps:
-                return (step + 1) / config.warmup_steps
-            progress_ = min(1.0, (step - config.warmup_steps) / max(1, total[0] - config.warmup_steps))
-            return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        batches = _batches(tokenizer, config)
-        model.train()
-        losses: list[float] = []
-        started = time.perf_counter()
-        bar = tqdm(total=total[0], desc="training the toy policy", unit="step", disable=not progress,
-                   dynamic_ncols=True)
-        step = 0
-        while step < total[0]:
-            ids, labels = next(batches)
-            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            if calibrate_at is not None and step == calibrate_at:
-                per_step = (time.perf_counter() - started) / step
-                total[0] = max(step + 1, config.warmup_steps + 1, int(config.seconds / per_step))
-                bar.total = total[0]
-                bar.refresh()
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
-        bar.close()
-        seconds = time.perf_counter() - started
-        model.eval()
-    info = {
-        "steps": step,
-        "train_seconds": round(seconds, 1),
-        "threads": threads,
-        "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "traces_seen": step * config.batch_size,
-    }
-    return model, tokenizer, info
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def solve(policy, problems: Sequence[str], *, samples: int = 1, temperature: float = 0.0,
-          max_steps: int = 12) -> list[list[list[str]]]:
-    """Step-by-step solutions, `samples` per problem: one batched `propose` per depth until every
-    trace finishes.
-
-    Args:
-        policy: a `StepProposer`.
-        problems: [P] problem texts.
-        samples: traces per problem.
-        temperature: the policy's sampling temperature; 0 is greedy (then one trace per problem is
-            enough: the others repeat it).
-        max_steps: a trace still going after this many steps is cut.
-
-    Returns:
-        [P][samples] lists of step texts.
-    """
-    traces: list[list[str]] = [[] for _ in range(len(problems) * samples)]
-    live = list(range(len(traces)))
-    for _ in range(max_steps):
-        if not live:
-            break
-        prefixes = [Prefix(problems[i // samples], tuple(traces[i])) for i in live]
-        proposals = policy.propose(prefixes, 1, temperature)  # the contract: temperature 0 is greedy
-        still = []
-        for i, steps in zip(live, proposals):
-            if not steps:
-                continue
-            traces[i].append(steps[0].text)
-            if not steps[0].finished:
-                still.append(i)
-        live = still
-    return [traces[p * samples:(p + 1) * samples] for p in range(len(problems))]
-
-
-def greedy_solve(policy, problems: Sequence[str], max_steps: int = 12) -> list[list[str]]:
-    """Greedy step-by-step solutions ([P] lists of step texts; see `solve`)."""
-    return [runs[0] for runs in solve(policy, problems, max_steps=max_steps)]
-
-
-def _answers(trace: Sequence[str], gold: int) -> bool:
-    parsed = parse_step(trace[-1]) if trace else None
-    return isinstance(parsed, FinalAnswer) and parsed.value == gold
-
-
-def evaluate_toy_policy(policy, *, per_ops: int = 100, ops: Sequence[int] = range(1, 7), seed: int = 777,
-                        problems: ArithConfig | None = None, samples: int = 4,
-                        temperature: float = 1.0, pass_k: int = 0) -> list[dict]:
-    """Accuracy of a policy on fresh toy problems, by number of operations.
-
-    Per number of operations k, on `per_ops` problems drawn by `generate_problems` with seed
-    `seed + k` from `problems` (default `toy_problem_config()`, the policy's training
-    distribution) with exactly k operations:
-    - greedy_accuracy: greedy step-by-step solutions whose final answer is the gold value;
-    - pass_at_k: with `pass_k` > 0, the fraction of problems of which at least one of `pass_k`
-      solutions sampled at `temperature` ends at the gold value (what a perfect selector over
-      that many samples would reach); `pass_k` is recorded beside it;
-    - sampled_step_correct: from every prefix of the canonical solution (all correct), `samples`
-      steps at `temperature`; the fraction the oracle labels correct (how often a search that
-      samples a next step gets it right);
-    - sampled_parse_rate: the fraction of those steps `parse_step` can read.
-    With `samples=0` the two sampled rates are None, and with `pass_k=0` pass_at_k is None (faster).
-
-    Returns:
-        One dict per k: {ops, problems, greedy_accuracy, pass_k, pass_at_k, sampled_step_correct,
-        sampled_parse_rate}.
-    """
-    base = toy_problem_config() if problems is None else problems
-    rows = []
-    for k in ops:
-        records = generate_problems(per_ops, seed + k, dataclasses.replace(base, min_ops=k, max_ops=k))
-        texts = [r["problem"] for r in records]
-        golds = [r["answer"] for r in records]
-        greedy = greedy_solve(policy, texts, max_steps=k + 4)
-        row = {"ops": k, "problems": len(texts),
-               "greedy_accuracy": sum(map(_answers, greedy, golds)) / max(1, len(texts)),
-               "pass_k": pass_k or None, "pass_at_k": None, "sampled_step_correct": None,
-               "sampled_parse_rate": None}
-        if pass_k:
-            runs = solve(policy, texts, samples=pass_k, temperature=temperature, max_steps=k + 4)
-            hits = [any(_answers(trace, gold) for trace in traces) for traces, gold in zip(runs, golds)]
-            row["pass_at_k"] = sum(hits) / max(1, len(texts))
-        if samples:
-            prefixes, gold_of = [], []
-            for problem, gold in zip(texts, golds):
-                steps = [s + DELIMITER for s in solution_steps(problem)]
-                for depth in range(len(steps)):
-                    prefixes.append(Prefix(problem, tuple(steps[:depth])))
-                    gold_of.append(gold)
-            proposals = policy.propose(prefixes, samples, temperature)
-            labels = [label_step(s.text, g) for steps, g in zip(proposals, gold_of) for s in steps]
-            readable = [parse_step(s.text) is not None for steps in proposals for s in steps]
-            row["sampled_step_correct"] = sum(labels) / max(1, len(labels))
-            row["sampled_parse_rate"] = sum(readable) / max(1, len(readable))
-        rows.append(row)
-    return rows
-
-
-def format_table(rows: Sequence[dict]) -> str:
-    """The rows of `evaluate_toy_policy` as a text table."""
-
-    def cell(value, width):
-        return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
-
-    k = next((r.get("pass_k") for r in rows if r.get("pass_k")), None)
-    lines = [f"ops  problems  greedy acc  {f'pass@{k}' if k else 'pass@k':>8}  T=1 step correct  T=1 parse rate"]
-    for r in rows:
-        lines.append(f"{r['ops']:>3}  {r['problems']:>8}  {cell(r['greedy_accuracy'], 10)}  "
-                     f"{cell(r.get('pass_at_k'), 8)}  {cell(r['sampled_step_correct'], 16)}  "
-                     f"{cell(r['sampled_parse_rate'], 14)}")
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------

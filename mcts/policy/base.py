@@ -63,7 +63,7 @@ class StepProposer(Protocol):
 
     def reseed(self, seed: int) -> None:
         """Restarts the sampling from `seed`: the calls that follow draw exactly as those of a fresh
-        proposer seeded with `seed`. The executors (`mcts.executor`) reseed at the start of every
+        proposer seeded with `seed`. The executors (`treesearch.executor`) reseed at the start of every
         shard, so a shard's steps do not depend on which worker searched it or what came before."""
         ...
 

@@ -20,7 +20,6 @@ the settings its model was trained for (delimiter, chat template) in `treesearch
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 from collections import OrderedDict
@@ -31,13 +30,14 @@ import torch
 
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, check_propose_args
+from mcts.policy.torch_utils import torch_threads
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DELIMITER", "DEFAULT_MAX_NEW_TOKENS", "POLICY_FILE", "ChatPrompt", "HFPolicy",
            "HFPolicyConfig", "PolicyStats", "PromptFn", "plain_prompt", "prompt_requests", "read_policy_defaults",
-           "torch_threads", "write_policy_defaults"]
+           "write_policy_defaults"]
 
 PromptFn = Callable[[Prefix], str]
 
@@ -317,20 +317,6 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None):
-    """torch's intra-op thread count set to `n` for a block (None: unchanged)."""
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _as_list(value) -> list[int]:

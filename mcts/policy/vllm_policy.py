@@ -51,8 +51,16 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, check_propose_args
-from mcts.policy.hf_policy import (DEFAULT_DELIMITER, DEFAULT_MAX_NEW_TOKENS, ChatPrompt, PolicyStats, PromptFn,
-                                   plain_prompt, prompt_requests, read_policy_defaults)
+from mcts.policy.hf_policy import (
+    DEFAULT_DELIMITER,
+    DEFAULT_MAX_NEW_TOKENS,
+    ChatPrompt,
+    PolicyStats,
+    PromptFn,
+    plain_prompt,
+    prompt_requests,
+    read_policy_defaults,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

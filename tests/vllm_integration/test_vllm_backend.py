@@ -38,11 +38,14 @@ vllm = pytest.importorskip("vllm")
 torch = pytest.importorskip("torch")
 
 from mcts.envs.arith import OraclePRM, generate_problems, write_problems  # noqa: E402
-from mcts.envs.tiny_models import QUICK_CONFIG, ensure_toy_policy, toy_policy_config, toy_problem_config  # noqa: E402
+from mcts.envs.tiny_models import ensure_toy_policy, toy_policy_config
+from mcts.envs.toy_config import QUICK_CONFIG, toy_problem_config  # noqa: E402
 from mcts.policy.base import Prefix, Step, StepProposer  # noqa: E402
 from mcts.policy.hf_policy import HFPolicy  # noqa: E402
 from mcts.policy.vllm_policy import VLLMPolicy, VLLMPolicyConfig  # noqa: E402
-from mcts.search import SearchConfig, TreeSearch, run_algorithm  # noqa: E402
+from mcts.algorithms import run_algorithm  # noqa: E402
+from mcts.config import SearchConfig  # noqa: E402
+from mcts.search import TreeSearch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_NEW_TOKENS = 160  # as toy_policy_config

@@ -1,0 +1,203 @@
+"""`python -m mcts.search`: search every problem of a problem file, choose and grade answers, and
+write one JSON line per problem (ARCHITECTURE.md).
+
+    python -m mcts.search --problem-file examples/toy_arith.jsonl --algorithm mcts_star --simulations 32
+
+Every SearchConfig field is a flag (`--leaf-value`, `--top-p`, ...), read from the dataclass so that
+the two never drift apart. Bad input is one line on stderr and exit status 2, before any model loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from mcts.problems import ProblemFileError, load_problems
+from mcts.config import ALGORITHMS, SearchConfig
+from treesearch.engine import EngineLoadError, EngineSpec
+from treesearch.executor import ExecutorError, make_executor
+from treesearch.loaders import POLICY_BACKENDS
+from treesearch.results import ResultsFileError, search_problems
+
+__all__ = ["CliError", "main", "make_parser", "run_cli", "summarize"]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m mcts.search",
+        description="Search every problem of a problem file in batched rounds, choose and grade "
+                    "answers, and write one JSON line per problem.")
+    io = parser.add_argument_group("input and output")
+    io.add_argument("--problem-file", required=True, help="JSONL problems: MATH-500, GSM8K, the toy world, "
+                    "or any JSONL with a problem/question field (answer optional)")
+    io.add_argument("--limit", type=int, default=None, help="search only the first N problems")
+    io.add_argument("--out", default="results.jsonl", help="results, one JSON line per problem "
+                    "(written atomically after every batch)")
+    io.add_argument("--resume", action="store_true", help="keep the problems already in --out and "
+                    "search only the others")
+    io.add_argument("--trees-out", default=None, help="folder for one JSON file per searched tree")
+    models = parser.add_argument_group("models")
+    models.add_argument("--model", default="tiny", help="the policy: a local transformers model folder, "
+                        "'tiny' (the toy world's tiny transformer, built on first use) or 'scripted' "
+                        "(the toy world's scripted policy)")
+    models.add_argument("--prm", default="oracle", help="the scorer: a local PRM folder, 'tiny' (the toy "
+                        "world's trained PRM, built on first use: python -m prm.toy build) or 'oracle' "
+                        "(the toy world's oracle, with --oracle-noise)")
+    models.add_argument("--oracle-noise", type=float, default=0.1,
+                        help="probability that the oracle PRM flips a step's score")
+    models.add_argument("--pprm", default=None, help="a pairwise PPRM folder or 'tiny' (the toy world's, "
+                        "built on first use): the judge of --answer-selection ebc")
+    models.add_argument("--ebc-alpha", type=float, default=0.5, help="--answer-selection ebc: weight of the "
+                        "normalised Borda score against the candidates' values (in [0, 1])")
+    models.add_argument("--backend", default="hf", choices=POLICY_BACKENDS,
+                        help="what runs --model: hf (transformers, CPU or GPU) or vllm (pip install -e .[vllm])")
+    models.add_argument("--device", default=None, help="torch device of the models (default: cuda if "
+                        "available, else cpu)")
+    models.add_argument("--max-new-tokens", type=int, default=None, help="most tokens in one step")
+    models.add_argument("--tensor-parallel-size", type=int, default=None,
+                        help="--backend vllm: GPUs one engine shards the model over")
+    models.add_argument("--dtype", default=None, help="--backend vllm: weights' dtype (auto, float16, "
+                        "bfloat16, float32)")
+    models.add_argument("--gpu-memory-utilization", type=float, default=None,
+                        help="--backend vllm: fraction of the GPU's memory the engine may take")
+    models.add_argument("--delimiter", default=None, help="the step delimiter of --model DIR, as a Python "
+                        "string literal (default: what the folder declares, else '\\n\\n')")
+    search = parser.add_argument_group("search (shared by every algorithm, for equal budgets)")
+    for field in dataclasses.fields(SearchConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if field.name == "algorithm":
+            search.add_argument(flag, default=field.default, choices=ALGORITHMS, help=field.metadata["help"])
+        elif field.type in ("bool", bool):
+            search.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
+                                help=field.metadata["help"])
+        else:
+            kind = {"int | None": int, "float | None": float, "str | None": str}.get(
+                field.type, type(field.default))
+            search.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"])
+    search.add_argument("--batch", type=int, default=16, help="problems searched together (trees per forest)")
+    search.add_argument("--seed", type=int, default=0, help="seed of the run: batch k's policy sampling is "
+                        "seeded from (seed, k), the oracle's noise from seed")
+    where = parser.add_argument_group("where the search runs (treesearch.executor)")
+    where.add_argument("--executor", default="local", choices=("local", "ray"), help="local: this process; "
+                       "ray: the batches are shared out over Ray actors, one policy and one PRM each "
+                       "(pip install -e .[ray]); same results for the same seed")
+    where.add_argument("--actors", type=int, default=None, help="--executor ray: number of actors "
+                       "(default: one per GPU of the cluster, else 1)")
+    where.add_argument("--ray-address", default=None, help="--executor ray: the cluster to join ('auto', "
+                       "'ray://host:10001'); default: start a local one")
+    return parser
+
+
+class CliError(Exception):
+    """A bad argument or input: printed as one line, exit status 2, nothing written."""
+
+
+def _config_from_args(args: argparse.Namespace) -> SearchConfig:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)}
+    try:
+        return SearchConfig(**values)
+    except ValueError as err:
+        message = str(err)
+        for name in values:  # name the flag, not the field
+            message = message.replace(f"{name}=", f"--{name.replace('_', '-')}=").replace(
+                f"{name} must", f"--{name.replace('_', '-')} must")
+        raise CliError(message) from None
+
+
+def _delimiter(text: str | None) -> str | None:
+    """--delimiter as typed: '\\n\\n' means two newlines."""
+    if text is None:
+        return None
+    try:
+        value = text.encode("utf-8").decode("unicode_escape") if "\\" in text else text
+    except UnicodeDecodeError:
+        raise CliError(f"--delimiter {text!r}: not a valid escape sequence") from None
+    if not value:
+        raise CliError("--delimiter must not be empty")
+    return value
+
+
+def summarize(records: Sequence[dict], searched: int, seconds: float) -> str:
+    """The end-of-run table over every record of the results file; the rate counts only the
+    `searched` problems of this run."""
+    graded = [r for r in records if r.get("correct") is not None]
+    n = len(records)
+    rows = [
+        ("problems", f"{n}"),
+        ("graded", f"{len(graded)}"),
+        ("accuracy", f"{sum(r['correct'] for r in graded) / len(graded):.3f}" if graded else "n/a"),
+        ("answered", f"{sum(r['answer'] is not None for r in records) / n:.3f}" if n else "n/a"),
+        ("tokens / problem", f"{sum(r['tokens'] for r in records) / n:.1f}" if n else "n/a"),
+        ("simulations / problem", f"{sum(r['simulations'] for r in records) / n:.1f}" if n else "n/a"),
+        ("searched in this run", f"{searched}"),
+        ("problems / s (this run)", f"{searched / seconds:.2f}" if searched and seconds > 0 else "n/a"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    config = _config_from_args(args)
+    if args.batch < 1:
+        raise CliError(f"--batch must be >= 1, got {args.batch}")
+    if args.limit is not None and args.limit < 0:
+        raise CliError(f"--limit must be >= 0, got {args.limit}")
+    if args.actors is not None and args.actors < 1:
+        raise CliError(f"--actors must be >= 1, got {args.actors}")
+    if args.executor != "ray" and (args.actors is not None or args.ray_address is not None):
+        raise CliError("--actors and --ray-address need --executor ray")
+    try:
+        problems = load_problems(args.problem_file, limit=args.limit)
+    except ProblemFileError as err:
+        raise CliError(str(err)) from None
+    if (config.selection == "ebc") != (args.pprm is not None):
+        raise CliError("--answer-selection ebc needs --pprm DIR|tiny (the pairwise judge), and --pprm is "
+                       "only read by --answer-selection ebc")
+    if not 0.0 <= args.ebc_alpha <= 1.0:
+        raise CliError(f"--ebc-alpha must be in [0, 1], got {args.ebc_alpha}")
+    judge = {"pprm": args.pprm, "ebc_alpha": args.ebc_alpha} if args.pprm is not None else {}
+    spec = EngineSpec(model=args.model, prm=args.prm, backend=args.backend, device=args.device, seed=args.seed,
+                      oracle_noise=args.oracle_noise, max_new_tokens=args.max_new_tokens,
+                      delimiter=_delimiter(args.delimiter), config=config, scorer_options=judge,
+                      proposer_options={"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
+                                        "gpu_memory_utilization": args.gpu_memory_utilization})
+    if config.selection == "ebc" and not spec.needs_scorer:
+        raise CliError(f"--answer-selection ebc: --algorithm {config.algorithm} loads no scorer to judge with")
+    try:
+        executor = make_executor(args.executor, actors=args.actors, address=args.ray_address)
+    except ImportError as err:
+        raise CliError(f"--executor {args.executor}: {err}") from None
+    out = Path(args.out)
+    try:
+        run = search_problems(problems, spec, executor, batch=args.batch, out_path=out, resume=args.resume,
+                              trees_out=args.trees_out, progress=True)
+    except EngineLoadError as err:
+        raise CliError(f"--{err.part} {err.name}: {err.reason}") from None
+    except ResultsFileError as err:
+        raise CliError(str(err)) from None
+    except ExecutorError as err:
+        raise CliError(f"--executor {args.executor}: {err}") from None
+    finally:
+        executor.close()
+    if not run.searched:
+        print(f"nothing to search: all {len(problems)} problems are already in {out}", file=sys.stderr)
+    print(summarize(run.records, run.searched, run.seconds))
+    print(f"results: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return run_cli(args)
+    except CliError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Policies and scorers by name: the one place that turns `--model` and `--prm` into objects.
+
+    load_proposer(model, backend=...)   'scripted', 'tiny' or a local model folder, on transformers
+                                        ('hf') or vLLM
+    load_scorer(prm, pprm=...)          'oracle', 'tiny' or a local PRM folder, optionally with a
+                                        pairwise judge for Enhanced Borda Count
+    check_toy(problems, what)           the toy world's models know only arithmetic expressions
+
+This module sits at the edge, above `prm`: it alone (with the rest of `treesearch`) may name every
+model family. The model imports are inside the functions on purpose: a run of the scripted policy
+and the oracle never imports torch, and a bad flag is refused before any heavy import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from mcts.envs.arith import first_non_toy
+from mcts.policy.base import StepProposer, StepScorer
+
+__all__ = ["POLICY_BACKENDS", "check_toy", "load_proposer", "load_scorer"]
+
+
+def check_toy(problems: Sequence[str], what: str) -> None:
+    """Raises ValueError unless every text is a toy-world arithmetic expression (`what` names the
+    model that needs one, e.g. '--prm oracle')."""
+    text = first_non_toy(problems)
+    if text is not None:
+        raise ValueError(f"{what} only knows the toy arithmetic world, but {text[:60]!r} is not an "
+                         f"arithmetic expression")
+
+
+POLICY_BACKENDS = ("hf", "vllm")
+
+
+def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = (), seed: int = 0,
+                  device: str | None = None, max_new_tokens: int | None = None,
+                  delimiter: str | None = None, engine_options: Mapping[str, Any] | None = None) -> StepProposer:
+    """The policy named by `model`: 'scripted' (the toy world's scripted policy), 'tiny' (the toy
+    world's tiny transformer, built on first use), or a local transformers model folder (its step
+    delimiter: `delimiter`, else what the folder declares, else blank lines), run by `backend`:
+    'hf' (transformers) or 'vllm' (mcts.policy.vllm_policy; for 'tiny', its built folder).
+
+    `engine_options`: more `VLLMPolicyConfig` fields for --backend vllm (tensor_parallel_size,
+    dtype, gpu_memory_utilization); the transformers backend refuses them.
+
+    Raises ValueError (or OSError for an unreadable folder) with a message naming what is wrong;
+    `problems` are checked to be toy-world expressions where the policy needs them.
+    """
+    engine_options = {k: v for k, v in (engine_options or {}).items() if v is not None}
+    if engine_options and backend != "vllm":
+        raise ValueError(f"{', '.join(sorted(engine_options))}: vLLM engine options need --backend vllm")
+    if model == "scripted":
+        from mcts.policy.toy import ScriptedPolicy
+
+        check_toy(problems, "--model scripted")
+        return ScriptedPolicy(seed=seed)
+    if backend not in POLICY_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {', '.join(POLICY_BACKENDS)}")
+    options = {"seed": seed, "device": device, "max_new_tokens": max_new_tokens, "delimiter": delimiter}
+    options = {k: v for k, v in options.items() if v is not None}
+    if backend == "vllm":
+        from mcts.policy.vllm_policy import VLLMPolicy, VLLMPolicyConfig
+
+        if model == "tiny":
+            from mcts.envs.tiny_models import ensure_toy_policy
+
+            model = str(ensure_toy_policy())
+        options.pop("device", None)  # vLLM places the model itself
+        return VLLMPolicy.from_pretrained(Path(model), VLLMPolicyConfig(**options, **engine_options))
+    if model == "tiny":
+        from mcts.envs.tiny_models import load_toy_policy
+
+        return load_toy_policy(**options)
+    from mcts.policy.hf_policy import HFPolicy, HFPolicyConfig
+
+    return HFPolicy.from_pretrained(Path(model), HFPolicyConfig(**options))
+
+
+def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str] | None = None,
+                oracle_noise: float = 0.0, seed: int = 0, device: str | None = None, pprm: str | None = None,
+                ebc_alpha: float = 0.5, progress: bool = True) -> StepScorer:
+    """The scorer named by `prm`, optionally with a pairwise judge for `answer_selection='ebc'`.
+
+    Args:
+        prm: 'oracle' (the toy world's oracle PRM, flipping a score with probability
+            `oracle_noise`; `golds` maps problem text to gold answer), 'tiny' (the toy world's
+            trained PRM, built on first use: `prm.toy.ensure_toy_prm`) or a local PRM folder.
+        pprm: None, 'tiny' (the toy world's PPRM, built on first use) or a local PPRM folder: the
+            scorer then also ranks finished candidates by Enhanced Borda Count
+            (`prm.ebc.EBCScorer`, what `choose_answer(..., 'ebc')` calls).
+        ebc_alpha: EBC's weight of the normalised Borda score against the candidates' values.
+        progress: show the build's progress bar when a 'tiny' model is built on first use.
+
+    Returns:
+        A `StepScorer`; ValueError (or OSError for an unreadable folder) names what is wrong.
+    """
+    if prm == "oracle":
+        from mcts.envs.arith import OraclePRM
+
+        check_toy(problems, "--prm oracle")
+        scorer: StepScorer = OraclePRM(noise=oracle_noise, seed=seed, answers=golds)
+    else:
+        try:
+            from prm.model import PRM
+        except ImportError:
+            raise ValueError("a PRM folder needs prm.model (the trainable PRM), which this install lacks") from None
+        if prm == "tiny":
+            from prm.toy import ensure_toy_prm
+
+            prm = str(ensure_toy_prm(progress=progress))
+        scorer = PRM.from_pretrained(Path(prm), device=device)
+    if pprm is None:
+        return scorer
+    from prm.ebc import EBCScorer
+    from prm.pairwise import PPRM
+
+    if pprm == "tiny":
+        from prm.toy import ensure_toy_pprm
+
+        pprm = str(ensure_toy_pprm(progress=progress))
+    try:
+        judge = PPRM.from_pretrained(Path(pprm), device=device)
+    except OSError as err:
+        raise ValueError(f"--pprm {pprm}: {err}") from None
+    return EBCScorer(scorer, judge, alpha=ebc_alpha)
