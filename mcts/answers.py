@@ -2,7 +2,8 @@
 
     Candidate              a finished solution: its answer, value and steps
     SearchResult           what one search found for one problem (one JSON record of the results)
-    choose_answer          the rules of ANSWER_SELECTIONS: max_value, weighted_vote, majority, ebc
+    choose_answer          the rules of ANSWER_SELECTIONS: max_value, weighted_vote, majority, and ebc
+                           (an `AnswerJudge`'s choice: Enhanced Borda Count with a PPRM)
     aggregate_step_values  one value for a solution from its step values (STEP_AGGREGATES)
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from mcts.grading import normalize
 
@@ -49,31 +50,37 @@ class SearchResult:
         return dataclasses.asdict(self)
 
 
+class AnswerJudge(Protocol):
+    """A learned judge of a problem's finished candidates, behind the `ebc` answer rule (LLaMA-Berry's
+    Enhanced Borda Count with a pairwise PPRM: `prm.ebc.EBCJudge`, built by
+    `treesearch.loaders.load_judge`)."""
+
+    def select(self, problem: str, candidates: Sequence[Candidate]) -> tuple[Candidate | None, float]: ...
+
+
 def choose_answer(candidates: Sequence[Candidate], rule: str, *, problem: str | None = None,
-                  judge=None) -> tuple[Candidate | None, float]:
+                  judge: AnswerJudge | None = None) -> tuple[Candidate | None, float]:
     """The chosen solution among finished candidates, and its score under `rule`.
 
     max_value: the candidate with the highest value (first on ties).
     weighted_vote: answers are grouped by their normalised spelling; the group with the largest
       sum of values wins (its best candidate is returned, the score is its share of the total).
     majority: as weighted_vote with every value counted as 1.
-    ebc: Enhanced Borda Count (LLaMA-Berry): `judge.select(problem, candidates)`, where `judge` is
-      the search's scorer loaded with a PPRM (`load_scorer(..., pprm=...)`, a `prm.ebc.EBCScorer`);
-      it combines the PPRM's Borda score with each candidate's value (its local Q); the score is
-      the chosen candidate's global quality.
+    ebc: the judge's choice (`judge.select(problem, candidates)`; Enhanced Borda Count combines
+      the PPRM's Borda score with each candidate's value, its local Q; the score is the chosen
+      candidate's global quality).
     Candidates without an answer only win when no candidate states one.
 
     Args:
         candidates: the finished solutions of one problem.
         rule: one of ANSWER_SELECTIONS.
-        problem: the problem text (read by the PPRM; needed by "ebc" only).
-        judge: anything with `select(problem, candidates) -> (Candidate | None, float)` (needed by
-            "ebc" only; the scorer of the search).
+        problem: the problem text (read by the judge; needed by "ebc" only).
+        judge: an `AnswerJudge` (needed by "ebc" only).
     """
     if rule == "ebc":
-        if problem is None or not callable(getattr(judge, "select", None)):
-            raise ValueError("answer_selection 'ebc' needs the problem text and a scorer loaded with a "
-                             "pairwise PPRM (--pprm DIR|tiny; treesearch.loaders.load_scorer(prm, pprm=...))")
+        if problem is None or judge is None:
+            raise ValueError("answer_selection 'ebc' needs the problem text and a judge: a pairwise PPRM "
+                             "(--pprm DIR|tiny; treesearch.loaders.load_judge)")
         return judge.select(problem, candidates)
     if not candidates:
         return None, 0.0

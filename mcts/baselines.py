@@ -10,7 +10,8 @@ N is `config.simulations`. Solutions are sampled in waves of `config.width` per 
 problems together (one policy call per step for every live solution of every problem); a new wave
 starts only while the problem is under its token budget, so the budget may be overshot by at most
 one wave, and the tokens actually spent are reported. Every function takes
-`(problems, proposer, scorer, config)` and returns one `SearchResult` per problem.
+`(problems, proposer, scorer, config, judge=None)` (the judge of `answer_selection='ebc'`) and
+returns one `SearchResult` per problem.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mcts.policy.base import Prefix, StepProposer, StepScorer
-from mcts.answers import Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
+from mcts.answers import AnswerJudge, Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
 from mcts.config import SearchConfig
 from mcts.traces import Counters, Trace, propose, sample_traces
 
@@ -29,12 +30,13 @@ __all__ = ["BASELINES", "beam", "best_of_n", "greedy", "self_consistency", "weig
 
 
 def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Counters, config: SearchConfig,
-             simulations: Sequence[int], seconds: Sequence[float], scorer=None) -> list[SearchResult]:
+             simulations: Sequence[int], seconds: Sequence[float],
+             judge: AnswerJudge | None) -> list[SearchResult]:
     out = []
     for b in range(len(problems)):
         candidates = [Candidate(t.answer, aggregate_step_values(t.step_values, config.step_aggregate),
                                 t.prefix.steps) for t in solutions[b]]
-        chosen, value = choose_answer(candidates, config.selection, problem=problems[b], judge=scorer)
+        chosen, value = choose_answer(candidates, config.selection, problem=problems[b], judge=judge)
         out.append(SearchResult(
             answer=chosen.answer if chosen else None, trace="".join(chosen.steps) if chosen else "",
             value=float(value), tokens=int(counters.tokens[b]), simulations=int(simulations[b]),
@@ -46,7 +48,8 @@ def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Co
 
 
 def _sample_solutions(problems: Sequence[str], proposer: StepProposer, scorer: StepScorer | None,
-                      config: SearchConfig, n: int, temperature: float) -> list[SearchResult]:
+                      config: SearchConfig, n: int, temperature: float,
+                      judge: AnswerJudge | None) -> list[SearchResult]:
     """Up to n solutions per problem, in waves of `config.width`; then `config.selection` chooses."""
     start = time.perf_counter()
     counters = Counters.zeros(len(problems))
@@ -67,35 +70,40 @@ def _sample_solutions(problems: Sequence[str], proposer: StepProposer, scorer: S
         for trace in wave:
             solutions[trace.owner].append(trace)
             seconds[trace.owner] = now
-    return _results(problems, solutions, counters, config, [len(s) for s in solutions], seconds, scorer)
+    return _results(problems, solutions, counters, config, [len(s) for s in solutions], seconds, judge)
 
 
-def greedy(problems, proposer, scorer, config: SearchConfig) -> list[SearchResult]:
+def greedy(problems, proposer, scorer, config: SearchConfig,
+           judge: AnswerJudge | None = None) -> list[SearchResult]:
     """One greedy solution per problem (no scorer call is made)."""
-    return _sample_solutions(problems, proposer, None, config, n=1, temperature=0.0)
+    return _sample_solutions(problems, proposer, None, config, n=1, temperature=0.0, judge=judge)
 
 
-def best_of_n(problems, proposer, scorer, config: SearchConfig) -> list[SearchResult]:
+def best_of_n(problems, proposer, scorer, config: SearchConfig,
+              judge: AnswerJudge | None = None) -> list[SearchResult]:
     """N sampled solutions; the one with the highest PRM value (`config.step_aggregate` over its
     steps) wins."""
     if scorer is None:
         raise ValueError("best_of_n needs a scorer")
-    return _sample_solutions(problems, proposer, scorer, config, config.simulations, config.temperature)
+    return _sample_solutions(problems, proposer, scorer, config, config.simulations, config.temperature, judge)
 
 
-def self_consistency(problems, proposer, scorer, config: SearchConfig) -> list[SearchResult]:
+def self_consistency(problems, proposer, scorer, config: SearchConfig,
+                     judge: AnswerJudge | None = None) -> list[SearchResult]:
     """N sampled solutions, majority vote (no scorer call is made)."""
-    return _sample_solutions(problems, proposer, None, config, config.simulations, config.temperature)
+    return _sample_solutions(problems, proposer, None, config, config.simulations, config.temperature, judge)
 
 
-def weighted_self_consistency(problems, proposer, scorer, config: SearchConfig) -> list[SearchResult]:
+def weighted_self_consistency(problems, proposer, scorer, config: SearchConfig,
+                              judge: AnswerJudge | None = None) -> list[SearchResult]:
     """N sampled solutions, each answer's votes weighted by its solutions' PRM values."""
     if scorer is None:
         raise ValueError("weighted_self_consistency needs a scorer")
-    return _sample_solutions(problems, proposer, scorer, config, config.simulations, config.temperature)
+    return _sample_solutions(problems, proposer, scorer, config, config.simulations, config.temperature, judge)
 
 
-def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchConfig) -> list[SearchResult]:
+def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchConfig,
+         judge: AnswerJudge | None = None) -> list[SearchResult]:
     """Step-level beam search: every live beam samples `width` next steps, the PRM scores them, and
     the `width` best partial solutions (by `config.step_aggregate` of their step values; finished
     ones stay in the running) are kept. Ends when every kept beam is finished, at the depth limit,
@@ -156,7 +164,7 @@ def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchCon
             beams[t.owner].append(t)
             seconds[t.owner] = time.perf_counter() - start
     solutions = [[t for t in beams[b] if t.finished] for b in range(P)]
-    return _results(problems, solutions, counters, config, expansions, seconds, scorer)
+    return _results(problems, solutions, counters, config, expansions, seconds, judge)
 
 
 BASELINES: dict[str, Callable[..., list[SearchResult]]] = {

@@ -28,7 +28,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from mcts.answers import Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
+from mcts.answers import AnswerJudge, Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
 from mcts.config import TREE_RULES, SearchConfig
 from mcts.core import EXPANDED, PRUNED, TERMINAL, Forest, backup, expand, select
 from mcts.grading import extract_answer
@@ -56,15 +56,16 @@ class TreeSearch:
     """MCTS over reasoning steps for a batch of problems: one tree per problem in one Forest.
 
     Usage: `TreeSearch(problems, proposer, scorer, config).run()` returns one `SearchResult` per
-    problem; `to_json(b)` dumps tree b for inspection.
+    problem; `to_json(b)` dumps tree b for inspection. `judge`: the `AnswerJudge` of
+    `answer_selection='ebc'`.
     """
 
     def __init__(self, problems: Sequence[str], proposer: StepProposer, scorer: StepScorer,
-                 config: SearchConfig):
+                 config: SearchConfig, *, judge: AnswerJudge | None = None):
         if config.algorithm not in TREE_RULES:
             raise ValueError(f"TreeSearch runs {', '.join(TREE_RULES)}, not {config.algorithm!r}")
         self.problems = list(problems)
-        self.proposer, self.scorer, self.config = proposer, scorer, config
+        self.proposer, self.scorer, self.config, self.judge = proposer, scorer, config, judge
         self.rules = TREE_RULES[config.algorithm]
         B = len(self.problems)
         # Each backed-up leaf allocates at most `children_per_node` nodes (real children, then the
@@ -413,7 +414,7 @@ class TreeSearch:
     def result(self, b: int) -> SearchResult:
         candidates = self.candidates(b)
         chosen, value = choose_answer(candidates, self.config.selection, problem=self.problems[b],
-                                      judge=self.scorer)
+                                      judge=self.judge)
         if chosen is None:
             steps = self.prefix(b, self._best_partial(b)).steps
             chosen = Candidate(None, 0.0, steps)

@@ -20,7 +20,7 @@ import importlib
 _EXPORTS = {
     "PRM": "prm.model", "PRMConfig": "prm.model", "PRMLoadError": "prm.model",
     "PPRM": "prm.pairwise",
-    "EBCScorer": "prm.ebc", "borda_scores": "prm.ebc", "ebc_rank": "prm.ebc", "ebc_select": "prm.ebc", "preference_matrix": "prm.ebc",
+    "EBCJudge": "prm.ebc", "borda_scores": "prm.ebc", "ebc_rank": "prm.ebc", "ebc_select": "prm.ebc", "preference_matrix": "prm.ebc",
     "transitive_closure": "prm.ebc",
     "StepDataError": "prm.data", "load_pair_dataset": "prm.data", "load_step_dataset": "prm.data",
     "pair_records": "prm.data", "read_step_records": "prm.data", "step_dataset": "prm.data",

@@ -9,11 +9,10 @@ pairwise preferences and their local values.
     ebc_rank           global quality = alpha * borda / (N - 1) + (1 - alpha) * local_q, and the
                        order best first: by global quality, then local Q, then index (deterministic)
     ebc_select         the chosen `mcts.answers.Candidate` of a problem, given a PPRM
-    EBCScorer          a `StepScorer` (any: a PRM, the oracle) with a PPRM beside it, whose `select`
-                       is what `mcts.answers.choose_answer(..., "ebc")` calls: the search's answer
-                       selector (`python -m mcts.search --answer-selection ebc --pprm DIR|tiny`)
+    EBCJudge           a PPRM and alpha as an `mcts.answers.AnswerJudge`: what the `ebc` answer rule
+                       asks (`python -m mcts.search --answer-selection ebc --pprm DIR|tiny`)
 
-Everything but `ebc_select` and `EBCScorer` is a pure NumPy function of arrays.
+Everything but `ebc_select` and `EBCJudge` is a pure NumPy function of arrays.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import numpy as np
 if TYPE_CHECKING:
     from mcts.answers import Candidate
 
-__all__ = ["EBCScorer", "borda_scores", "ebc_rank", "ebc_select", "global_quality", "preference_matrix",
+__all__ = ["EBCJudge", "borda_scores", "ebc_rank", "ebc_select", "global_quality", "preference_matrix",
            "transitive_closure"]
 
 
@@ -134,28 +133,21 @@ def ebc_select(problem: str, candidates: Sequence["Candidate"], pprm, alpha: flo
     return pool[best], float(quality[best])
 
 
-class EBCScorer:
-    """A step scorer and a pairwise judge together: the search's critic when answers are chosen by
-    Enhanced Borda Count.
-
-    `score` is the wrapped scorer's (the search's step values, hence the candidates' local Q);
-    `select(problem, candidates)` ranks a problem's finished candidates by `ebc_select` with the
-    PPRM. `treesearch.loaders.load_scorer(prm, pprm=...)` builds one.
+class EBCJudge:
+    """Enhanced Borda Count with a PPRM as the search's answer judge (`mcts.answers.AnswerJudge`):
+    `select(problem, candidates)` ranks a problem's finished candidates by `ebc_select`, their
+    values (the search's local Q) beside the PPRM's preferences.
+    `treesearch.loaders.load_judge(pprm, alpha=...)` builds one from a folder.
 
     Attributes:
-        scorer: the `StepScorer` (a PRM, the oracle, ...).
         pprm: anything with `preference_probs(problem, solutions) -> [N, N]` (a `prm.pairwise.PPRM`).
         alpha: the weight of the normalised Borda score (see `ebc_rank`).
     """
 
-    def __init__(self, scorer, pprm, alpha: float = 0.5):
+    def __init__(self, pprm, alpha: float = 0.5):
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-        self.scorer, self.pprm, self.alpha = scorer, pprm, alpha
-
-    def score(self, prefixes, steps) -> list[float]:
-        """The wrapped scorer's values (the `StepScorer` protocol)."""
-        return self.scorer.score(prefixes, steps)
+        self.pprm, self.alpha = pprm, alpha
 
     def select(self, problem: str, candidates: Sequence["Candidate"]) -> tuple["Candidate | None", float]:
         """The candidate EBC picks and its global quality (see `ebc_select`)."""

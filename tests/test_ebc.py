@@ -149,33 +149,28 @@ def test_ebc_select_picks_among_search_candidates():
 
 
 # ---------------------------------------------------------------------------------------------------
-# EBC as the search's answer selector (mcts.search: choose_answer "ebc", load_scorer(pprm=...), CLI)
+# EBC as the search's answer judge (mcts.answers: choose_answer "ebc"; treesearch.loaders.load_judge; CLI)
 
 
 def test_choose_answer_ebc_asks_the_judge_and_needs_one():
     from mcts.answers import ANSWER_SELECTIONS, Candidate, choose_answer
     from mcts.config import SearchConfig
-    from prm.ebc import EBCScorer
+    from prm.ebc import EBCJudge
 
-    class StepValues:
-        def score(self, prefixes, steps):
-            return [0.25] * len(steps)
-
-    judge = EBCScorer(StepValues(), FakePPRM(), alpha=1.0)
+    judge = EBCJudge(FakePPRM(), alpha=1.0)
     cands = [Candidate("1", 0.9, ("a",)), Candidate("2", 0.2, ("a", "b", "c")), Candidate("3", 0.5, ("a", "b"))]
     best, quality = choose_answer(cands, "ebc", problem="p", judge=judge)
     assert best.answer == "2" and quality == pytest.approx(1.0)
     assert judge.pprm.calls[-1][0] == "p"
     assert choose_answer(cands, "max_value", problem="p", judge=judge)[0].answer == "1"  # other rules ignore it
     assert choose_answer([], "ebc", problem="p", judge=judge) == (None, 0.0)
-    assert judge.score([None, None], ["x", "y"]) == [0.25, 0.25]  # the wrapped scorer's values
     with pytest.raises(ValueError, match="--pprm"):
         choose_answer(cands, "ebc")  # no judge
     with pytest.raises(ValueError, match="--pprm"):
-        choose_answer(cands, "ebc", problem="p", judge=StepValues())  # a scorer without a PPRM
+        choose_answer(cands, "ebc", judge=judge)  # no problem text
     assert "ebc" in ANSWER_SELECTIONS and SearchConfig(answer_selection="ebc").selection == "ebc"
     with pytest.raises(ValueError, match="alpha"):
-        EBCScorer(StepValues(), FakePPRM(), alpha=2.0)
+        EBCJudge(FakePPRM(), alpha=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -189,32 +184,29 @@ def quick_models(tmp_path_factory):
     return ensure_toy_prm(root, quick=True, progress=False), ensure_toy_pprm(root, quick=True, progress=False)
 
 
-def test_load_scorer_with_a_pprm_ranks_real_candidates(quick_models, monkeypatch):
-    from mcts.envs.arith import OraclePRM, solution_steps
-    from mcts.policy.base import Prefix, Step
+def test_load_judge_ranks_real_candidates(quick_models, monkeypatch):
     from mcts.answers import Candidate, choose_answer
-    from treesearch.loaders import load_scorer
+    from mcts.envs.arith import solution_steps
     from prm import toy
-    from prm.ebc import EBCScorer
+    from prm.ebc import EBCJudge
     from prm.model import PRM
+    from treesearch.loaders import load_judge, load_scorer
 
     prm_dir, pprm_dir = quick_models
-    scorer = load_scorer("oracle", problems=["1 + 2"], pprm=str(pprm_dir), ebc_alpha=0.25, device="cpu")
-    assert isinstance(scorer, EBCScorer) and isinstance(scorer.scorer, OraclePRM) and scorer.alpha == 0.25
-    assert scorer.score([Prefix("1 + 2")], [Step("1 + 2 = 3, so 3\n", 0.0, 16, False)]) == [1.0]
+    judge = load_judge(str(pprm_dir), alpha=0.25, device="cpu")
+    assert isinstance(judge, EBCJudge) and judge.alpha == 0.25
     good = tuple(s + "\n" for s in solution_steps("1 + 2 * 3"))
     cands = [Candidate("7", 0.8, good), Candidate("9", 0.3, ("1 + 2 = 3, so 3 * 3\n", "3 * 3 = 9, so 9\n",
                                                              "The answer is \\boxed{9}.\n"))]
-    best, quality = choose_answer(cands, "ebc", problem="1 + 2 * 3", judge=scorer)
+    best, quality = choose_answer(cands, "ebc", problem="1 + 2 * 3", judge=judge)
     assert best in cands and 0.0 <= quality <= 1.0
     # 'tiny' names the toy world's models, built on first use (here: the quick ones)
     monkeypatch.setattr(toy, "ensure_toy_prm", lambda *a, **k: prm_dir)
     monkeypatch.setattr(toy, "ensure_toy_pprm", lambda *a, **k: pprm_dir)
-    tiny = load_scorer("tiny", pprm="tiny", device="cpu")
-    assert isinstance(tiny.scorer, PRM) and tiny.pprm.config.mode == "pairwise"
+    assert load_judge("tiny", device="cpu").pprm.config.mode == "pairwise"
     assert isinstance(load_scorer("tiny", device="cpu"), PRM)
     with pytest.raises(ValueError, match="--pprm"):
-        load_scorer("oracle", problems=["1 + 2"], pprm=str(prm_dir))  # a PRM folder is no PPRM
+        load_judge(str(prm_dir))  # a PRM folder is no PPRM
 
 
 def test_search_cli_checks_ebc_flags(tmp_path, capsys):
@@ -228,8 +220,6 @@ def test_search_cli_checks_ebc_flags(tmp_path, capsys):
     assert "--pprm" in capsys.readouterr().err
     assert main(base + ["--pprm", str(tmp_path)]) == 2
     assert "--answer-selection ebc" in capsys.readouterr().err
-    assert main(base + ["--answer-selection", "ebc", "--pprm", "tiny", "--algorithm", "self_consistency"]) == 2
-    assert "loads no scorer" in capsys.readouterr().err
     assert main(base + ["--answer-selection", "ebc", "--pprm", "tiny", "--ebc-alpha", "2"]) == 2
     assert "--ebc-alpha" in capsys.readouterr().err
     assert not out.exists()

@@ -158,14 +158,11 @@ def run_cli(args: argparse.Namespace) -> int:
                        "only read by --answer-selection ebc")
     if not 0.0 <= args.ebc_alpha <= 1.0:
         raise CliError(f"--ebc-alpha must be in [0, 1], got {args.ebc_alpha}")
-    judge = {"pprm": args.pprm, "ebc_alpha": args.ebc_alpha} if args.pprm is not None else {}
     spec = EngineSpec(model=args.model, prm=args.prm, backend=args.backend, device=args.device, seed=args.seed,
                       oracle_noise=args.oracle_noise, max_new_tokens=args.max_new_tokens,
-                      delimiter=_delimiter(args.delimiter), config=config, scorer_options=judge,
+                      delimiter=_delimiter(args.delimiter), config=config, pprm=args.pprm, ebc_alpha=args.ebc_alpha,
                       proposer_options={"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
                                         "gpu_memory_utilization": args.gpu_memory_utilization})
-    if config.selection == "ebc" and not spec.needs_scorer:
-        raise CliError(f"--answer-selection ebc: --algorithm {config.algorithm} loads no scorer to judge with")
     try:
         executor = make_executor(args.executor, actors=args.actors, address=args.ray_address)
     except ImportError as err:

@@ -3,8 +3,8 @@ it searches with them.
 
     EngineSpec      what every worker builds: the policy (`model`, `backend`, `device`,
                     `max_new_tokens`, `delimiter`), the scorer (`prm`, `oracle_noise`, `golds`,
-                    `scorer_options`), `seed`, the `SearchConfig`, and optionally a `runner` (a
-                    search of its own, `SearchRunner`). Frozen and picklable; `spec.check(texts)`
+                    the answer judge (`pprm`, `ebc_alpha`), `seed`, the `SearchConfig`, and
+                    optionally a `runner` (a search of its own, `SearchRunner`). Frozen and picklable; `spec.check(texts)`
                     validates problems up front, `spec.build()` returns an `Engine`.
     Engine          one proposer and one scorer (`treesearch.loaders`); `engine.search(shard)`.
     Shard           index, problems, trees (also return each tree's JSON); `make_shards`.
@@ -28,7 +28,7 @@ from mcts.algorithms import run_algorithm
 from mcts.config import SearchConfig
 from mcts.grading import is_equivalent
 from mcts.problems import Problem
-from treesearch.loaders import check_toy, load_proposer, load_scorer
+from treesearch.loaders import check_toy, load_judge, load_proposer, load_scorer
 
 __all__ = ["Engine", "EngineLoadError", "EngineSpec", "SearchRunner", "Shard", "ShardResult", "make_shards",
            "shard_seed", "worker_name"]
@@ -91,7 +91,8 @@ class EngineSpec:
     delimiter: str | None = None  # step delimiter of a model folder (None: what it declares)
     config: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     golds: Mapping[str, str] | None = None  # problem text -> gold answer, for the oracle
-    scorer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # more load_scorer kwargs
+    pprm: str | None = None  # the PPRM of the `ebc` answer rule: 'tiny' or a folder (`load_judge`)
+    ebc_alpha: float = 0.5  # EBC's weight of the Borda score against the candidates' values
     proposer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # vLLM engine options
     runner: SearchRunner | None = None  # a search of its own instead of config.algorithm's
 
@@ -129,6 +130,7 @@ class Engine:
         spec: the `EngineSpec`.
         proposer: the policy (a `StepProposer`).
         scorer: the PRM (a `StepScorer`), None for algorithms that do not score.
+        judge: the answer judge of `answer_selection='ebc'` (an `AnswerJudge`), else None.
     """
 
     def __init__(self, spec: EngineSpec):
@@ -146,9 +148,15 @@ class Engine:
             golds = dict(spec.golds) if spec.golds is not None else None
             try:
                 self.scorer = load_scorer(spec.prm, golds=golds, oracle_noise=spec.oracle_noise, seed=spec.seed,
-                                          device=spec.device, **dict(spec.scorer_options))
+                                          device=spec.device)
             except (OSError, ValueError, ImportError) as err:
                 raise EngineLoadError("prm", spec.prm, str(err)) from err
+        self.judge = None
+        if spec.pprm is not None:
+            try:
+                self.judge = load_judge(spec.pprm, alpha=spec.ebc_alpha, device=spec.device)
+            except (OSError, ValueError, ImportError) as err:
+                raise EngineLoadError("pprm", spec.pprm, str(err)) from err
 
     def search(self, shard: "Shard") -> "ShardResult":
         """Searches one shard as one batch, its proposer (and a scorer that can) reseeded first.
@@ -169,7 +177,8 @@ class Engine:
         start, cpu = time.perf_counter(), time.process_time()
         texts = [p.problem for p in shard.problems]
         if self.spec.runner is None:
-            results = run_algorithm(texts, self.proposer, self.scorer, config, on_tree=on_tree if shard.trees else None)
+            results = run_algorithm(texts, self.proposer, self.scorer, config, judge=self.judge,
+                                    on_tree=on_tree if shard.trees else None)
         else:
             results = self.spec.runner(texts, self.proposer, self.scorer, config, cache=self.runner_cache,
                                        on_tree=on_tree if shard.trees else (lambda b, tree: None))

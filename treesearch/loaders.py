@@ -2,8 +2,9 @@
 
     load_proposer(model, backend=...)   'scripted', 'tiny' or a local model folder, on transformers
                                         ('hf') or vLLM
-    load_scorer(prm, pprm=...)          'oracle', 'tiny' or a local PRM folder, optionally with a
-                                        pairwise judge for Enhanced Borda Count
+    load_scorer(prm)                    'oracle', 'tiny' or a local PRM folder
+    load_judge(pprm, alpha=...)         the answer judge of `--answer-selection ebc`: Enhanced Borda
+                                        Count with a pairwise PPRM ('tiny' or a folder)
     check_toy(problems, what)           the toy world's models know only arithmetic expressions
 
 This module sits at the edge, above `prm`: it alone (with the rest of `treesearch`) may name every
@@ -17,9 +18,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mcts.envs.arith import first_non_toy
+from mcts.answers import AnswerJudge
 from mcts.policy.base import StepProposer, StepScorer
 
-__all__ = ["POLICY_BACKENDS", "check_toy", "load_proposer", "load_scorer"]
+__all__ = ["POLICY_BACKENDS", "check_toy", "load_judge", "load_proposer", "load_scorer"]
 
 
 def check_toy(problems: Sequence[str], what: str) -> None:
@@ -79,18 +81,14 @@ def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = 
 
 
 def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str] | None = None,
-                oracle_noise: float = 0.0, seed: int = 0, device: str | None = None, pprm: str | None = None,
-                ebc_alpha: float = 0.5, progress: bool = True) -> StepScorer:
-    """The scorer named by `prm`, optionally with a pairwise judge for `answer_selection='ebc'`.
+                oracle_noise: float = 0.0, seed: int = 0, device: str | None = None,
+                progress: bool = True) -> StepScorer:
+    """The scorer named by `prm`.
 
     Args:
         prm: 'oracle' (the toy world's oracle PRM, flipping a score with probability
             `oracle_noise`; `golds` maps problem text to gold answer), 'tiny' (the toy world's
             trained PRM, built on first use: `prm.toy.ensure_toy_prm`) or a local PRM folder.
-        pprm: None, 'tiny' (the toy world's PPRM, built on first use) or a local PPRM folder: the
-            scorer then also ranks finished candidates by Enhanced Borda Count
-            (`prm.ebc.EBCScorer`, what `choose_answer(..., 'ebc')` calls).
-        ebc_alpha: EBC's weight of the normalised Borda score against the candidates' values.
         progress: show the build's progress bar when a 'tiny' model is built on first use.
 
     Returns:
@@ -100,20 +98,23 @@ def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str]
         from mcts.envs.arith import OraclePRM
 
         check_toy(problems, "--prm oracle")
-        scorer: StepScorer = OraclePRM(noise=oracle_noise, seed=seed, answers=golds)
-    else:
-        try:
-            from prm.model import PRM
-        except ImportError:
-            raise ValueError("a PRM folder needs prm.model (the trainable PRM), which this install lacks") from None
-        if prm == "tiny":
-            from prm.toy import ensure_toy_prm
+        return OraclePRM(noise=oracle_noise, seed=seed, answers=golds)
+    try:
+        from prm.model import PRM
+    except ImportError:
+        raise ValueError("a PRM folder needs prm.model (the trainable PRM), which this install lacks") from None
+    if prm == "tiny":
+        from prm.toy import ensure_toy_prm
 
-            prm = str(ensure_toy_prm(progress=progress))
-        scorer = PRM.from_pretrained(Path(prm), device=device)
-    if pprm is None:
-        return scorer
-    from prm.ebc import EBCScorer
+        prm = str(ensure_toy_prm(progress=progress))
+    return PRM.from_pretrained(Path(prm), device=device)
+
+
+def load_judge(pprm: str, *, alpha: float = 0.5, device: str | None = None, progress: bool = True) -> AnswerJudge:
+    """The answer judge of `answer_selection='ebc'`: Enhanced Borda Count (`prm.ebc.EBCJudge`) with
+    the pairwise PPRM named by `pprm`: 'tiny' (the toy world's, built on first use) or a local PPRM
+    folder. `alpha`: EBC's weight of the normalised Borda score against the candidates' values."""
+    from prm.ebc import EBCJudge
     from prm.pairwise import PPRM
 
     if pprm == "tiny":
@@ -121,7 +122,7 @@ def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str]
 
         pprm = str(ensure_toy_pprm(progress=progress))
     try:
-        judge = PPRM.from_pretrained(Path(pprm), device=device)
+        model = PPRM.from_pretrained(Path(pprm), device=device)
     except OSError as err:
         raise ValueError(f"--pprm {pprm}: {err}") from None
-    return EBCScorer(scorer, judge, alpha=ebc_alpha)
+    return EBCJudge(model, alpha=alpha)
