@@ -34,6 +34,7 @@ from mcts.core import EXPANDED, PRUNED, TERMINAL, Forest, backup, expand, select
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 from mcts.traces import Counters, Trace, propose, sample_traces
+from mcts.trees import NodeRecord, TreeRecord
 
 __all__ = ["Leaf", "TreeSearch"]
 
@@ -426,25 +427,26 @@ class TreeSearch:
             candidate_answers=distinct_answers(candidates),
         )
 
-    def to_json(self, b: int) -> dict:
-        """Tree b as plain JSON: one record per node, parents before children."""
+    def tree_record(self, b: int) -> TreeRecord:
+        """Tree b (`mcts.trees`): its nodes, parents before children, without the empty widening
+        slots (node ids are renumbered densely; the order is the forest's)."""
         f = self.forest
         q = self.forest.q_values(b)
+        kept = [s for s in range(int(f.num_nodes[b])) if not self._is_slot(b, s)]
+        new_id = {s: i for i, s in enumerate(kept)}
         nodes = []
-        for s in range(int(f.num_nodes[b])):
-            step = self.steps[b][s]
-            if self._is_slot(b, s):
-                continue
-            flags = int(f.flags[b, s])
-            nodes.append({
-                "id": s, "parent": int(f.parent[b, s]), "depth": int(f.depth[b, s]),
-                "step": step.text if step else None, "logprob": step.logprob if step else None,
-                "prior": float(f.prior[b, s]), "reward": float(f.reward[b, s]),
-                "visits": int(f.visits[b, s]), "q": float(q[s]),
-                "expanded": bool(flags & EXPANDED), "terminal": bool(flags & TERMINAL),
-                "answer": self.answer_of(b, s),
-            })
-        return {"problem": self.problems[b], "algorithm": self.config.algorithm, "nodes": nodes}
+        for s in kept:
+            step, flags = self.steps[b][s], int(f.flags[b, s])
+            nodes.append(NodeRecord(
+                id=new_id[s], parent=new_id.get(int(f.parent[b, s]), -1), depth=int(f.depth[b, s]),
+                step=step.text if step else None, terminal=bool(flags & TERMINAL), answer=self.answer_of(b, s),
+                logprob=step.logprob if step else None, prior=float(f.prior[b, s]), reward=float(f.reward[b, s]),
+                visits=int(f.visits[b, s]), q=float(q[s]), expanded=bool(flags & EXPANDED)))
+        return TreeRecord(self.problems[b], self.config.algorithm, nodes)
+
+    def to_json(self, b: int) -> dict:
+        """Tree b as JSON (the format of `mcts.trees`)."""
+        return self.tree_record(b).to_json()
 
 
 if __name__ == "__main__":  # `python -m mcts.search`: the command line lives at the edge (treesearch.cli)

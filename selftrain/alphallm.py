@@ -54,6 +54,7 @@ from mcts.problems import Problem
 from mcts.answers import SearchResult
 from mcts.config import SearchConfig
 from mcts.search import Leaf, TreeSearch
+from mcts.trees import TreeRecord
 from mcts.traces import Counters, sample_traces, Trace
 from selftrain.config import AlphaLLMConfig
 from selftrain.run import RunContext, read_jsonl, write_jsonl_atomic
@@ -351,11 +352,11 @@ class EtaMCTS(TreeSearch):
             scored[i][s.text] = v
         return children, [[scored[i][s.text] for s in kids] for i, kids in enumerate(children)]
 
-    def to_json(self, b: int) -> dict:
-        tree = super().to_json(b)
-        tree["algorithm"] = "eta_mcts"
-        tree["widths"] = [{"node": leaf, "importance": level, "children": w}
-                          for t, leaf, level, w in self.widths if t == b]
+    def tree_record(self, b: int) -> TreeRecord:
+        tree = super().tree_record(b)  # no widening slots here, so node ids are the forest's
+        tree.algorithm = "eta_mcts"
+        tree.extra["widths"] = [{"node": leaf, "importance": level, "children": w}
+                                for t, leaf, level, w in self.widths if t == b]
         return tree
 
 

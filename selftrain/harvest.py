@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
 from mcts.grading import is_equivalent
+from mcts.trees import TreeRecord
 from prm.data import pair_records
 from prm.quality import quality_values
 
@@ -84,32 +85,14 @@ def balance_by_length(traces: Sequence[Mapping], max_repeat: int = 8) -> list[di
     return out
 
 
-def _paths(nodes: Sequence[Mapping]) -> tuple[dict[int, list[int]], dict[int, int]]:
-    parent = {int(n["id"]): int(n["parent"]) for n in nodes}
-    children: dict[int, list[int]] = defaultdict(list)
-    for node, p in parent.items():
-        if p >= 0:
-            children[p].append(node)
-    return children, parent
-
-
-def _path(parent: Mapping[int, int], node: int) -> list[int]:
-    """Node ids from the root's first child down to `node`."""
-    out = []
-    while node > 0:
-        out.append(node)
-        node = parent[node]
-    return out[::-1]
-
-
-def harvest_tree(tree: Mapping, gold: str | int | None, *, grade: Callable[[str | None, object], bool] = is_equivalent,
+def harvest_tree(tree: TreeRecord | Mapping, gold: str | int | None, *, grade: Callable[[str | None, object], bool] = is_equivalent,
                  max_pairs: int = 16, seed: int = 0,
                  check_steps: Callable[[str, Sequence[str]], bool] | None = None) -> Harvest:
     """The SFT traces, PRM targets and preference pairs of one searched tree (see the module doc).
 
     Args:
-        tree: {"problem", "nodes": [{"id", "parent", "depth", "step", "terminal", "answer", ...}]},
-            parents before children, node 0 the root.
+        tree: a `mcts.trees.TreeRecord`, or its JSON (refused with `TreeFormatError` when it is
+            not the current format).
         gold: the verified answer; None harvests nothing (no outcome can be verified).
         grade: (answer, gold) -> correct.
         max_pairs: most preference pairs from this tree.
@@ -120,23 +103,23 @@ def harvest_tree(tree: Mapping, gold: str | int | None, *, grade: Callable[[str 
     """
     if gold is None:
         return Harvest()
-    problem = tree["problem"]
-    nodes = {int(n["id"]): n for n in tree["nodes"]}
-    children, parent = _paths(tree["nodes"])
-    ends = [i for i, n in nodes.items() if i > 0 and n.get("terminal") and not children.get(i)]
-    correct_end = {i: nodes[i].get("answer") is not None and grade(nodes[i]["answer"], gold) for i in ends}
+    if not isinstance(tree, TreeRecord):
+        tree = TreeRecord.from_json(tree)
+    problem, nodes, children = tree.problem, tree.nodes, tree.children()
+    ends = [n.id for n in nodes[1:] if n.terminal and not children[n.id]]
+    correct_end = {i: nodes[i].answer is not None and grade(nodes[i].answer, gold) for i in ends}
     # K of the shortest correct solution through each node on a correct path
     shortest: dict[int, int] = {}
     for end, ok in correct_end.items():
         if ok:
-            path = _path(parent, end)
+            path = tree.path(end)
             for node in path:
                 shortest[node] = min(shortest.get(node, len(path)), len(path))
     out = Harvest()
     seen: set[tuple[str, ...]] = set()
     for end in sorted(ends):
-        path = _path(parent, end)
-        steps = tuple(nodes[i]["step"] for i in path)
+        path = tree.path(end)
+        steps = tuple(nodes[i].step for i in path)
         if steps in seen:
             continue
         seen.add(steps)
@@ -155,7 +138,8 @@ def harvest_trees(trees: Iterable[Mapping], golds: Mapping[str, object], **optio
     found in the trees of two copies of one problem is kept once (small problem spaces repeat)."""
     out = Harvest()
     for i, tree in enumerate(trees):
-        out.extend(harvest_tree(tree, golds.get(tree["problem"]), seed=i, **options))
+        record = tree if isinstance(tree, TreeRecord) else TreeRecord.from_json(tree, f"tree {i}")
+        out.extend(harvest_tree(record, golds.get(record.problem), seed=i, **options))
     out.sft = unique_solutions(out.sft)
     return out
 

@@ -48,6 +48,7 @@ from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 from mcts.problems import Problem
 from mcts.answers import aggregate_step_values, Candidate, SearchResult
+from mcts.trees import tree_from_solutions
 from mcts.traces import Counters, sample_traces, Trace
 from mcts.config import SearchConfig
 from prm.pairwise import PPRM
@@ -56,7 +57,7 @@ from selftrain.run import RunContext
 
 __all__ = [
     "DUMMY_STEP", "PRMCritic", "PromptRefiner", "Refinement", "SRMCTS", "Solution", "critique_index",
-    "iteration", "search_eval", "solution_tree", "trace_step_values",
+    "SRSearch", "iteration", "search_eval", "trace_step_values",
 ]
 
 DUMMY_STEP = "I don't know.\n"
@@ -295,7 +296,8 @@ class SRMCTS:
             seconds=float(self.seconds), num_candidates=len(cands))
 
     def to_json(self, b: int) -> dict:
-        """Tree b: the trie of its solutions (`solution_tree`) and the SR-MCTS nodes themselves."""
+        """Tree b (`mcts.trees`): the trie of its solutions, with the SR-MCTS nodes themselves
+        (refinements and the dummy included) under "solutions"."""
         f, q = self.forest, self.forest.q_values(b)
         records = []
         for node, s in enumerate(self.nodes[b]):
@@ -304,32 +306,9 @@ class SRMCTS:
             records.append({"node": node, "parent": int(f.parent[b, node]), "steps": list(s.steps),
                             "finished": s.finished, "answer": s.answer, "value": s.value, "q": float(q[node]),
                             "visits": int(f.visits[b, node]), "critique": s.critique, "dummy": s.dummy})
-        return solution_tree(self.problems[b], records)
-
-
-def solution_tree(problem: str, solutions: Sequence[Mapping]) -> dict:
-    """Whole solutions as one step-level tree JSON (the format `selftrain.harvest` reads): the trie of
-    their steps, so that solutions sharing a prefix (a rewrite and the solution it refines) share
-    its nodes; a solution's last step is terminal (with its answer when it stated one). The dummy
-    and empty solutions are left out of the trie; every solution is kept under "solutions".
-    """
-    nodes = [{"id": 0, "parent": -1, "depth": 0, "step": None, "terminal": False, "answer": None}]
-    index: dict[tuple[int, str], int] = {}
-    for s in solutions:
-        if s.get("dummy") or not s["steps"]:
-            continue
-        parent = 0
-        for depth, step in enumerate(s["steps"], start=1):
-            key = (parent, step)
-            if key not in index:
-                index[key] = len(nodes)
-                nodes.append({"id": len(nodes), "parent": parent, "depth": depth, "step": step,
-                              "terminal": False, "answer": None})
-            parent = index[key]
-        nodes[parent]["terminal"] = True
-        if s.get("answer") is not None:
-            nodes[parent]["answer"] = s["answer"]
-    return {"problem": problem, "algorithm": "sr_mcts", "nodes": nodes, "solutions": list(solutions)}
+        solutions = [(r["steps"], r["answer"]) for r in records if not r["dummy"]]
+        return tree_from_solutions(self.problems[b], solutions, "sr_mcts", share_prefixes=True,
+                                   extra={"solutions": records}).to_json()
 
 
 # ---------------------------------------------------------------------------------------------------

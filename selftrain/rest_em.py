@@ -17,6 +17,7 @@ from typing import Sequence
 
 from mcts.policy.base import Prefix
 from mcts.answers import Candidate, choose_answer, SearchResult
+from mcts.trees import tree_from_solutions
 from mcts.traces import Counters, sample_traces, Trace
 from mcts.config import SearchConfig
 from selftrain.rest_mcts import harvest_stage, train_and_hand_on
@@ -26,16 +27,9 @@ __all__ = ["SampledChains", "chain_tree", "iteration"]
 
 
 def chain_tree(problem: str, traces: Sequence[Trace]) -> dict:
-    """Independent samples as one tree JSON (the format of `TreeSearch.to_json`): a chain per sample."""
-    nodes = [{"id": 0, "parent": -1, "depth": 0, "step": None, "terminal": False, "answer": None}]
-    for t in traces:
-        parent = 0
-        for depth, step in enumerate(t.prefix.steps, start=1):
-            last = depth == len(t.prefix.steps)
-            nodes.append({"id": len(nodes), "parent": parent, "depth": depth, "step": step,
-                          "terminal": last, "answer": t.answer if last else None})
-            parent = len(nodes) - 1
-    return {"problem": problem, "algorithm": "rest_em", "nodes": nodes}
+    """Independent samples as one tree JSON (`mcts.trees`): a chain per sample, sharing nothing."""
+    return tree_from_solutions(problem, [(t.prefix.steps, t.answer) for t in traces], "rest_em",
+                               share_prefixes=False).to_json()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -85,7 +85,7 @@ def _node(i, parent, depth, step, terminal=False, answer=None):
     return {"id": i, "parent": parent, "depth": depth, "step": step, "terminal": terminal, "answer": answer}
 
 
-TREE = {"problem": "1 + 2 * 3", "nodes": [
+TREE = {"format": 1, "problem": "1 + 2 * 3", "algorithm": "mcts_star", "nodes": [
     _node(0, -1, 0, None),
     _node(1, 0, 1, "2 * 3 = 6, so 1 + 6\n"),
     _node(2, 0, 1, "2 * 3 = 5, so 1 + 5\n"),
@@ -278,7 +278,7 @@ def test_step_checker_keeps_lucky_guesses_out_of_the_sft_data():
     lucky = ["8 + 6 = 12, so 12\n", "The answer is \\boxed{12}.\n"]  # right answer, wrong step
     sound = ["6 + 6 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
     assert toy_steps_sound(problem, sound) and not toy_steps_sound(problem, lucky)
-    tree = {"problem": problem, "nodes": [
+    tree = {"format": 1, "problem": problem, "algorithm": "mcts_star", "nodes": [
         _node(0, -1, 0, None), _node(1, 0, 1, lucky[0]), _node(2, 1, 2, lucky[1], True, "12"),
         _node(3, 0, 1, sound[0]), _node(4, 3, 2, sound[1], True, "12")]}
     assert len(harvest_tree(tree, "12").sft) == 2

@@ -25,7 +25,7 @@ from selftrain.alphallm import (
 from selftrain.config import AlphaLLMConfig, BerryConfig
 from selftrain.harvest import harvest_tree
 from selftrain.llama_berry import (
-    DUMMY_STEP, PRMCritic, SRMCTS, Solution, critique_index, solution_tree, trace_step_values,
+    DUMMY_STEP, PRMCritic, SRMCTS, Solution, critique_index, trace_step_values,
 )
 
 PROBLEMS = [p for p in generate_problems(6, 3, ArithConfig(max_ops=3, max_operand=9, max_value=100))]
@@ -238,20 +238,6 @@ def test_sr_mcts_tree_and_answers_on_the_scripted_policy():
     assert len(tree["solutions"]) == 1 + 2 + 5 * 2 and sum(s["dummy"] for s in tree["solutions"]) == 1
     harvested = harvest_tree(tree, GOLDS[TEXTS[0]])
     assert harvested.sft and all(r["outcome"] in (0.0, 1.0) for r in harvested.prm)
-
-
-def test_solution_tree_is_the_trie_of_the_solutions():
-    a = ["2 * 3 = 6, so 1 + 6\n", "1 + 6 = 7, so 7\n", "The answer is \\boxed{7}.\n"]
-    b = ["2 * 3 = 6, so 1 + 6\n", "1 + 6 = 8, so 8\n", "The answer is \\boxed{8}.\n"]
-    sols = [{"node": 1, "steps": a, "answer": "7", "q": 0.9}, {"node": 2, "steps": b, "answer": "8", "q": 0.4},
-            {"node": 3, "steps": [DUMMY_STEP], "answer": None, "dummy": True, "q": 0.0},
-            {"node": 4, "steps": a, "answer": "7", "q": 0.8}]
-    tree = solution_tree("1 + 2 * 3", sols)
-    assert len(tree["nodes"]) == 1 + 1 + 2 + 2  # the shared first step is one node; duplicates add nothing
-    assert sum(n["terminal"] for n in tree["nodes"]) == 2
-    h = harvest_tree(tree, "7")
-    assert len(h.sft) == 1 and len(h.pairs) == 1
-    assert h.pairs[0]["chosen"] == a and h.pairs[0]["rejected"] == b
 
 
 class PreferAnswer:
