@@ -88,6 +88,7 @@ from filelock import FileLock
 from transformers import LlamaConfig, LlamaModel
 
 from mcts.envs.arith import DELIMITER, ArithConfig
+from mcts.envs.shipping import check_record, code_version, folder_hashes, read_record
 from mcts.envs.tiny_models import ensure_toy_policy, load_toy_policy
 from mcts.envs.toy_tokenizer import build_char_tokenizer
 from prm.data import pair_records
@@ -111,13 +112,17 @@ from prm.train import (
 
 __all__ = [
     "EVAL_SEED", "FORMAT_VERSION", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "ToyBuild",
-    "build_toy_pprm", "build_toy_prm", "ensure_toy_pprm", "ensure_toy_prm", "load_toy_pprm", "load_toy_prm", "main",
-    "make_parser", "toy_cache_dir",
+    "SHIPPED", "build_toy_pprm", "build_toy_prm", "check_toy_folder", "ensure_toy_pprm", "ensure_toy_prm",
+    "load_toy_pprm", "load_toy_prm", "main", "make_parser", "shipped_toy", "toy_cache_dir",
 ]
 
-FORMAT_VERSION = 4  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
+FORMAT_VERSION = 5  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
 # no branch traces (first-error accuracy 0.77 on 5-6 operations); 3: on the format-2 tiny policy; 4: on the
-# format-3 tiny policy (the one shipped in the package: `mcts.envs.tiny_models.SHIPPED_DIR`)
+# format-3 tiny policy (the one shipped in the package: `mcts.envs.tiny_models.SHIPPED_DIR`); 5: with that
+# policy's own T=1 traces in the data, shipped in the package (`python -m prm.toy build --ship`)
+SHIPPED = {"prm": Path(__file__).resolve().parent / "models" / "toy-prm",
+           "pprm": Path(__file__).resolve().parent / "models" / "toy-pprm"}
+POLICY_EVAL_SEED = 4343  # held-out problems of the on-policy evaluation (eval_policy_traces)
 EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
 
 
@@ -150,7 +155,7 @@ class ToyBuild:
         "training problems whose canonical solution branches off at a random step into a slip or not "
         "(`prm.toy_traces.branch_traces`: a balanced first-error signal)"))
     policy_problems: int = dataclasses.field(default=0, metadata=_help(
-        "problems also rolled out by the tiny transformer policy (its own kinds of mistakes)"))
+        "problems also rolled out by the tiny transformer policy at T=1 (its own kinds of mistakes)"))
     wrong_fraction: float = dataclasses.field(default=0.5, metadata=_help(
         "fraction of the fact and one-step traces whose step is a slip"))
     copy_fraction: float = dataclasses.field(default=0.3, metadata=_help(
@@ -183,16 +188,19 @@ class ToyBuild:
         "train for about this many seconds instead of the configured epochs/steps"))
     eval_traces: int = dataclasses.field(default=1000, metadata=_help(
         "held-out toy traces (scripted policy, base_eps 0.05, the build's problems) evaluated after training"))
+    eval_policy_traces: int = dataclasses.field(default=0, metadata=_help(
+        "held-out traces sampled (T=1) from the tiny policy on fresh 1-4 operation problems, its training "
+        "range, evaluated after training (`policy_` metrics): the traces a search with that policy scores"))
     data_seed: int = dataclasses.field(default=1, metadata=_help("seed of the training problems and rollouts"))
 
     def __post_init__(self):
         if self.init not in ("policy", "prm", "scratch"):
             raise ValueError(f"init must be 'policy', 'prm' or 'scratch', got {self.init!r}")
         counts = (self.problems, self.fact_problems, self.single_problems, self.branch_problems,
-                  self.policy_problems, self.eval_traces, self.extra_layers)
+                  self.policy_problems, self.eval_traces, self.extra_layers, self.eval_policy_traces)
         if min(counts) < 0 or self.samples < 1:
             raise ValueError("samples must be >= 1; problems, fact_problems, single_problems, branch_problems, "
-                             "policy_problems, eval_traces and extra_layers >= 0")
+                             "policy_problems, eval_traces, eval_policy_traces and extra_layers >= 0")
         if sum(counts[:5]) == 0:
             raise ValueError("no training data: every kind of training problem is 0")
         if not 1 <= self.min_ops <= self.max_ops <= 8:
@@ -217,16 +225,16 @@ class ToyBuild:
 
 
 FULL_BUILD = ToyBuild(init="policy", problems=3000, fact_problems=60000, single_problems=40000, branch_problems=15000,
-                      extra_layers=2, dense_weight=0.3, lm_weight=1.0,
+                      policy_problems=6000, extra_layers=2, dense_weight=0.3, lm_weight=1.0, eval_policy_traces=1000,
                       train=TrainConfig(epochs=10.0, max_steps=14000, batch_size=32, lr=2e-3, warmup_ratio=0.05,
-                                        min_lr_ratio=0.05, seed=0))
+                                        min_lr_ratio=0.05, seed=0, num_threads=1, device="cpu"))
 QUICK_BUILD = ToyBuild(init="scratch", problems=150, slip_rates=(0.15, 0.3), max_ops=4, hidden_size=48,
                        num_layers=2, num_heads=2, intermediate_size=96, max_positions=256,
                        train=TrainConfig(epochs=1.0, batch_size=16, lr=3e-3, warmup_ratio=0.1, seed=0),
                        eval_traces=0)
 FULL_PPRM_BUILD = ToyBuild(init="prm", problems=1500, samples=6, slip_rates=(0.15, 0.3), pair_reading="separate",
                            train=TrainConfig(epochs=1.0, max_steps=100, batch_size=16, lr=1e-4, warmup_ratio=0.05,
-                                             min_lr_ratio=0.05, seed=0))
+                                             min_lr_ratio=0.05, seed=0, num_threads=1, device="cpu"))
 QUICK_PPRM_BUILD = dataclasses.replace(QUICK_BUILD, init="prm", problems=40, samples=6)
 
 
@@ -263,6 +271,14 @@ def _eval_records(build: ToyBuild) -> list[dict]:
                            max_ops=build.max_ops, max_operand=build.max_operand, max_value=build.max_value,
                            slip_rates=(0.05,), seed=EVAL_SEED)
     return toy_step_records(config)[:build.eval_traces]
+
+
+def _eval_policy_records(build: ToyBuild) -> list[dict]:
+    """Held-out traces of the tiny policy itself (T=1, fresh 1-4 operation problems)."""
+    policy = load_toy_policy(seed=POLICY_EVAL_SEED, device="cpu", progress=False)
+    config = ToyDataConfig(problems=build.eval_policy_traces, samples=1, min_ops=1, max_ops=4,
+                           max_operand=build.max_operand, max_value=build.max_value, seed=POLICY_EVAL_SEED)
+    return toy_step_records(config, policy)[:build.eval_policy_traces]
 
 
 def _rows(model, records: Sequence[dict], build: ToyBuild) -> list[dict]:
@@ -307,7 +323,8 @@ def _scratch_prm(build: ToyBuild, mode: str):
 
 
 def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progress: bool = True,
-                  replace: bool = False, cache_dir: str | os.PathLike | None = None) -> Path:
+                  replace: bool = False, cache_dir: str | os.PathLike | None = None,
+                  storage_dtype: str = "float32") -> Path:
     """Trains a toy PRM and saves it into `out` (atomically), with `train_info.json`.
 
     Args:
@@ -316,6 +333,8 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
         progress: show progress bars.
         replace: replace an existing `out` (else the existing folder is kept and returned).
         cache_dir: cache root of the tiny policy (for init="policy").
+        storage_dtype: the weights' dtype on disk ('float16' halves the folder; loading on a CPU
+            restores float32).
 
     Returns:
         `out`.
@@ -339,15 +358,18 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
     info = train_rows(model, rows, build.train, loss=loss, pad_id=model.pad_id, progress=progress,
                       seconds=build.seconds, desc="training the toy PRM", loss_fn=loss_fn)
     metrics = step_metrics(model, _eval_records(build)) if build.eval_traces else {}
+    if build.eval_policy_traces:
+        metrics.update({f"policy_{k}": v for k, v in step_metrics(model, _eval_policy_records(build)).items()})
     data = {"traces": len(records), "steps": sum(len(r["steps"]) for r in records),
             "wrong_steps": sum(r["labels"].count(0) for r in records), "seconds": round(data_seconds, 1)}
-    _save(out, model, build, "treesearch toy prm", data, info, metrics, replace)
+    _save(out, model, build, "treesearch toy prm", data, info, metrics, replace, storage_dtype)
     return out
 
 
 def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *, progress: bool = True,
                    replace: bool = False, cache_dir: str | os.PathLike | None = None,
-                   prm_dir: str | os.PathLike | None = None, quick: bool = False) -> Path:
+                   prm_dir: str | os.PathLike | None = None, quick: bool = False,
+                   storage_dtype: str = "float32") -> Path:
     """Trains a toy PPRM on (correct, wrong) trace pairs and saves it into `out` (atomically).
 
     With init="prm" the backbone starts from the toy PRM's (`prm_dir`, default
@@ -378,15 +400,20 @@ def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *,
         held_out = pair_records(_eval_records(build), max_pairs_per_problem=build.pairs_per_problem, seed=EVAL_SEED)
         metrics = pairwise_metrics(model, held_out)
     data = {"traces": len(pairs), "pairs": len(pairs), "seconds": round(data_seconds, 1)}
-    _save(out, model, build, "treesearch toy pprm", data, info, metrics, replace)
+    _save(out, model, build, "treesearch toy pprm", data, info, metrics, replace, storage_dtype)
     return out
 
 
-def _save(out: Path, model, build: ToyBuild, kind: str, data: dict, info: dict, metrics: dict, replace: bool) -> None:
+def _save(out: Path, model, build: ToyBuild, kind: str, data: dict, info: dict, metrics: dict, replace: bool,
+          storage_dtype: str = "float32") -> None:
+    if storage_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage_dtype must be 'float32' or 'float16', got {storage_dtype!r}")
+
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.to(getattr(torch, storage_dtype)).save_pretrained(tmp)
         record = {"format_version": FORMAT_VERSION, "kind": kind, "build": dataclasses.asdict(build),
-                  "data": data, "training": info, "eval": metrics}
+                  "code_version": code_version(), "storage_dtype": storage_dtype, "data": data, "training": info,
+                  "eval": metrics, "files": folder_hashes(tmp, TRAIN_INFO)}
         (tmp / TRAIN_INFO).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
     try:
@@ -412,15 +439,25 @@ def toy_cache_dir(kind: str = "prm", quick: bool = False, root: str | os.PathLik
 
 
 def _valid(folder: Path) -> bool:
-    try:
-        record = json.loads((folder / TRAIN_INFO).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and record.get("format_version") == FORMAT_VERSION and \
-        (folder / "prm_config.json").is_file()
+    return read_record(folder, TRAIN_INFO, FORMAT_VERSION) is not None and (folder / "prm_config.json").is_file()
+
+
+def check_toy_folder(folder: str | os.PathLike, kind: str) -> list[str]:
+    """What is wrong with a toy PRM or PPRM folder as the shipped one (empty: nothing): its record,
+    the sha256 of its files, and a recorded build other than the code's full build."""
+    build = FULL_BUILD if kind == "prm" else FULL_PPRM_BUILD
+    return check_record(folder, TRAIN_INFO, FORMAT_VERSION, f"toy {kind}", {"build": dataclasses.asdict(build)})
+
+
+def shipped_toy(kind: str) -> Path | None:
+    """The toy PRM or PPRM that ships inside the package (`prm/models/toy-<kind>`), when it is there,
+    intact and built with the code's full build; else None (then it is built on first use)."""
+    return None if check_toy_folder(SHIPPED[kind], kind) else SHIPPED[kind]
 
 
 def _ensure(kind: str, cache_dir, quick: bool, progress: bool) -> Path:
+    if not quick and (shipped := shipped_toy(kind)) is not None:
+        return shipped
     folder = toy_cache_dir(kind, quick, cache_dir)
     if _valid(folder):
         return folder
@@ -486,6 +523,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--pprm", action="store_true", help="the pairwise model instead of the PRM")
     build.add_argument("--quick", action="store_true", help="the quick variant (seconds; for tests)")
     build.add_argument("--out", help="folder (default: the cache folder)")
+    build.add_argument("--ship", action="store_true", help="the full build into the package's folder "
+                       "(prm/models/toy-<kind>, weights stored in float16), with its record and file hashes")
     build.add_argument("--seconds", type=float, help="train for about this many seconds")
     build.add_argument("--init", choices=("policy", "prm", "scratch"), help="start from the tiny policy's weights, "
                        "the toy PRM's (PPRM builds) or from scratch (default: the build's)")
@@ -510,12 +549,15 @@ def _build_cli(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise TrainError(str(err)) from None
     build = dataclasses.replace(build, train=config_from_args(args, build.train))
-    out = Path(args.out) if args.out else toy_cache_dir(kind, args.quick)
+    if args.ship and (args.quick or args.out or build != (FULL_PPRM_BUILD if kind == "pprm" else FULL_BUILD)):
+        raise TrainError("--ship writes the full build as the code configures it: no --quick, --out or overrides")
+    out = SHIPPED[kind] if args.ship else Path(args.out) if args.out else toy_cache_dir(kind, args.quick)
+    storage = "float16" if args.ship else "float32"
     started = time.perf_counter()
     if kind == "pprm":
-        build_toy_pprm(out, build, progress=not args.no_progress, replace=True, quick=args.quick)
+        build_toy_pprm(out, build, progress=not args.no_progress, replace=True, quick=args.quick, storage_dtype=storage)
     else:
-        build_toy_prm(out, build, progress=not args.no_progress, replace=True)
+        build_toy_prm(out, build, progress=not args.no_progress, replace=True, storage_dtype=storage)
     record = json.loads((out / TRAIN_INFO).read_text(encoding="utf-8"))
     summary = [("kind", kind), ("init", record["build"]["init"]), ("traces", record["data"]["traces"]),
                ("data seconds", record["data"]["seconds"]),

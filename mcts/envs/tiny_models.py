@@ -46,9 +46,7 @@ import argparse
 import dataclasses
 import json
 import os
-import hashlib
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,6 +55,8 @@ from typing import TYPE_CHECKING
 
 from mcts.envs.arith_steps import DELIMITER
 from mcts.envs.toy_config import FULL_CONFIG, QUICK_CONFIG, ToyTrainConfig
+from mcts.envs import shipping
+from mcts.envs.shipping import check_record, code_version, read_record
 from mcts.envs.toy_eval import evaluate_toy_policy, format_table
 from mcts.envs.toy_training import train_toy_model
 
@@ -121,44 +121,12 @@ def default_cache_dir(quick: bool = False, root: str | os.PathLike | None = None
 
 
 def _read_info(folder: Path) -> dict | None:
-    try:
-        info = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and info.get("format_version") == FORMAT_VERSION else None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return read_record(folder, INFO_FILE, FORMAT_VERSION)
 
 
 def folder_hashes(folder: str | os.PathLike) -> dict[str, str]:
-    """sha256 of every file of a model folder but its record (`toy_policy.json`), by name."""
-    folder = Path(folder)
-    return {p.name: _sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != INFO_FILE}
-
-
-def code_version() -> str:
-    """The package version and, in a git checkout, the commit (with '+dirty' for local changes)."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("treesearch")
-    except metadata.PackageNotFoundError:
-        version = "unknown"
-    root = Path(__file__).resolve().parents[2]
-    try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return version
-    return f"{version}+git.{commit}{'.dirty' if dirty else ''}"
+    """sha256 of every file of a toy policy folder but its record (`toy_policy.json`), by name."""
+    return shipping.folder_hashes(folder, INFO_FILE)
 
 
 def build_toy_policy(out: str | os.PathLike, config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = True,
@@ -237,22 +205,8 @@ def check_folder(folder: str | os.PathLike, config: ToyTrainConfig | None = None
     """What is wrong with a toy policy folder (empty: nothing): a missing or foreign record, files
     whose sha256 differs from the recorded one, files missing or not recorded, and, with
     `config`, a recorded build config other than `config`."""
-    folder = Path(folder)
-    info = _read_info(folder)
-    if info is None:
-        return [f"{folder / INFO_FILE}: no toy policy record of format version {FORMAT_VERSION}"]
-    problems = []
-    recorded, actual = info.get("files") or {}, folder_hashes(folder)
-    for name in sorted(set(recorded) | set(actual)):
-        if name not in actual:
-            problems.append(f"{folder / name}: recorded but missing")
-        elif name not in recorded:
-            problems.append(f"{folder / name}: not in the record")
-        elif recorded[name] != actual[name]:
-            problems.append(f"{folder / name}: sha256 {actual[name][:12]} is not the recorded {recorded[name][:12]}")
-    if config is not None and info.get("train_config") != json.loads(json.dumps(dataclasses.asdict(config))):
-        problems.append(f"{folder / INFO_FILE}: the recorded train_config is not the code's build config")
-    return problems
+    expected = {"train_config": dataclasses.asdict(config)} if config is not None else None
+    return check_record(folder, INFO_FILE, FORMAT_VERSION, "toy policy", expected)
 
 
 def shipped_toy_policy() -> Path | None:
