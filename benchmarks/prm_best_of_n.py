@@ -12,6 +12,10 @@ Why a sweep: majority vote is strong whenever most samples are right, because th
 wrong answers scatter; a PRM earns its keep where right samples are a minority. The table says
 where each rule wins, on the same samples.
 
+No rule is chosen on the samples it is scored on: each row also samples a development split
+(--dev-problems, other problems, another seed), the step aggregate of "PRM best-of-N" is the one
+that wins there, and the table reports it on the test split (--problems) only.
+
     python benchmarks/prm_best_of_n.py                       # tiny PRM and PPRM, 200 problems per row (~4 min)
     python benchmarks/prm_best_of_n.py --quick               # a smoke run
     python benchmarks/prm_best_of_n.py --prm DIR --pprm ''   # another PRM, no EBC
@@ -26,6 +30,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+DEV_SEED_OFFSET = 1_000_003  # the development split's problems and sampling: never the test seed's
 SHOWN = ("majority", "prm_best_min", "prm_best_mean", "prm_best_last", "prm_vote_mean", "prm_vote_min", "ebc")
 
 
@@ -44,7 +49,9 @@ def make_parser() -> argparse.ArgumentParser:
                    help="also a row for the tiny transformer policy (sampling 16 solutions of 200 problems with "
                    "it takes about 5 minutes of one CPU core; at 5-6 operations its right answers are coincidences: "
                    "pass@16 ~0.15, yet none of 2400 samples was a sound solution, so no selector has anything to find)")
-    p.add_argument("--problems", type=int, default=200, help="problems per row")
+    p.add_argument("--problems", type=int, default=200, help="test problems per row")
+    p.add_argument("--dev-problems", type=int, default=100, help="development problems per row (other problems, "
+                   "another seed): where the step aggregate of PRM best-of-N is chosen")
     p.add_argument("--min-ops", type=int, default=5)
     p.add_argument("--max-ops", type=int, default=6)
     p.add_argument("--seed", type=int, default=12345, help="seed of the problems and the sampling")
@@ -73,25 +80,37 @@ def run(args) -> list[dict]:
 
     prm, pprm = _load(args)
     problems = toy_problems(args.problems, args.seed, args.min_ops, args.max_ops, 10, 100)
+    test_texts = {p["problem"] for p in problems}
+    dev = [p for p in toy_problems(args.dev_problems, args.seed + DEV_SEED_OFFSET, args.min_ops, args.max_ops, 10, 100)
+           if p["problem"] not in test_texts]
     settings = [("scripted", rate) for rate in args.slip_rates] + ([("tiny", None)] if args.tiny_policy else [])
     rows = []
     for name, rate in tqdm(settings, desc="policies", unit="policy"):
-        policy = toy_policy(name, args.seed, rate)
-        result = best_of_n(prm, problems, policy, n=args.n, pprm=pprm)
+        chosen = choose_aggregate(best_of_n(prm, dev, toy_policy(name, args.seed + DEV_SEED_OFFSET, rate), n=args.n))
+        result = best_of_n(prm, problems, toy_policy(name, args.seed, rate), n=args.n, pprm=pprm)
         rows.append({"policy": name if rate is None else f"scripted {rate:g}", "slip_rate": rate,
-                     "ops": f"{args.min_ops}-{args.max_ops}", **result})
+                     "ops": f"{args.min_ops}-{args.max_ops}", "dev_problems": len(dev), "chosen": chosen,
+                     **result})
     return rows
+
+
+def choose_aggregate(dev_result: dict) -> str:
+    """The PRM best-of-N rule (step aggregate) that wins on the development split (first on ties)."""
+    rules = [k for k in dev_result["accuracy"] if k.startswith("prm_best_")]
+    return max(rules, key=lambda k: dev_result["accuracy"][k])
 
 
 def table(rows: list[dict], n: int) -> str:
     rules = [r for r in (f"pass@{n}", *SHOWN) if any(r in row["accuracy"] for row in rows)]
-    head = f"{'policy':<14} " + " ".join(f"{r:>13}" for r in rules) + f" {'best PRM - majority':>20}"
-    lines = [head, "-" * len(head)]
+    head = (f"{'policy':<14} " + " ".join(f"{r:>13}" for r in rules)
+            + f" {'dev-chosen PRM':>15} {'- majority':>10}")
+    lines = ["test split; the PRM's step aggregate is chosen on the development split", head, "-" * len(head)]
     for row in rows:
         acc = row["accuracy"]
-        best = max(v for k, v in acc.items() if k.startswith("prm_best_"))
         cells = " ".join(f"{acc[r]:>13.3f}" if r in acc else f"{'-':>13}" for r in rules)
-        lines.append(f"{row['policy']:<14} {cells} {best - acc['majority']:>+20.3f}")
+        chosen = row["chosen"]
+        lines.append(f"{row['policy']:<14} {cells} {chosen.removeprefix('prm_best_'):>6} {acc[chosen]:>8.3f} "
+                     f"{acc[chosen] - acc['majority']:>+10.3f}")
     return "\n".join(lines)
 
 
@@ -99,9 +118,10 @@ def verdicts(rows: list[dict], n: int) -> list[str]:
     out = []
     for row in rows:
         acc = row["accuracy"]
-        best = max((k for k in acc if k.startswith("prm_best_")), key=acc.get)
+        best = row["chosen"]
         word = "beats" if acc[best] > acc["majority"] else "does not beat"
-        out.append(f"{row['policy']}, {row['ops']} operations: PRM best-of-{n} ({best}) {acc[best]:.3f} {word} "
+        out.append(f"{row['policy']}, {row['ops']} operations: PRM best-of-{n} ({best}, chosen on the development "
+                   f"split) {acc[best]:.3f} {word} "
                    f"majority {acc['majority']:.3f}; PRM-weighted vote (mean) {acc['prm_vote_mean']:.3f}")
     return out
 
@@ -129,7 +149,7 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.quick:
-        args.problems, args.slip_rates = min(args.problems, 20), [0.05, 0.3]
+        args.problems, args.dev_problems, args.slip_rates = min(args.problems, 20), min(args.dev_problems, 10), [0.05, 0.3]
     rows = run(args)
     print(table(rows, args.n))
     print("\n".join(verdicts(rows, args.n)))

@@ -102,8 +102,8 @@ def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     png = tmp_path / "p.png" if HAVE_MATPLOTLIB else None
-    argv = ["--prm", str(tmp_path / "prm"), "--pprm", "", "--n", "4", "--problems", "3", "--slip-rates", "0,0.3",
-            "--min-ops", "2", "--max-ops", "3", "--plot", str(png or ""), "--json"]
+    argv = ["--prm", str(tmp_path / "prm"), "--pprm", "", "--n", "4", "--problems", "3", "--dev-problems", "3",
+            "--slip-rates", "0,0.3", "--min-ops", "2", "--max-ops", "3", "--plot", str(png or ""), "--json"]
     assert module.main(argv) == 0
     out = capsys.readouterr().out
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
@@ -114,7 +114,9 @@ def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
         assert "ebc" not in r["accuracy"]
     # a slip-free scripted policy writes the canonical solution every time: every rule is right
     assert all(v == 1.0 for v in rows[0]["accuracy"].values())
-    assert "PRM best-of-4" in out
+    assert "PRM best-of-4" in out and "chosen on the development split" in out
+    # the aggregate is chosen on problems that the reported accuracy does not use
+    assert all(r["chosen"].startswith("prm_best_") and r["dev_problems"] >= 1 for r in rows)
     assert png is None or png.stat().st_size > 0
 
 
