@@ -14,6 +14,8 @@ import dataclasses
 import math
 
 from mcts.answers import ANSWER_SELECTIONS, STEP_AGGREGATES
+from mcts.core.native import BACKENDS
+from mcts.policy.base import check_truncation
 
 __all__ = ["ALGORITHMS", "BASELINE_NAMES", "CANDIDATE_VALUES", "LEAF_VALUES", "PRIORS", "TREE_RULES", "WIDENING_FACTOR",
            "SearchConfig", "TreeRules"]
@@ -145,9 +147,7 @@ class SearchConfig:
              f"virtual_loss must be finite and >= 0, got {self.virtual_loss}")
         need(math.isfinite(self.temperature) and self.temperature >= 0,
              f"temperature must be finite and >= 0, got {self.temperature}")
-        need(self.top_p is None or 0 < self.top_p <= 1, f"top_p must be None or in (0, 1], got {self.top_p}")
-        need(self.top_k is None or self.top_k >= 0, f"top_k must be None or >= 0, got {self.top_k}")
-        need(self.min_p is None or 0 <= self.min_p <= 1, f"min_p must be None or in [0, 1], got {self.min_p}")
+        check_truncation(self.top_p, self.top_k, self.min_p)  # the policies' own rule (mcts.policy.base)
         need(self.max_depth >= 1, f"max_depth must be >= 1, got {self.max_depth}")
         need(self.max_depth < 2**15 - 1, f"max_depth must be < {2**15 - 1} (depth is int16), got {self.max_depth}")
         need(self.stop_value is None or 0 <= self.stop_value <= 1,
@@ -159,6 +159,8 @@ class SearchConfig:
         need(self.candidate_value in CANDIDATE_VALUES,
              f"candidate_value={self.candidate_value!r} is not one of {', '.join(CANDIDATE_VALUES)}")
         need(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
+        need(self.tree_backend in ("auto", *BACKENDS),
+             f"tree_backend={self.tree_backend!r} is not one of auto, {', '.join(BACKENDS)}")
         need(self.step_aggregate in STEP_AGGREGATES,
              f"step_aggregate={self.step_aggregate!r} is not one of {', '.join(STEP_AGGREGATES)}")
 

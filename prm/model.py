@@ -13,7 +13,8 @@ the tokens of a prefix are a prefix of the tokens of every longer trace: with ca
 value of step k is the same whether it is scored alone (`score`) or inside its whole trace
 (`score_traces`), and padding (right-side) changes nothing.
 
-    PRM.from_pretrained(folder, device=None)   a folder written by `save_pretrained`
+    PRM.from_pretrained(folder, device=None)   a folder written by `save_pretrained` (its own code
+                                               runs only with trust_remote_code=True)
     prm.score(prefixes, steps) -> [P] floats    the `StepScorer` protocol: the last step of each pair
     prm.score_traces(prefixes) -> [P][K_p]      every step value of each trace, one pass
     prm.score_outcomes(prefixes) -> [P]         the value at the end of each trace (ORM reading)
@@ -41,6 +42,7 @@ from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 from mcts.policy.base import Prefix, Step
+from mcts.policy.remote_code import check_remote_code
 from mcts.policy.torch_utils import torch_threads
 
 if TYPE_CHECKING:  # for annotations only: importing them loads transformers' modeling code (seconds)
@@ -198,12 +200,17 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
-def load_backbone(folder: Path, dtype: torch.dtype):
-    """(base model, tokenizer) of a local folder; raises ValueError when weights are missing."""
+def load_backbone(folder: Path, dtype: torch.dtype, *, trust_remote_code: bool = False):
+    """(base model, tokenizer) of a local folder; raises ValueError when weights are missing.
+
+    The folder's own code (an `auto_map` in its config.json) runs only with `trust_remote_code=True`;
+    without it such a folder raises `PRMLoadError` before transformers reads it.
+    """
+    check_remote_code(folder, trust_remote_code, error=PRMLoadError)
     with quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
         backbone, info = AutoModel.from_pretrained(folder, local_files_only=True, dtype=dtype,
-                                                   output_loading_info=True)
+                                                   output_loading_info=True, trust_remote_code=trust_remote_code)
     missing = list(info.get("missing_keys") or [])
     if missing:
         raise ValueError(f"the backbone's weights lack {len(missing)} tensors, e.g. {missing[:3]}")
@@ -268,7 +275,7 @@ class PRM(nn.Module):
 
     @classmethod
     def from_backbone(cls, path: str | Path, config: PRMConfig | None = None, *, device=None,
-                      dtype: torch.dtype | None = None, seed: int = 0) -> "PRM":
+                      dtype: torch.dtype | None = None, seed: int = 0, trust_remote_code: bool = False) -> "PRM":
         """A new PRM (fresh head) on the backbone and tokenizer of a local model folder.
 
         Args:
@@ -277,10 +284,13 @@ class PRM(nn.Module):
             device: None/'auto' (CUDA when available), 'cpu', 'cuda', ...
             dtype: backbone dtype (default float32).
             seed: seed of the head's initialisation.
+            trust_remote_code: let the folder run its own code (an `auto_map` in its config.json);
+                False: such a folder raises `PRMLoadError` naming the flag, before it is read.
         """
         folder = _check_folder(path)
+        check_remote_code(folder, trust_remote_code, error=PRMLoadError)
         try:
-            backbone, tokenizer = load_backbone(folder, dtype or torch.float32)
+            backbone, tokenizer = load_backbone(folder, dtype or torch.float32, trust_remote_code=trust_remote_code)
         except Exception as err:  # transformers raises many kinds; name the folder, keep the cause
             raise PRMLoadError(f"cannot load a backbone and tokenizer from {str(folder)!r}: "
                                f"{type(err).__name__}: {err}") from err
@@ -306,20 +316,24 @@ class PRM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device | None = None, *,
-                        dtype: torch.dtype | None = None, **overrides) -> "PRM":
+                        dtype: torch.dtype | None = None, trust_remote_code: bool = False, **overrides) -> "PRM":
         """Loads a PRM saved by `save_pretrained` from a local folder (never from a hub).
 
         Args:
             path: the folder.
             device: None/'auto' (CUDA when available, else CPU), 'cpu', 'cuda', 'cuda:1', ...
             dtype: backbone dtype; default float32 on CPU, bfloat16 (else float16) on CUDA.
+            trust_remote_code: let the folder run its own code (an `auto_map` in its config.json);
+                never read from the folder itself.
             **overrides: `PRMConfig` fields to replace (batch_size, num_threads, max_length).
 
         Returns:
             The PRM in eval mode. Raises `PRMLoadError` (an OSError) naming the folder when it is
-            missing or holds no PRM of this format.
+            missing, holds no PRM of this format, or asks to run its own code without
+            trust_remote_code.
         """
         folder = _check_folder(path)
+        check_remote_code(folder, trust_remote_code, error=PRMLoadError)
         config, record = read_config(folder)
         try:
             _check_mode(cls, config.mode)
@@ -331,7 +345,7 @@ class PRM(nn.Module):
             dtype = torch.float32 if dev.type != "cuda" else (
                 torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         try:
-            backbone, tokenizer = load_backbone(folder, dtype)
+            backbone, tokenizer = load_backbone(folder, dtype, trust_remote_code=trust_remote_code)
             state = load_file(str(folder / HEAD_FILE))
             head = nn.Linear(record["head"]["in_features"], record["head"]["out_features"])
             head.load_state_dict(state)

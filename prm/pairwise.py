@@ -68,7 +68,8 @@ class PPRM(PRM):
 
     Build one with `PPRM.from_backbone(folder, PRMConfig(mode="pairwise"))` (a causal LM or a PRM
     folder: a trained PRM's backbone is a good start), train it with `prm.train` (`--kind pprm`),
-    load it with `PPRM.from_pretrained(folder)`.
+    load it with `PPRM.from_pretrained(folder)` (`trust_remote_code=True` lets a backbone folder run
+    its own code, as for `PRM`).
     """
 
     expected_mode = "pairwise"

@@ -378,6 +378,29 @@ def test_folder_declares_its_policy_settings(bigram_model, tokenizer, tmp_path):
         HFPolicy.from_pretrained(folder)
 
 
+def test_per_call_truncation_overrides_the_config(random_model, tokenizer):
+    policy = random_policy(random_model, tokenizer, top_p=0.5)
+    prefixes = [Prefix("1 + 2"), Prefix("3 * 4 - 5")]
+    greedy = policy.propose(prefixes, 1, greedy=True)
+    top1 = policy.propose(prefixes, 3, temperature=1.5, top_k=1)  # one candidate per token: the argmax
+    assert [[s.text for s in steps] for steps in top1] == [[g[0].text] * 3 for g in greedy]
+    assert policy._generation_kwargs(False, 1.0, policy.config.truncation)["top_p"] == 0.5
+    with pytest.raises(ValueError, match="top_p"):
+        policy.propose(prefixes, 1, temperature=1.0, top_p=0.0)
+    with pytest.raises(ValueError, match="min_p"):
+        policy.propose(prefixes, 1, temperature=1.0, min_p=2.0)
+
+
+def test_trust_remote_code_is_the_callers_choice(saved_bigram):
+    assert HFPolicyConfig().trust_remote_code is False
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        HFPolicyConfig(trust_remote_code=1)
+    # a folder without code of its own loads either way
+    policy = HFPolicy.from_pretrained(saved_bigram, device="cpu", trust_remote_code=True)
+    assert policy.config.trust_remote_code is True
+    assert HFPolicy.from_pretrained(saved_bigram, device="cpu").config.trust_remote_code is False
+
+
 def test_config_overrides_are_validated(saved_bigram):
     with pytest.raises(ValueError, match="batch_size"):
         HFPolicy.from_pretrained(saved_bigram, batch_size=0)

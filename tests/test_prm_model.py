@@ -175,6 +175,19 @@ def test_save_load_round_trip_gives_identical_scores(prm, tmp_path):
     assert loaded.score(prefixes, steps) == before
 
 
+def test_trust_remote_code_is_a_keyword_never_read_from_the_folder(prm, tmp_path, backbone_dir):
+    prm.save_pretrained(tmp_path / "t")
+    record = json.loads((tmp_path / "t" / CONFIG_FILE).read_text())
+    (tmp_path / "t" / CONFIG_FILE).write_text(json.dumps({**record, "trust_remote_code": True}))  # ignored
+    assert PRM.from_pretrained(tmp_path / "t", device="cpu", trust_remote_code=True).score(*_pairs()) == \
+        PRM.from_pretrained(tmp_path / "t", device="cpu").score(*_pairs())
+    assert PRM.from_backbone(backbone_dir, device="cpu", trust_remote_code=True).config.mode == "prm"
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    (tmp_path / "t" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "m.M"}}))
+    with pytest.raises(PRMLoadError, match="--trust-remote-code"):
+        PRM.from_pretrained(tmp_path / "t", device="cpu")
+
+
 def test_load_errors_name_the_folder(prm, tmp_path, backbone_dir):
     with pytest.raises(PRMLoadError, match="nowhere"):
         PRM.from_pretrained(tmp_path / "nowhere")

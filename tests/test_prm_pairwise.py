@@ -96,6 +96,14 @@ def test_pprm_save_load_and_mode_checks(pprm, tmp_path):
         PPRM.from_pretrained(tmp_path / "p")
     with pytest.raises(TypeError, match="does not score steps"):
         loaded.score([], [])
+    assert PPRM.from_pretrained(tmp_path / "pp", device="cpu", trust_remote_code=True).prefer(
+        [(PROBLEM, GOOD, BAD)]) == before
+    import json
+
+    config = json.loads((tmp_path / "pp" / "config.json").read_text())
+    (tmp_path / "pp" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "m.M"}}))
+    with pytest.raises(PRMLoadError, match="--trust-remote-code"):
+        PPRM.from_pretrained(tmp_path / "pp", device="cpu")
 
 
 def test_pair_training_rows_hold_both_orders(pprm):

@@ -25,7 +25,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 pytest.importorskip("transformers")
 
 from mcts.envs.toy_tokenizer import build_char_tokenizer  # noqa: E402
-from mcts.policy.base import Prefix, Step, StepProposer  # noqa: E402
+from mcts.policy.base import Prefix, SamplingTruncation, Step, StepProposer  # noqa: E402
 from mcts.policy.hf_policy import ChatPrompt, POLICY_FILE, PolicyStats, write_policy_defaults  # noqa: E402
 from mcts.policy.vllm_policy import (  # noqa: E402
     INSTALL_HINT,
@@ -240,6 +240,10 @@ def test_engine_kwargs():
     extra = VLLMPolicyConfig(enable_prefix_caching=False, llm_kwargs={"swap_space": 0, "seed": 3})
     assert extra.engine_kwargs("m")["enable_prefix_caching"] is False
     assert extra.engine_kwargs("m")["swap_space"] == 0 and extra.engine_kwargs("m")["seed"] == 3  # extras win
+    assert VLLMPolicyConfig().engine_kwargs("m")["trust_remote_code"] is False
+    assert VLLMPolicyConfig(trust_remote_code=True).engine_kwargs("m")["trust_remote_code"] is True
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        VLLMPolicyConfig(llm_kwargs={"trust_remote_code": True})  # the field's alone
 
 
 def test_sampling_kwargs():
@@ -252,6 +256,9 @@ def test_sampling_kwargs():
     assert sampled["repetition_penalty"] == 1.0 and sampled["skip_special_tokens"] is True
     greedy = sampling_kwargs(config, "\n", n=1, greedy=True, temperature=0.7, seed=None)
     assert (greedy["temperature"], greedy["top_k"], greedy["top_p"], greedy["seed"]) == (0.0, 0, 1.0, None)
+    override = sampling_kwargs(config, "\n", n=2, greedy=False, temperature=1.0, seed=1,
+                               truncation=SamplingTruncation(min_p=0.2))
+    assert (override["top_k"], override["top_p"], override["min_p"], greedy["min_p"]) == (0, 1.0, 0.2, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -517,6 +524,8 @@ def test_from_pretrained_starts_the_engine_on_the_folder(fake_vllm, model_folder
     assert policy.eos_ids == [tokenizer.eos_token_id, 7]  # the tokenizer's and generation_config's
     policy.propose([Prefix("A")], 1)
     assert policy.llm.calls[0][1][0]["stop_token_ids"] == [tokenizer.eos_token_id, 7]
+    VLLMPolicy.from_pretrained(model_folder, trust_remote_code=True)  # the caller's choice reaches the engine
+    assert [e.engine_kwargs["trust_remote_code"] for e in fake_vllm.engines] == [False, True]
 
 
 def test_from_pretrained_reads_the_declared_settings(fake_vllm, model_folder):

@@ -14,7 +14,13 @@ distribution (log_softmax of the raw logits), whatever the sampling temperature,
 built from it mean the same at every temperature. Prompts are made by a pure function
 `Prefix -> str` (`plain_prompt`, `ChatPrompt`, or the caller's own).
 
-Loading is local only: `HFPolicy.from_pretrained(folder)` never reaches a hub. A folder may declare
+The prompts, the cut of a step at its delimiter, the `finished` rule, the per-draw seeds and the
+settings shared with the vLLM backend come from `mcts.policy.generation` (re-exported here under
+their old names); this module adds what is particular to transformers: left-padded batched
+`generate`, a per-sequence stop at the delimiter, and the recording of untempered log-probabilities.
+
+Loading is local only: `HFPolicy.from_pretrained(folder)` never reaches a hub, and never runs the
+folder's own code unless `trust_remote_code=True` (`mcts.policy.remote_code`). A folder may declare
 the settings its model was trained for (delimiter, chat template) in `treesearch_policy.json`.
 """
 
@@ -22,14 +28,28 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from mcts.grading import extract_answer
-from mcts.policy.base import Prefix, Step, check_propose_args
+from mcts.policy.base import Prefix, SamplingTruncation, Step, check_propose_args
+from mcts.policy.generation import (
+    DEFAULT_DELIMITER,
+    DEFAULT_MAX_NEW_TOKENS,
+    ChatPrompt,
+    PolicyGenerationConfig,
+    PolicyStats,
+    PromptFn,
+    finish_step,
+    plain_prompt,
+    prompt_requests,
+    prompt_token_ids,
+    request_seed,
+    resolve_prompt,
+    token_id_list,
+)
+from mcts.policy.remote_code import check_remote_code
 from mcts.policy.torch_utils import torch_threads
 
 if TYPE_CHECKING:
@@ -39,62 +59,48 @@ __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_DELIMITER", "DEFAULT_MAX_NEW_TOKENS", 
            "HFPolicyConfig", "PolicyStats", "PromptFn", "plain_prompt", "prompt_requests", "read_policy_defaults",
            "write_policy_defaults"]
 
-PromptFn = Callable[[Prefix], str]
-
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DEFAULT_DELIMITER = "\n\n"
 # A model folder may declare the policy settings it was trained for (delimiter, chat_template, ...):
 # `from_pretrained` fills the config fields left at None from this file.
 POLICY_FILE = "treesearch_policy.json"
-# What a field left at None becomes when the model folder declares nothing for it.
-DEFAULT_MAX_NEW_TOKENS = 256
+# What batch_size left at None becomes when the model folder declares nothing for it.
 DEFAULT_BATCH_SIZE = 32
+# torch.manual_seed takes seeds below 2**64: the per-draw seeds of `request_seed` are kept below 2**63.
+_TORCH_SEED_MODULUS = 2**63
+# Settings a model folder may not declare for itself.
+_UNDECLARABLE = ("trust_remote_code",)
 
 
 def _help(text: str) -> dict:
     return {"help": text}
 
 
-@dataclasses.dataclass(frozen=True)
-class HFPolicyConfig:
-    """How the transformers policy generates steps."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class HFPolicyConfig(PolicyGenerationConfig):
+    """How the transformers policy generates steps: the settings shared with the vLLM backend
+    (`PolicyGenerationConfig`: max_new_tokens, delimiter, chat_template, system_prompt, top_k,
+    top_p, min_p, seed, trust_remote_code), and those of transformers below. `seed` must be an int."""
 
-    max_new_tokens: int | None = dataclasses.field(default=None, metadata=_help(
-        "most tokens one step may take; a step that reaches it without the delimiter is truncated "
-        "(a dead end: finished); None: what the model folder declares in treesearch_policy.json, else 256"))
     batch_size: int | None = dataclasses.field(default=None, metadata=_help(
         "sequences (prompts x samples) per generate call; None: what the model folder declares, else 32"))
-    delimiter: str | None = dataclasses.field(default=None, metadata=_help(
-        "the step delimiter ('\\n\\n' for MATH-style models, '\\n' for the toy world); None: the one the "
-        "model folder declares in treesearch_policy.json, else '\\n\\n'"))
     device: str = dataclasses.field(default="auto", metadata=_help(
         "'auto' (CUDA when available; an in-memory model stays where it is), 'cpu', 'cuda', 'cuda:1', ..."))
     dtype: str = dataclasses.field(default="auto", metadata=_help(
         "'auto' (bfloat16 on CUDA, else float32; an in-memory model keeps its own), 'float32', "
         "'bfloat16' or 'float16'"))
-    chat_template: bool | None = dataclasses.field(default=None, metadata=_help(
-        "wrap the problem in the tokenizer's chat template; None: when the tokenizer has one"))
-    system_prompt: str | None = dataclasses.field(default=None, metadata=_help(
-        "system message of the chat template (None: none)"))
     max_context: int | None = dataclasses.field(default=None, metadata=_help(
         "most positions a prompt plus max_new_tokens may use; None: the model's max_position_embeddings"))
-    top_k: int = dataclasses.field(default=0, metadata=_help("top-k sampling; 0 turns it off"))
-    top_p: float = dataclasses.field(default=1.0, metadata=_help("nucleus sampling; 1 turns it off"))
-    min_p: float = dataclasses.field(default=0.0, metadata=_help(
-        "min-p sampling: keep tokens at least this fraction as likely as the most likely one; 0 turns it off"))
-    seed: int = dataclasses.field(default=0, metadata=_help(
-        "seed of the sampling: the same seed and sequence of calls give the same steps"))
     num_threads: int | None = dataclasses.field(default=None, metadata=_help(
         "torch CPU threads while generating (restored after); None: leave torch's setting. Small "
         "models decode faster on 1 thread, and many threads on a busy CPU stall at every barrier"))
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise ValueError(f"{name} must be None or an int >= 1, got {value!r}")
-        if self.delimiter is not None and (not isinstance(self.delimiter, str) or not self.delimiter):
-            raise ValueError(f"delimiter must be None or a non-empty string, got {self.delimiter!r}")
+        super().__post_init__()
+        if self.seed is None:
+            raise ValueError("seed must be an int (the transformers backend always seeds its draws), got None")
+        if self.batch_size is not None and (not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool)
+                                            or self.batch_size < 1):
+            raise ValueError(f"batch_size must be None or an int >= 1, got {self.batch_size!r}")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}")
         if not (self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")):
@@ -102,87 +108,8 @@ class HFPolicyConfig:
         if self.max_context is not None and self.max_context <= (self.max_new_tokens or DEFAULT_MAX_NEW_TOKENS):
             raise ValueError(f"max_context must be None or > max_new_tokens, got max_context={self.max_context}, "
                              f"max_new_tokens={self.max_new_tokens}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0: off), got {self.top_k!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.num_threads is not None and (not isinstance(self.num_threads, int) or self.num_threads < 1):
             raise ValueError(f"num_threads must be None or an int >= 1, got {self.num_threads!r}")
-
-
-@dataclasses.dataclass
-class PolicyStats:
-    """Running totals of one policy instance, for budget accounting (`HFPolicy.stats`).
-
-    `generated_tokens` counts the kept tokens of every distinct generated step (the budget unit; a
-    greedy step returned n times is generated, and counted, once); `decoded_tokens` counts every
-    position decoded, padding of finished rows included (the compute actually spent).
-    """
-
-    calls: int = 0  # propose() calls
-    generate_calls: int = 0  # model.generate() calls (chunks)
-    prefixes: int = 0  # prefixes asked for
-    sequences: int = 0  # sequences generated
-    prompt_tokens: int = 0  # prompt tokens of the generated sequences
-    generated_tokens: int = 0
-    decoded_tokens: int = 0
-    truncated: int = 0  # steps that reached max_new_tokens without the delimiter
-    eos: int = 0  # steps ended by EOS
-    too_long: int = 0  # prefixes skipped by the context guard (given [])
-
-    def reset(self) -> None:
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, 0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Prompts: pure functions Prefix -> str
-
-
-def plain_prompt(prefix: Prefix, delimiter: str) -> str:
-    """The prompt of a model without a chat template (the toy world's): `problem + delimiter + steps`.
-
-    Each step already ends with its delimiter, so the steps are joined as they are.
-    """
-    return prefix.problem + delimiter + "".join(prefix.steps)
-
-
-class ChatPrompt:
-    """Prefix -> prompt through the tokenizer's chat template.
-
-    The problem is the user's message and the generation prompt is added; the template is rendered
-    once per problem (an LRU cache: a problem appears in every prefix of its tree), and the steps
-    so far follow it as they are, as the assistant's partial answer.
-    """
-
-    def __init__(self, tokenizer: "PreTrainedTokenizerBase", system_prompt: str | None = None,
-                 cache_size: int = 4096):
-        if getattr(tokenizer, "chat_template", None) is None:
-            raise ValueError("ChatPrompt: the tokenizer has no chat template; use plain_prompt")
-        self.tokenizer = tokenizer
-        self.system_prompt = system_prompt
-        self.cache_size = cache_size
-        self._heads: OrderedDict[str, str] = OrderedDict()
-
-    def head(self, problem: str) -> str:
-        """The rendered template of a problem, up to where the assistant's answer starts."""
-        head = self._heads.get(problem)
-        if head is None:
-            messages = [{"role": "user", "content": problem}]
-            if self.system_prompt is not None:
-                messages.insert(0, {"role": "system", "content": self.system_prompt})
-            head = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            self._heads[problem] = head
-            if len(self._heads) > self.cache_size:
-                self._heads.popitem(last=False)
-        else:
-            self._heads.move_to_end(problem)
-        return head
-
-    def __call__(self, prefix: Prefix) -> str:
-        return self.head(prefix.problem) + "".join(prefix.steps)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -255,26 +182,6 @@ class _DelimiterStop:
 # The policy
 
 
-def prompt_requests(policy, prefixes: Sequence[Prefix]) -> list[tuple[int, list[int]]]:
-    """The (prefix index, prompt ids) of every prefix `policy` (an `HFPolicy` or a `VLLMPolicy`)
-    should generate for, in order.
-
-    Left out: a prefix whose last step states a final answer, and one whose prompt plus
-    `max_new_tokens` exceeds the policy's `max_context` (counted in `stats.too_long`). Raises
-    ValueError for a prefix that renders to an empty prompt.
-    """
-    live = [i for i, p in enumerate(prefixes) if not (p.steps and extract_answer(p.steps[-1]) is not None)]
-    out = []
-    for i, prompt in zip(live, policy.prompt_ids([prefixes[i] for i in live])):
-        if not prompt:
-            raise ValueError(f"{type(policy).__name__}: prefix {i} renders to an empty prompt")
-        if policy.max_context is not None and len(prompt) + policy.config.max_new_tokens > policy.max_context:
-            policy.stats.too_long += 1
-            continue
-        out.append((i, list(prompt)))
-    return out
-
-
 def read_policy_defaults(folder: str | Path) -> dict:
     """The `HFPolicyConfig` settings a model folder declares in its `POLICY_FILE` ({} without one).
 
@@ -287,7 +194,11 @@ def read_policy_defaults(folder: str | Path) -> dict:
         declared = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
-    known = {f.name for f in dataclasses.fields(HFPolicyConfig)}
+    known = {f.name for f in dataclasses.fields(HFPolicyConfig)} - set(_UNDECLARABLE)
+    granted = sorted(set(declared) & set(_UNDECLARABLE)) if isinstance(declared, dict) else []
+    if granted:
+        raise ValueError(f"{path}: a model folder cannot declare {', '.join(granted)} for itself (the caller "
+                         f"grants it: --trust-remote-code, trust_remote_code=True)")
     if not isinstance(declared, dict) or set(declared) - known:
         raise ValueError(f"{path}: expected a JSON object with fields of HFPolicyConfig {sorted(known)}, "
                          f"got {declared!r}")
@@ -295,8 +206,9 @@ def read_policy_defaults(folder: str | Path) -> dict:
 
 
 def write_policy_defaults(folder: str | Path, **settings) -> Path:
-    """Declares policy settings (`HFPolicyConfig` fields, e.g. delimiter) in a model folder."""
-    known = {f.name for f in dataclasses.fields(HFPolicyConfig)}
+    """Declares policy settings (`HFPolicyConfig` fields, e.g. delimiter; not trust_remote_code) in a
+    model folder."""
+    known = {f.name for f in dataclasses.fields(HFPolicyConfig)} - set(_UNDECLARABLE)
     if set(settings) - known:
         raise ValueError(f"unknown HFPolicyConfig fields {sorted(set(settings) - known)}")
     HFPolicyConfig(**settings)  # validated
@@ -317,14 +229,6 @@ def _resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
-
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [int(v) for v in value]
 
 
 class HFPolicy:
@@ -362,25 +266,14 @@ class HFPolicy:
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
 
-        has_template = getattr(tokenizer, "chat_template", None) is not None
-        use_chat = has_template if self.config.chat_template is None else self.config.chat_template
-        if use_chat and not has_template:
-            raise ValueError("HFPolicy: chat_template=True but the tokenizer has no chat template")
-        if prompt_fn is None:
-            if use_chat:
-                prompt_fn = ChatPrompt(tokenizer, self.config.system_prompt)
-            else:
-                delimiter = self.config.delimiter
-                prompt_fn = lambda prefix: plain_prompt(prefix, delimiter)  # noqa: E731
-        self.prompt_fn = prompt_fn
         # A rendered chat template carries its own BOS; a plain prompt gets the tokenizer's.
-        self._add_special_tokens = not use_chat
+        self.prompt_fn, self._add_special_tokens = resolve_prompt(tokenizer, config, prompt_fn, owner="HFPolicy")
 
         gen_config = model.generation_config
-        self.eos_ids = sorted(set(_as_list(gen_config.eos_token_id)) | set(_as_list(tokenizer.eos_token_id)))
+        self.eos_ids = sorted(set(token_id_list(gen_config.eos_token_id)) | set(token_id_list(tokenizer.eos_token_id)))
         pad = tokenizer.pad_token_id
         if pad is None:
-            pad = _as_list(gen_config.pad_token_id)[0] if gen_config.pad_token_id is not None else None
+            pad = token_id_list(gen_config.pad_token_id)[0] if gen_config.pad_token_id is not None else None
         if pad is None:
             pad = self.eos_ids[0] if self.eos_ids else 0
         self.pad_id = int(pad)
@@ -396,6 +289,8 @@ class HFPolicy:
 
         Settings: `config`'s fields left at None are filled from the folder's `POLICY_FILE` when it
         has one (the toy policy declares its '\\n' delimiter there), then `overrides` win.
+        The folder's own code (an `auto_map` in its config.json) runs only with
+        `trust_remote_code=True` (in `config` or `overrides`).
 
         Args:
             path: a folder written by `save_pretrained` (config, weights, tokenizer).
@@ -404,8 +299,9 @@ class HFPolicy:
             **overrides: fields of `HFPolicyConfig` to replace, e.g. `delimiter="\\n"`.
 
         Returns:
-            The policy. Raises FileNotFoundError when `path` is not a folder, OSError when the
-            folder holds no loadable causal LM and tokenizer; both name the folder.
+            The policy. Raises FileNotFoundError when `path` is not a folder, `RemoteCodeError` (a
+            ValueError) when it asks to run its own code and trust_remote_code is False, OSError
+            when it holds no loadable causal LM and tokenizer; each names the folder.
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -415,11 +311,14 @@ class HFPolicy:
         config = HFPolicyConfig() if config is None else config
         declared = {k: v for k, v in read_policy_defaults(folder).items() if getattr(config, k) is None}
         config = dataclasses.replace(config, **{**declared, **overrides})
+        check_remote_code(folder, config.trust_remote_code)
         device = _resolve_device(config.device)
         dtype = _resolve_dtype(config.dtype, device)
+        trust = config.trust_remote_code
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust)
+            model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True, dtype=dtype,
+                                                         trust_remote_code=trust)
         except Exception as err:  # transformers raises many kinds; say which folder failed, keep the cause
             raise OSError(f"HFPolicy: cannot load a causal LM and its tokenizer from {str(folder)!r}: "
                           f"{type(err).__name__}: {err}") from err
@@ -430,10 +329,7 @@ class HFPolicy:
 
     def prompt_ids(self, prefixes: Sequence[Prefix]) -> list[list[int]]:
         """The prompt token ids of each prefix, [P][len]."""
-        texts = [self.prompt_fn(p) for p in prefixes]
-        if not texts:
-            return []
-        return self.tokenizer(texts, add_special_tokens=self._add_special_tokens)["input_ids"]
+        return prompt_token_ids(self.tokenizer, self.prompt_fn, prefixes, self._add_special_tokens)
 
     def reseed(self, seed: int) -> None:
         """Restarts the sampling from `seed`: the next calls draw as those of a fresh policy built
@@ -463,8 +359,7 @@ class HFPolicy:
         self.stats.prefixes += len(prefixes)
         out: list[list[Step]] = [[] for _ in prefixes]
 
-        truncation = dataclasses.replace(self.config, **{k: v for k, v in (
-            ("top_p", top_p), ("top_k", top_k), ("min_p", min_p)) if v is not None})  # validates them
+        truncation = self.config.truncation.override(top_p=top_p, top_k=top_k, min_p=min_p)  # validated
         copies = 1 if greedy else n
         # (prefix index, prompt ids), one per sequence
         rows = [request for request in prompt_requests(self, prefixes) for _ in range(copies)]
@@ -494,7 +389,8 @@ class HFPolicy:
             self._can_end = torch.tensor(mask, dtype=torch.bool, device=self.device)
         return self._can_end
 
-    def _generation_kwargs(self, greedy: bool, temperature: float, truncation: HFPolicyConfig | None = None) -> dict:
+    def _generation_kwargs(self, greedy: bool, temperature: float,
+                           truncation: SamplingTruncation | None = None) -> dict:
         # Every sampling knob is set explicitly: values left unset would be filled from the
         # model's own generation_config (a repetition penalty there would bend the logprobs).
         # (Greedy decoding applies no warpers: temperature, top-k and top-p are left out.)
@@ -505,13 +401,13 @@ class HFPolicy:
         if greedy:
             kwargs.update(do_sample=False)
         else:
-            t = truncation or self.config
+            t = truncation or self.config.truncation
             kwargs.update(do_sample=True, temperature=float(temperature), top_k=t.top_k, top_p=t.top_p,
                           min_p=t.min_p if t.min_p > 0 else None)
         return kwargs
 
     def _generate(self, prompts: list[list[int]], greedy: bool, temperature: float,
-                  truncation: HFPolicyConfig | None = None) -> list[Step]:
+                  truncation: SamplingTruncation | None = None) -> list[Step]:
         """One `generate` call over left-padded prompts; one Step per prompt."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
@@ -527,7 +423,7 @@ class HFPolicy:
         recorder = _LogprobRecorder()
         stop = _DelimiterStop(self.tokenizer, self.delimiter, self._delimiter_end_mask(vocab_size), width, batch)
         gen_config = GenerationConfig(**self._generation_kwargs(greedy, temperature, truncation))
-        seed = (self.config.seed * 1_000_003 + self._draws) % (2**63)
+        seed = request_seed(self.config.seed, self._draws, _TORCH_SEED_MODULUS)
         self._draws += 1
         # The draws use torch's global generators, forked so that the caller's state is left as it was.
         cuda = []
@@ -551,7 +447,8 @@ class HFPolicy:
         return [self._read_step(row, lps, stop.stop_at[r], eos) for r, (row, lps) in enumerate(zip(tokens, logprobs))]
 
     def _read_step(self, row: list[int], logprobs: list[float], stop_at: int, eos: set[int]) -> Step:
-        """The step of one generated row: kept tokens, text cut after the first delimiter."""
+        """The step of one generated row: the kept tokens (up to the delimiter's stop, or EOS), then
+        `finish_step` (the text cut after the first delimiter, the finished rule)."""
         limit = stop_at or len(row)
         eos_at = next((t for t in range(limit) if row[t] in eos), None)
         if eos_at is not None:  # the row ended itself before any delimiter
@@ -561,13 +458,6 @@ class HFPolicy:
         else:
             kept, reason = len(row), "length"
         text = self.tokenizer.decode(row[:kept], skip_special_tokens=True)
-        cut = text.find(self.delimiter)
-        if cut >= 0:
-            text = text[:cut + len(self.delimiter)]
-            if reason == "length":  # the criterion missed it (a tokenizer that decodes oddly)
-                reason = "delimiter"
-        self.stats.generated_tokens += kept
-        self.stats.truncated += reason == "length"
-        self.stats.eos += reason == "eos"
-        finished = reason != "delimiter" or extract_answer(text) is not None
-        return Step(text=text, logprob=float(sum(logprobs[:kept])), num_tokens=kept, finished=finished)
+        step, reason = finish_step(text, row[:kept], logprobs[:kept], reason, self.delimiter)
+        self.stats.count_step(step, reason)
+        return step

@@ -40,7 +40,7 @@ from mcts.envs.arith import (
     reduction_step,
     replace_at,
 )
-from mcts.policy.base import Prefix, Step
+from mcts.policy.base import Prefix, SamplingTruncation, Step, check_propose_args
 
 __all__ = ["ScriptedPolicy", "ToyPolicyConfig", "current_expression"]
 
@@ -298,18 +298,12 @@ class ScriptedPolicy:
         Returns:
             [P][n] steps; an empty list for a prefix that already gave its final answer.
         """
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
-        _check_temperature(temperature, allow_zero=True)
+        check_propose_args(n, temperature)
         greedy = greedy or temperature == 0
         exprs = [current_expression(p) for p in prefixes]
         if greedy:
             return [[] if e is None else [_table(e, self.config, 1.0).greedy] * n for e in exprs]
-        if top_p is not None and not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        if (top_k is not None and top_k < 0) or (min_p is not None and not 0 <= min_p <= 1):
-            raise ValueError(f"top_k must be >= 0 and min_p in [0, 1], got top_k={top_k}, min_p={min_p}")
-        truncating = (top_p or 1) < 1 or bool(top_k) or bool(min_p)
+        truncation = SamplingTruncation.of(top_p=top_p, top_k=top_k, min_p=min_p)  # validated
         uniforms = self._rng.random(len(prefixes) * n).tolist()
         out: list[list[Step]] = []
         for i, expr in enumerate(exprs):
@@ -317,7 +311,7 @@ class ScriptedPolicy:
                 out.append([])
                 continue
             table = _table(expr, self.config, float(temperature))
-            steps, cumulative = _truncate(table.steps, table.probs, top_p, top_k, min_p) if truncating else (
+            steps, cumulative = _truncate(table.steps, table.probs, truncation) if truncation.active else (
                 table.steps, table.cumulative)
             last = len(steps) - 1
             out.append([steps[min(bisect.bisect_right(cumulative, u), last)]
@@ -325,23 +319,23 @@ class ScriptedPolicy:
         return out
 
 
-def _truncate(steps: Sequence[Step], probs: Sequence[float], top_p: float | None, top_k: int | None,
-              min_p: float | None) -> tuple[list[Step], list[float]]:
+def _truncate(steps: Sequence[Step], probs: Sequence[float],
+              truncation: SamplingTruncation) -> tuple[list[Step], list[float]]:
     """The steps kept by top-k, then top-p, then min-p (most likely first), and their renormalised
     cumulative probabilities."""
     order = sorted(range(len(steps)), key=lambda j: -probs[j])
-    if top_k:
-        order = order[:top_k]
-    if top_p is not None and top_p < 1:
+    if truncation.top_k:
+        order = order[:truncation.top_k]
+    if truncation.top_p < 1:
         kept, mass = [], 0.0
         for j in order:
             kept.append(j)
             mass += probs[j]
-            if mass >= top_p:
+            if mass >= truncation.top_p:
                 break
         order = kept
-    if min_p:
-        order = [j for j in order if probs[j] >= min_p * probs[order[0]]]
+    if truncation.min_p:
+        order = [j for j in order if probs[j] >= truncation.min_p * probs[order[0]]]
     total = sum(probs[j] for j in order)
     return [steps[j] for j in order], list(itertools.accumulate(probs[j] / total for j in order))
 

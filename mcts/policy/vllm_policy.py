@@ -11,13 +11,15 @@ imports, and its pure parts are tested, without vLLM installed. One `propose` ca
                                                 finish_reason, stop_reason)    ──► Step
 
 It keeps the contract of the transformers backend (`mcts.policy.hf_policy.HFPolicy`) exactly, so
-that a search gives the same trees through either:
+that a search gives the same trees through either; the shared parts are one code, in
+`mcts.policy.generation` (the settings `PolicyGenerationConfig`, the prompts, `finish_step`,
+`request_seed`, `prompt_requests`):
 - prompts are built by the same functions (`plain_prompt`, `ChatPrompt`: the chat template applied
-  once per problem) and tokenised by the model's HF tokenizer, then handed to vLLM as token ids:
-  both backends see the same tokens;
+  once per problem; `resolve_prompt` chooses) and tokenised by the model's HF tokenizer, then handed
+  to vLLM as token ids: both backends see the same tokens;
 - a step ends after the first delimiter (kept in its text), at EOS, or at `max_new_tokens`
   (truncated: a dead end); it is `finished` unless it ended at the delimiter without stating a
-  final answer; a prefix whose last step states an answer gets [];
+  final answer (`finish_step`); a prefix whose last step states an answer gets [];
 - `Step.logprob` is the sum of the log-probabilities of the step's tokens under the model's
   UNTEMPERED distribution: the engine is started with `logprobs_mode="raw_logprobs"` (log_softmax
   of the raw logits, before temperature, top-k/top-p and penalties), and `cumulative_logprob` of
@@ -39,7 +41,9 @@ OMP_NUM_THREADS before the process starts (on 2 cores shared with other jobs, th
 (GiB). Seeded requests turn chunked prefill off there (see `VLLMPolicyConfig.engine_kwargs`).
 
 Loading is local only: `VLLMPolicy.from_pretrained(folder)` reads the folder's
-`treesearch_policy.json` (delimiter, chat template) as HFPolicy does, and never reaches a hub.
+`treesearch_policy.json` (delimiter, chat template) as HFPolicy does, and never reaches a hub; the
+folder's own code runs only with `trust_remote_code=True` (`mcts.policy.remote_code`), which the
+tokenizer and the engine (`LLM(trust_remote_code=...)`) are both given.
 """
 
 from __future__ import annotations
@@ -49,18 +53,22 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from mcts.grading import extract_answer
-from mcts.policy.base import Prefix, Step, check_propose_args
-from mcts.policy.hf_policy import (
+from mcts.policy.base import Prefix, SamplingTruncation, Step, check_propose_args
+from mcts.policy.generation import (
     DEFAULT_DELIMITER,
     DEFAULT_MAX_NEW_TOKENS,
-    ChatPrompt,
+    PolicyGenerationConfig,
     PolicyStats,
     PromptFn,
-    plain_prompt,
+    finish_step,
     prompt_requests,
-    read_policy_defaults,
+    prompt_token_ids,
+    request_seed,
+    resolve_prompt,
+    token_id_list,
 )
+from mcts.policy.hf_policy import read_policy_defaults
+from mcts.policy.remote_code import check_remote_code
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -75,8 +83,6 @@ INSTALL_HINT = (
     "Or use the transformers backend: --backend hf")
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
-# A seed per request, below 2**31 (vLLM seeds a torch.Generator per request with it).
-_SEED_MODULUS = 2**31 - 1
 
 
 def _help(text: str) -> dict:
@@ -92,24 +98,16 @@ def _import_vllm():
     return vllm
 
 
-@dataclasses.dataclass(frozen=True)
-class VLLMPolicyConfig:
-    """How the vLLM policy generates steps, and how its engine is started."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VLLMPolicyConfig(PolicyGenerationConfig):
+    """How the vLLM policy generates steps, and how its engine is started: the settings shared with
+    the transformers backend (`PolicyGenerationConfig`: max_new_tokens, delimiter, chat_template,
+    system_prompt, top_k, top_p, min_p, seed, trust_remote_code), and the engine's below. Here
+    max_new_tokens is an int (default 256, not read from the folder) and seed may be None."""
 
     max_new_tokens: int = dataclasses.field(default=DEFAULT_MAX_NEW_TOKENS, metadata=_help(
         "most tokens one step may take; a step that reaches it without the delimiter is truncated "
         "(a dead end: finished)"))
-    delimiter: str | None = dataclasses.field(default=None, metadata=_help(
-        "the step delimiter ('\\n\\n' for MATH-style models, '\\n' for the toy world); None: the one the "
-        "model folder declares in treesearch_policy.json, else '\\n\\n'"))
-    chat_template: bool | None = dataclasses.field(default=None, metadata=_help(
-        "wrap the problem in the tokenizer's chat template; None: when the tokenizer has one"))
-    system_prompt: str | None = dataclasses.field(default=None, metadata=_help(
-        "system message of the chat template (None: none)"))
-    top_k: int = dataclasses.field(default=0, metadata=_help("top-k sampling; 0 turns it off"))
-    top_p: float = dataclasses.field(default=1.0, metadata=_help("nucleus sampling; 1 turns it off"))
-    min_p: float = dataclasses.field(default=0.0, metadata=_help(
-        "min-p sampling: keep tokens at least this fraction as likely as the most likely one; 0 turns it off"))
     seed: int | None = dataclasses.field(default=0, metadata=_help(
         "seed of the engine and of every request's sampling: the same seed and sequence of calls give "
         "the same steps, whatever else is batched with them; None: unseeded requests (vLLM then "
@@ -132,33 +130,29 @@ class VLLMPolicyConfig:
         "parents); off only to measure what it saves"))
     llm_kwargs: dict | None = dataclasses.field(default=None, metadata=_help(
         "further keyword arguments of vllm.LLM (e.g. distributed_executor_backend, "
-        "kv_cache_memory_bytes, swap_space); they win over the fields above"))
+        "kv_cache_memory_bytes, swap_space); they win over the fields above (trust_remote_code is "
+        "the field's alone)"))
 
     def __post_init__(self):
-        for name in ("max_new_tokens", "tensor_parallel_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.delimiter is not None and (not isinstance(self.delimiter, str) or not self.delimiter):
-            raise ValueError(f"delimiter must be None or a non-empty string, got {self.delimiter!r}")
+        if self.max_new_tokens is None:
+            raise ValueError("max_new_tokens must be an int >= 1, got None")
+        super().__post_init__()
+        if (not isinstance(self.tensor_parallel_size, int) or isinstance(self.tensor_parallel_size, bool)
+                or self.tensor_parallel_size < 1):
+            raise ValueError(f"tensor_parallel_size must be an int >= 1, got {self.tensor_parallel_size!r}")
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {self.dtype!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int)
                                                or self.max_model_len <= self.max_new_tokens):
             raise ValueError(f"max_model_len must be None or an int > max_new_tokens, got "
                              f"max_model_len={self.max_model_len}, max_new_tokens={self.max_new_tokens}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0: off), got {self.top_k!r}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p <= 1.0:
-            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
-            raise ValueError(f"seed must be None or an int, got {self.seed!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}")
         if self.llm_kwargs is not None and not isinstance(self.llm_kwargs, dict):
             raise ValueError(f"llm_kwargs must be None or a dict, got {type(self.llm_kwargs).__name__}")
+        if self.llm_kwargs and "trust_remote_code" in self.llm_kwargs:
+            raise ValueError("llm_kwargs must not hold trust_remote_code: set the trust_remote_code field "
+                             "(the tokenizer and the folder check read it too)")
 
     def engine_kwargs(self, model: str, *, on_cpu: bool = False) -> dict:
         """The keyword arguments of `vllm.LLM` for a model folder (and its own tokenizer).
@@ -173,6 +167,8 @@ class VLLMPolicyConfig:
                       max_model_len=self.max_model_len, enforce_eager=self.enforce_eager,
                       seed=0 if self.seed is None else self.seed,
                       enable_prefix_caching=self.enable_prefix_caching,
+                      # The folder's own code runs only when asked for by name (mcts.policy.remote_code).
+                      trust_remote_code=self.trust_remote_code,
                       # Step.logprob is of the untempered distribution, as in HFPolicy.
                       logprobs_mode="raw_logprobs",
                       # Sampling defaults come from SamplingParams alone, never from the folder's
@@ -199,17 +195,22 @@ class VLLMPolicyStats(PolicyStats):
 
     cached_prompt_tokens: int = 0
 
+    def count_step(self, step: Step, reason: str) -> None:
+        super().count_step(step, reason)
+        self.decoded_tokens += step.num_tokens  # no padding
+
 
 # ---------------------------------------------------------------------------------------------------
 # Pure parts: request building and result conversion (tested without vLLM)
 
 
 def sampling_kwargs(config: VLLMPolicyConfig, delimiter: str, *, n: int, greedy: bool, temperature: float,
-                    seed: int | None, stop_token_ids: Sequence[int] = ()) -> dict:
+                    seed: int | None, stop_token_ids: Sequence[int] = (),
+                    truncation: SamplingTruncation | None = None) -> dict:
     """The keyword arguments of one request's `vllm.SamplingParams`.
 
     Args:
-        config: the policy's config (max_new_tokens, top_k, top_p, min_p).
+        config: the policy's config (max_new_tokens; top_k, top_p, min_p unless `truncation`).
         delimiter: the step delimiter: the stop string, kept in the output.
         n: samples of the request (1 when greedy).
         greedy: temperature 0 (argmax); top-k/top-p are left off.
@@ -217,6 +218,7 @@ def sampling_kwargs(config: VLLMPolicyConfig, delimiter: str, *, n: int, greedy:
         seed: the request's seed (None: unseeded).
         stop_token_ids: token ids that end a step besides the tokenizer's EOS (the model's
             generation_config EOS ids, as HFPolicy stops on).
+        truncation: the sampling truncation of this request; None: the config's.
 
     Returns:
         A dict for `SamplingParams(**kwargs)`; `logprobs=0` asks for the sampled token's
@@ -227,9 +229,9 @@ def sampling_kwargs(config: VLLMPolicyConfig, delimiter: str, *, n: int, greedy:
                   detokenize=True, ignore_eos=False, min_tokens=0, repetition_penalty=1.0,
                   presence_penalty=0.0, frequency_penalty=0.0)
     if greedy:
-        kwargs.update(temperature=0.0, top_k=0, top_p=1.0, min_p=0.0)
+        kwargs.update(temperature=0.0, **SamplingTruncation().as_dict())
     else:
-        kwargs.update(temperature=float(temperature), top_k=config.top_k, top_p=config.top_p, min_p=config.min_p)
+        kwargs.update(temperature=float(temperature), **(truncation or config.truncation).as_dict())
     return kwargs
 
 
@@ -252,10 +254,10 @@ def read_step(completion: Any, delimiter: str) -> tuple[Step, str]:
         delimiter: the step delimiter.
 
     Returns:
-        (step, reason), reason one of 'delimiter', 'eos', 'length'. The text is cut just after the
-        first delimiter (vLLM cut it there already; this guards a detokenizer that did not), and
-        `finished` is set as HFPolicy sets it: unless the step ended at the delimiter and states
-        no answer. Raises RuntimeError for a sequence vLLM aborted or failed.
+        (step, reason), reason one of 'delimiter', 'eos', 'length' (`finish_step`, as HFPolicy's
+        steps: the text cut just after the first delimiter, which vLLM cut there already, and
+        `finished` unless the step ended at the delimiter and states no answer). Raises
+        RuntimeError for a sequence vLLM aborted or failed.
     """
     finish = completion.finish_reason
     if finish == "length":
@@ -265,38 +267,7 @@ def read_step(completion: Any, delimiter: str) -> tuple[Step, str]:
     else:
         raise RuntimeError(f"VLLMPolicy: vLLM ended a sequence with finish_reason={finish!r} "
                            f"(stop_reason={completion.stop_reason!r})")
-    text = completion.text
-    cut = text.find(delimiter)
-    if cut >= 0:
-        text = text[:cut + len(delimiter)]
-        if reason == "length":  # the delimiter came with the last allowed token
-            reason = "delimiter"
-    elif reason == "delimiter":  # another stop string than ours (none is set): treat as the end
-        reason = "eos"
-    finished = reason != "delimiter" or extract_answer(text) is not None
-    step = Step(text=text, logprob=_completion_logprob(completion), num_tokens=len(completion.token_ids),
-                finished=finished)
-    return step, reason
-
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    if isinstance(value, int):
-        return [value]
-    return [int(v) for v in value]
-
-
-def _default_prompt_fn(tokenizer: "PreTrainedTokenizerBase", config: VLLMPolicyConfig) -> tuple[PromptFn, bool]:
-    """HFPolicy's choice of prompt: (prompt_fn, add_special_tokens)."""
-    has_template = getattr(tokenizer, "chat_template", None) is not None
-    use_chat = has_template if config.chat_template is None else config.chat_template
-    if use_chat and not has_template:
-        raise ValueError("VLLMPolicy: chat_template=True but the tokenizer has no chat template")
-    if use_chat:
-        return ChatPrompt(tokenizer, config.system_prompt), False
-    delimiter = config.delimiter
-    return (lambda prefix: plain_prompt(prefix, delimiter)), True  # noqa: E731
+    return finish_step(completion.text, completion.token_ids, _completion_logprob(completion), reason, delimiter)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -338,10 +309,9 @@ class VLLMPolicy:
         self.delimiter = config.delimiter
         self.llm = llm
         self.tokenizer = tokenizer
-        default_fn, self._add_special_tokens = _default_prompt_fn(tokenizer, config)
         # A rendered chat template carries its own BOS; a plain prompt gets the tokenizer's.
-        self.prompt_fn = default_fn if prompt_fn is None else prompt_fn
-        eos = _as_list(tokenizer.eos_token_id) if eos_token_ids is None else _as_list(eos_token_ids)
+        self.prompt_fn, self._add_special_tokens = resolve_prompt(tokenizer, config, prompt_fn, owner="VLLMPolicy")
+        eos = token_id_list(tokenizer.eos_token_id if eos_token_ids is None else eos_token_ids)
         self.eos_ids = sorted(set(eos))
         self.max_context = config.max_model_len or _engine_max_model_len(llm)
         self._sampling_params_cls = sampling_params_cls
@@ -355,7 +325,8 @@ class VLLMPolicy:
 
         Settings: `config`'s fields left at None are filled from the folder's `POLICY_FILE`
         (`read_policy_defaults`; the fields only HFPolicy has, such as num_threads, are ignored),
-        then `overrides` win.
+        then `overrides` win. The folder's own code (an `auto_map` in its config.json) runs only
+        with `trust_remote_code=True` (in `config` or `overrides`).
 
         Args:
             path: a folder written by `save_pretrained` (config, weights, tokenizer).
@@ -365,8 +336,9 @@ class VLLMPolicy:
 
         Returns:
             The policy. Raises ImportError (with how to install it) when vLLM is missing,
-            FileNotFoundError when `path` is not a folder, OSError when vLLM or transformers cannot
-            load the folder; each names what failed.
+            FileNotFoundError when `path` is not a folder, `RemoteCodeError` (a ValueError) when it
+            asks to run its own code and trust_remote_code is False, OSError when vLLM or
+            transformers cannot load the folder; each names what failed.
         """
         vllm = _import_vllm()
         from transformers import AutoTokenizer, GenerationConfig
@@ -378,14 +350,16 @@ class VLLMPolicy:
         known = {f.name for f in dataclasses.fields(VLLMPolicyConfig)}
         declared = {k: v for k, v in read_policy_defaults(folder).items() if k in known and getattr(config, k) is None}
         config = dataclasses.replace(config, **{**declared, **overrides})
+        check_remote_code(folder, config.trust_remote_code)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True,
+                                                      trust_remote_code=config.trust_remote_code)
         except Exception as err:  # transformers raises many kinds; say which folder failed, keep the cause
             raise OSError(f"VLLMPolicy: cannot load a tokenizer from {str(folder)!r}: "
                           f"{type(err).__name__}: {err}") from err
-        eos = set(_as_list(tokenizer.eos_token_id))
-        if (folder / "generation_config.json").is_file():
-            eos |= set(_as_list(GenerationConfig.from_pretrained(folder, local_files_only=True).eos_token_id))
+        eos = set(token_id_list(tokenizer.eos_token_id))
+        if (folder / "generation_config.json").is_file():  # plain JSON: no code of the folder's runs
+            eos |= set(token_id_list(GenerationConfig.from_pretrained(folder, local_files_only=True).eos_token_id))
         _shield_llvmlite()
         try:
             llm = vllm.LLM(**config.engine_kwargs(str(folder), on_cpu=_on_cpu()))
@@ -417,21 +391,18 @@ class VLLMPolicy:
 
     def prompt_ids(self, prefixes: Sequence[Prefix]) -> list[list[int]]:
         """The prompt token ids of each prefix, [P][len] (as HFPolicy tokenises them)."""
-        texts = [self.prompt_fn(p) for p in prefixes]
-        if not texts:
-            return []
-        return self.tokenizer(texts, add_special_tokens=self._add_special_tokens)["input_ids"]
+        return prompt_token_ids(self.tokenizer, self.prompt_fn, prefixes, self._add_special_tokens)
 
     def requests(self, prefixes: Sequence[Prefix]) -> list[tuple[int, list[int]]]:
         """The (prefix index, prompt ids) of every prefix that gets a request, in order
-        (`mcts.policy.hf_policy.prompt_requests`: the same rule as HFPolicy)."""
+        (`mcts.policy.generation.prompt_requests`: the same rule as HFPolicy)."""
         return prompt_requests(self, prefixes)
 
     def _seed(self) -> int | None:
-        if self.config.seed is None:
-            return None
-        seed = (self.config.seed * 1_000_003 + self._requests) % _SEED_MODULUS
-        self._requests += 1
+        """The next request's seed (`request_seed`); None for an unseeded policy."""
+        seed = request_seed(self.config.seed, self._requests)
+        if seed is not None:
+            self._requests += 1
         return seed
 
     def propose(self, prefixes: Sequence[Prefix], n: int, temperature: float = 1.0, *,
@@ -461,16 +432,15 @@ class VLLMPolicy:
         if not requests:
             return out
 
-        config = dataclasses.replace(self.config, **{k: v for k, v in (
-            ("top_p", top_p), ("top_k", top_k), ("min_p", min_p)) if v is not None})  # validates them
+        truncation = self.config.truncation.override(top_p=top_p, top_k=top_k, min_p=min_p)  # validated
         copies = 1 if greedy else n
         params_cls = self._sampling_params_cls
         if params_cls is None:
             params_cls = self._sampling_params_cls = _import_vllm().SamplingParams
         # Every EOS id HFPolicy stops on (vLLM adds the tokenizer's own; a repeat is harmless).
-        params = [params_cls(**sampling_kwargs(config, self.delimiter, n=copies, greedy=greedy,
+        params = [params_cls(**sampling_kwargs(self.config, self.delimiter, n=copies, greedy=greedy,
                                                temperature=temperature, seed=self._seed(),
-                                               stop_token_ids=self.eos_ids))
+                                               stop_token_ids=self.eos_ids, truncation=truncation))
                   for _ in requests]
         # {"prompt_token_ids": ids} is vllm.inputs.TokensPrompt (a TypedDict).
         prompts = [{"prompt_token_ids": prompt} for _, prompt in requests]
@@ -489,10 +459,7 @@ class VLLMPolicy:
             self.stats.cached_prompt_tokens += int(getattr(result, "num_cached_tokens", 0) or 0)
             for completion in completions:
                 step, reason = read_step(completion, self.delimiter)
-                self.stats.generated_tokens += step.num_tokens
-                self.stats.decoded_tokens += step.num_tokens
-                self.stats.truncated += reason == "length"
-                self.stats.eos += reason == "eos"
+                self.stats.count_step(step, reason)
                 out[i].append(step)
         if greedy and n > 1:
             out = [steps * n for steps in out]

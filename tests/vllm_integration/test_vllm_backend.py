@@ -113,6 +113,7 @@ def test_engine_settings(vllm_policy, model_dir):
     engine = vllm_policy.llm.llm_engine.vllm_config
     assert engine.cache_config.enable_prefix_caching
     assert engine.model_config.dtype == torch.float32  # 'auto' on CPU, as HFPolicy
+    assert engine.model_config.trust_remote_code is False  # the folder's own code never runs unasked
     assert vllm_policy.max_context == engine.model_config.max_model_len
 
 
@@ -256,6 +257,24 @@ def test_an_engine_starts_after_numba(model_dir):
                               llm_kwargs={"distributed_executor_backend": "uni"})
     with VLLMPolicy.from_pretrained(model_dir, config) as policy:
         assert len(policy.propose([Prefix("1 + 2")], 2, temperature=1.0)[0]) == 2
+
+
+def test_a_folder_with_its_own_code_is_refused_before_vllm_reads_it(model_dir, tmp_path, monkeypatch):
+    """A copy of the toy folder whose config.json names code of its own: refused, no engine, no prompt."""
+    import shutil
+
+    from mcts.policy.remote_code import RemoteCodeError
+
+    folder = tmp_path / "custom"
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModelForCausalLM": "x.X"}}))
+    monkeypatch.setattr("builtins.input", lambda *a: pytest.fail("something asked on stdin"))
+    started = []
+    monkeypatch.setattr(vllm, "LLM", lambda **kwargs: started.append(kwargs))
+    with pytest.raises(RemoteCodeError, match="--trust-remote-code"):
+        VLLMPolicy.from_pretrained(folder, VLLMPolicyConfig(max_new_tokens=MAX_NEW_TOKENS))
+    assert started == []
 
 
 def test_policy_throughput_benchmark_runs_vllm(model_dir, capfd):
