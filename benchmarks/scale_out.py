@@ -37,7 +37,7 @@ from treesearch.executor import LocalExecutor, RayExecutor
 from treesearch.results import search_problems
 from mcts.problems import load_problems
 from mcts.config import SearchConfig
-from treesearch.results import write_jsonl_atomic
+from mcts.files import write_jsonl_atomic
 
 
 def _ints(text: str) -> list[int]:

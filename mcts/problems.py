@@ -17,10 +17,11 @@ the line and the field; blank lines are skipped.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 from mcts.grading import last_boxed
 
@@ -54,6 +55,12 @@ class Problem:
     answer: str | None
     source: str
     meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def sha256(self) -> str:
+        """A hash of the statement (16 hex digits): results records carry it, so that a resumed run
+        notices a problem that changed under its id."""
+        return hashlib.sha256(self.problem.encode("utf-8")).hexdigest()[:16]
 
 
 class RecordError(ValueError):
@@ -243,12 +250,15 @@ def _format_of(record: Any) -> ProblemFormat:
     return next(f for f in FORMATS if f.matches(record))
 
 
-def load_problems(path: str | Path, limit: int | None = None) -> list[Problem]:
+def load_problems(path: str | Path, limit: int | None = None,
+                  check: Callable[[Problem], None] | None = None) -> list[Problem]:
     """Reads a JSONL problem file (MATH-500, MATH train, GSM8K, toy world, any problem JSONL).
 
     Args:
         path: the file; each non-blank line is one JSON object.
         limit: read at most this many problems (None: all); lines after them are not read.
+        check: called with each problem; a `RecordError` it raises (what the models to come need
+            of a problem, e.g. the toy oracle's integer answers) names the line like a bad field.
 
     Returns:
         The problems in file order. Raises `ProblemFileError` (naming file, line and field) for a
@@ -279,11 +289,15 @@ def load_problems(path: str | Path, limit: int | None = None) -> list[Problem]:
                 continue
             try:
                 record = json.loads(line.rstrip("\r\n"))
+            except RecursionError:
+                raise ProblemFileError(path, lineno, None, "JSON nested too deeply") from None
             except json.JSONDecodeError as err:
                 raise ProblemFileError(path, lineno, None,
                                        f"malformed JSON: {err.msg} (column {err.colno})") from None
             try:
                 problem = problem_from_record(record, default_id=f"{path.stem}:{lineno}")
+                if check is not None:
+                    check(problem)
             except RecordError as err:
                 raise ProblemFileError(path, lineno, err.field, err.reason) from None
             if problem.id in first_line:

@@ -206,6 +206,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=12345, help="seed of the problems and the sampling")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while scoring")
+    parser.add_argument("--trust-remote-code", action="store_true", help="let transformers import and run the "
+                        "Python files of a --prm/--pprm folder whose config names them (auto_map); off by default: "
+                        "such a folder is refused and nothing of it runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     return parser
 
@@ -225,6 +228,27 @@ def _print(result: dict, as_json: bool) -> None:
         print(f"{key:<{width}}  {value:.4f}" if isinstance(value, float) else f"{key:<{width}}  {value}")
 
 
+def _bad_flag(args: argparse.Namespace) -> str | None:
+    """The first flag out of its range, as one line, before any model loads."""
+    checks = [
+        (args.toy is None or args.toy >= 1, f"--toy must be >= 1, got {args.toy}"),
+        (args.best_of_n is None or args.best_of_n >= 1, f"--best-of-n must be >= 1, got {args.best_of_n}"),
+        (args.problems >= 1, f"--problems must be >= 1, got {args.problems}"),
+        (args.samples >= 1, f"--samples must be >= 1, got {args.samples}"),
+        (0.0 <= args.slip_rate <= 0.5, f"--slip-rate must be in [0, 0.5], got {args.slip_rate}"),
+        (args.temperature >= 0.0, f"--temperature must be >= 0, got {args.temperature}"),
+        (0.0 <= args.alpha <= 1.0, f"--alpha must be in [0, 1], got {args.alpha}"),
+        (args.min_ops is None or 1 <= args.min_ops <= 8, f"--min-ops must be in [1, 8], got {args.min_ops}"),
+        (args.max_ops is None or 1 <= args.max_ops <= 8, f"--max-ops must be in [1, 8], got {args.max_ops}"),
+        (args.min_ops is None or args.max_ops is None or args.min_ops <= args.max_ops,
+         f"--min-ops {args.min_ops} is above --max-ops {args.max_ops}"),
+        (args.max_operand >= 1, f"--max-operand must be >= 1, got {args.max_operand}"),
+        (args.max_value >= 0, f"--max-value must be >= 0 (0: unbounded), got {args.max_value}"),
+        (args.threads is None or args.threads >= 0, f"--threads must be >= 0, got {args.threads}"),
+    ]
+    return next((message for ok, message in checks if not ok), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -233,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of --data, --toy N, --best-of-n N")
     if args.prm is None and not (args.pprm and modes[0] in ("data", "toy")):
         parser.error("--prm is required (only --pprm with --data or --toy goes without it)")
+    bad = _bad_flag(args)
+    if bad:
+        print(f"error: {bad}", file=sys.stderr)
+        return 2
     overrides = {"num_threads": args.threads} if args.threads else {}
+    overrides["trust_remote_code"] = args.trust_remote_code
     if "tiny" in (args.prm, args.pprm):
         # Lazy: only `tiny` needs the toy builds, and prm.toy brings the whole training stack
         # (accelerate, transformers' Llama) into every `import prm.eval`.

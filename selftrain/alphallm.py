@@ -57,7 +57,8 @@ from mcts.search import Leaf, TreeSearch
 from mcts.trees import TreeRecord
 from mcts.traces import Counters, sample_traces, Trace
 from selftrain.config import AlphaLLMConfig
-from selftrain.run import RunContext, read_jsonl, write_jsonl_atomic
+from mcts.files import write_jsonl_atomic
+from selftrain.run import RunContext, read_jsonl
 from treesearch.loaders import load_scorer
 
 __all__ = [

@@ -3,7 +3,8 @@
     selftrain run                                   ReST-MCTS* on the toy world, from a weak policy
     selftrain run --config run.yaml                 settings from YAML (sections: search, sft, prm_train, ...)
     selftrain run --algorithm alphallm --iterations 2 --set search.simulations=32
-    selftrain run --name toy --force                delete a run folder of another configuration first
+    selftrain run --name toy --force                replace a run folder of another configuration (only
+                                                    a folder a run wrote; never any other folder)
 
 A run lives in runs/NAME/ and resumes where it stopped when started again with the same
 configuration (see selftrain.run). Every iteration ends with a summary table, also written to
@@ -38,7 +39,8 @@ def make_parser() -> argparse.ArgumentParser:
         run.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=f.metadata["help"], **extra)
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="any field, e.g. search.simulations=32 or sft.lora=true (repeatable)")
-    run.add_argument("--force", action="store_true", help="delete a run folder of another configuration")
+    run.add_argument("--force", action="store_true", help="replace a run folder of another configuration "
+                     "(only one that selftrain wrote, and only once every input has been checked)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 

@@ -11,6 +11,11 @@ before any work starts.
 `load_config(path, overrides)` reads a YAML file (sections are nested mappings) and `key=value`
 overrides (`search.simulations=32`); an unknown key, a value of the wrong type or a value the
 dataclass refuses raises ConfigError naming the file, the line and the key.
+
+The YAML reader is bounded: a file over MAX_YAML_BYTES, or one whose anchors and aliases expand to
+more than MAX_YAML_NODES values (an "alias bomb": each alias stands for a whole copy of what it
+names), or that refers to itself, is refused with one line naming the file, before anything is
+built from it.
 """
 
 from __future__ import annotations
@@ -28,9 +33,12 @@ from mcts.config import SearchConfig
 from prm.train import TrainConfig
 from selftrain.sft import SFTConfig
 
-__all__ = ["ALGORITHMS", "AlphaLLMConfig", "BerryConfig", "ConfigError", "RunConfig", "config_fingerprint", "load_config", "to_dict"]
+__all__ = ["ALGORITHMS", "AlphaLLMConfig", "BerryConfig", "ConfigError", "RunConfig", "config_fingerprint",
+           "fingerprint_of", "load_config", "to_dict"]
 
 ALGORITHMS = ("rest_mcts", "alphallm", "llama_berry", "rest_em")
+MAX_YAML_BYTES = 1 << 20  # a config file is a few hundred bytes
+MAX_YAML_NODES = 100_000  # values of the YAML document once every alias is expanded
 
 
 def _help(text: str) -> dict:
@@ -254,7 +262,12 @@ def to_dict(config) -> dict:
 
 def config_fingerprint(config: RunConfig) -> str:
     """What decides a run's results: every field but RUNTIME_FIELDS."""
-    data = {k: v for k, v in to_dict(config).items() if k not in RUNTIME_FIELDS}
+    return fingerprint_of(to_dict(config))
+
+
+def fingerprint_of(data: Mapping[str, Any]) -> str:
+    """`config_fingerprint` of a configuration as `to_dict` wrote it (a run folder's config.json)."""
+    data = {k: v for k, v in data.items() if k not in RUNTIME_FIELDS}
     return hashlib.blake2b(json.dumps(data, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
@@ -359,20 +372,98 @@ def _yaml_lines(node, prefix: str = "", out: dict | None = None) -> dict[str, in
     return out
 
 
+class _TooLarge(Exception):
+    """A YAML document refused by `_bounded_yaml` (the message says why)."""
+
+
+def _expanded_size(root, limit: int) -> int:
+    """Values of the composed YAML node graph `root` with every alias expanded (each alias counts
+    the whole subtree it names, every time), up to `limit`; _TooLarge beyond it or on a cycle."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    open_: set[int] = set()
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_.discard(key)
+            if isinstance(node, yaml.MappingNode):
+                kids = [n for pair in node.value for n in pair]
+            else:
+                kids = node.value
+            total = 1 + sum(sizes[id(k)] for k in kids)
+            if total > limit:
+                raise _TooLarge(f"its anchors and aliases expand to more than {limit:,} values (a YAML alias bomb?)")
+            sizes[key] = total
+            continue
+        if key in sizes:
+            continue
+        if key in open_:
+            raise _TooLarge("an alias refers to the value that holds it (a recursive YAML structure)")
+        if isinstance(node, yaml.ScalarNode):
+            sizes[key] = 1
+            continue
+        open_.add(key)
+        stack.append((node, True))
+        kids = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+        for kid in kids:
+            if id(kid) in open_:
+                raise _TooLarge("an alias refers to the value that holds it (a recursive YAML structure)")
+            if id(kid) not in sizes:
+                stack.append((kid, False))
+    return sizes[id(root)]
+
+
+def _bounded_yaml(text: str):
+    """(data, composed node or None) of one YAML document, safely: yaml.SafeLoader's types only,
+    the text at most MAX_YAML_BYTES, at most MAX_YAML_NODES values with aliases expanded (checked
+    on the composed graph, before anything is constructed from it). Raises _TooLarge or YAMLError."""
+    import yaml
+
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
+        raise _TooLarge(f"larger than {MAX_YAML_BYTES:,} bytes")
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise _TooLarge("nested too deeply") from None
+        if node is None:
+            return None, None
+        _expanded_size(node, MAX_YAML_NODES)
+        try:
+            return loader.construct_document(node), node
+        except RecursionError:
+            raise _TooLarge("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
     import yaml
 
     try:
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{path}: refused: larger than {MAX_YAML_BYTES:,} bytes (a config is a few hundred)")
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
-        lines = _yaml_lines(yaml.compose(text)) if data else {}
+        data, node = _bounded_yaml(text)
+        lines = _yaml_lines(node) if data else {}
+    except RecursionError:
+        raise ConfigError(f"{path}: refused: nested too deeply") from None
+    except _TooLarge as err:
+        raise ConfigError(f"{path}: refused: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise ConfigError(f"{path}{line}: not valid YAML: {problem}") from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -387,7 +478,9 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: expected key=value (e.g. search.simulations=32)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw else None
+        value = _bounded_yaml(raw)[0] if raw else None
+    except _TooLarge as err:
+        raise ConfigError(f"--set {key.strip()}: refused: {err}") from None
     except yaml.YAMLError:
         value = raw
     return key.strip().split("."), value

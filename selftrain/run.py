@@ -1,7 +1,7 @@
 """A self-training run: its folder, its stages, and the stages every loop shares.
 
-    runs/NAME/config.json          the resolved configuration (a run folder from another config is
-                                   refused unless --force)
+    runs/NAME/config.json          the resolved configuration and its fingerprint (a run folder of
+                                   another config is refused unless --force)
     runs/NAME/base/                the starting policy and PRM (iteration 0)
     runs/NAME/iter_k/stages.json   the finished stages of iteration k, with their seconds and figures
     runs/NAME/iter_k/<stage>/      what each stage wrote: search results and trees, harvested data
@@ -15,6 +15,13 @@ the finished stages and redoes at most the unfinished one, from its own resume p
 keeps every finished shard (a shard's sampling is seeded by its index, so a resumed search gives
 the same trees), training goes on from its newest checkpoint. Everything is seeded and the torch
 thread count is fixed, so a resumed run ends with the same figures as an uninterrupted one.
+
+Safety: every input (the policy and PRM, the problem files) is checked before the folder is touched.
+`--force` replaces only a folder this tool recognises as a run folder (`is_run_folder`: a
+config.json of a run, whose fingerprint matches the configuration it holds, beside nothing but what
+a run writes); any other non-empty folder is refused, with or without --force. A start that fails
+before its first stage is recorded leaves nothing behind (`close` removes the folder it created), so
+the corrected retry starts afresh. A corrupt config.json or stages.json is one line naming the file.
 
 Iteration 0 evaluates the starting models; each iteration k >= 1 runs the loop's stages
 (`selftrain.rest_mcts`, `.alphallm`, `.llama_berry`, `.rest_em`) and ends with `evaluate`.
@@ -34,10 +41,10 @@ from typing import Any, Callable, Mapping, Sequence
 from mcts.envs.arith import is_toy
 from mcts.grading import is_equivalent
 from mcts.problems import Problem
-from treesearch.results import write_jsonl_atomic
-from selftrain.config import RunConfig, config_fingerprint, to_dict
+from mcts.files import write_json_atomic, write_jsonl_atomic
+from selftrain.config import RunConfig, config_fingerprint, fingerprint_of, to_dict
 
-__all__ = ["RunContext", "RunError", "crash_point", "summary_table", "write_json_atomic"]
+__all__ = ["RunContext", "RunError", "check_models", "crash_point", "is_run_folder", "summary_table"]
 
 METRIC_KEYS = ("greedy_acc", "search_acc", "prm_auc", "harvested_traces", "harvested_values", "tokens", "seconds")
 CRASH_ENV = "SELFTRAIN_CRASH_AT"
@@ -54,11 +61,103 @@ def crash_point(label: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def read_json(path: Path, what: str) -> Any:
+    """The JSON in `path` (one of the run's own records, `what`); RunError naming the file when it
+    cannot be read or parsed (a truncated or hand-edited file)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        reason = getattr(err, "strerror", None) or " ".join(str(err).split())
+        raise RunError(f"{path}: unreadable {what} ({reason}); restore or remove it") from None
+
+
+# What a run writes at the top of its folder (`is_run_folder`): RUN_FILES, iter_<k>/ folders, and the
+# temporaries of write_json_atomic / write_jsonl_atomic (".<name>.tmp", ".<name>.<random>.tmp").
+RUN_FILES = ("config.json", "summary.json", "prm_eval_traces.jsonl")
+
+
+def _is_run_entry(entry: Path) -> bool:
+    name = entry.name
+    if entry.is_symlink():
+        return False
+    if name.startswith("iter_") and name[5:].isdigit():
+        return entry.is_dir()
+    if name.startswith(".") and name.endswith(".tmp"):
+        return any(name == f".{f}.tmp" or name.startswith(f".{f}.") for f in RUN_FILES)
+    return name in RUN_FILES and entry.is_file()
+
+
+def _saved_run(folder: Path) -> dict | None:
+    """The parsed config.json of run folder `folder` when it is one a run wrote ({"fingerprint",
+    "config"}, the fingerprint that of the config), else None; RunError when it is not JSON."""
+    saved = folder / "config.json"
+    if not saved.is_file() or saved.is_symlink():
+        return None
+    data = read_json(saved, "run configuration")
+    if not (isinstance(data, dict) and set(data) == {"fingerprint", "config"} and isinstance(data["config"], dict)
+            and isinstance(data["fingerprint"], str)):
+        return None
+    try:
+        return data if fingerprint_of(data["config"]) == data["fingerprint"] else None
+    except (TypeError, ValueError):
+        return None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is one this tool wrote (see `_not_a_run_folder`); only such a folder may be
+    replaced by --force."""
+    return _not_a_run_folder(Path(folder)) is None
+
+
+def _not_a_run_folder(folder: Path) -> str | None:
+    """Why `folder` is not a run folder this tool wrote, or None when it is one: a run's config.json
+    (`_saved_run`) and nothing at its top but what a run writes (RUN_FILES, iter_<k>/ folders whose
+    stages.json, where they have one, is a JSON object, the writers' temporaries)."""
+    if folder.is_symlink():
+        return "it is a symbolic link"
+    if not folder.is_dir():
+        return "it is not a folder"
+    saved = folder / "config.json"
+    if not saved.exists():
+        return "it has no run config.json"
+    try:
+        if _saved_run(folder) is None:
+            return "its config.json is not a run's"
+        entries = list(folder.iterdir())
+    except RunError:
+        return "its config.json is not valid JSON"
+    except OSError as err:
+        return f"it cannot be listed: {err.strerror or err}"
+    strangers = sorted(e.name for e in entries if not _is_run_entry(e))
+    if strangers:
+        more = f" and {len(strangers) - 3} more" if len(strangers) > 3 else ""
+        return f"it holds what a run does not write: {', '.join(strangers[:3])}{more}"
+    for entry in sorted(entries):
+        stages = entry / "stages.json"
+        if entry.name.startswith("iter_") and stages.exists():
+            try:
+                if not isinstance(read_json(stages, "stage record"), dict):
+                    return f"{entry.name}/stages.json is not a stage record"
+            except RunError:
+                return f"{entry.name}/stages.json is not valid JSON"
+    return None
+
+
+def check_models(config: RunConfig) -> None:
+    """RunError unless the starting policy and PRM name what `build_base` can use: 'weak' / 'tiny' /
+    a model folder (with its config.json), 'fresh' / 'tiny' / a PRM folder (with prm_config.json)."""
+    if config.policy not in ("weak", "tiny"):
+        policy = Path(config.policy)
+        if not policy.is_dir():
+            raise RunError(f"--policy {config.policy}: not 'weak', 'tiny' or a model folder (no such folder)")
+        if not (policy / "config.json").is_file():
+            raise RunError(f"--policy {config.policy}: not a model folder (it has no config.json)")
+    if config.prm not in ("fresh", "tiny"):
+        prm = Path(config.prm)
+        if not prm.is_dir():
+            raise RunError(f"--prm {config.prm}: not 'fresh', 'tiny' or a PRM folder (no such folder)")
+        if not (prm / "prm_config.json").is_file():
+            raise RunError(f"--prm {config.prm}: not a PRM folder (it has no prm_config.json)")
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -95,28 +194,73 @@ class RunContext:
         self.config = config
         self.folder = config.folder
         self.progress = progress
-        self._check_folder(force)
+        self._created: list[Path] | None = None  # set when this context started the run: folders it made
+        # every input first: nothing is written, and nothing replaced by --force, for a start that cannot go on
+        check_models(config)
         self.train, self.eval = self._problems()
         self.golds = {p.problem: p.answer for p in (*self.train, *self.eval) if p.answer is not None}
+        self._check_folder(force)
 
     # -- the folder
 
     def _check_folder(self, force: bool) -> None:
-        saved = self.folder / "config.json"
+        folder = self.folder
         fingerprint = config_fingerprint(self.config)
-        if saved.exists():
-            old = json.loads(saved.read_text(encoding="utf-8"))
-            if old.get("fingerprint") != fingerprint:
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise RunError(f"{folder} exists and is not a folder; choose another --name")
+        if folder.is_dir():
+            try:
+                entries = [e.name for e in folder.iterdir()]
+            except OSError as err:
+                raise RunError(f"{folder}: cannot list the run folder: {err.strerror or err}") from None
+            if entries:
+                saved = folder / "config.json"
+                old = _saved_run(folder) if saved.exists() else None  # RunError: a corrupt config.json
+                if old is not None and old["fingerprint"] == fingerprint:
+                    for k in sorted(int(p.parent.name[5:]) for p in folder.glob("iter_*/stages.json")
+                                    if p.parent.name[5:].isdigit()):
+                        self.stages(k)  # a corrupt stage record is named now, not half-way through the run
+                    return  # resume
+                why = _not_a_run_folder(folder)
+                if why is not None:
+                    raise RunError(f"{folder} exists and is not a selftrain run folder ({why}); --force replaces "
+                                   f"only run folders: choose another --name or --runs-dir, or move it away yourself")
                 if not force:
-                    raise RunError(f"{self.folder} holds a run of another configuration (fingerprint "
-                                   f"{old.get('fingerprint')} vs {fingerprint}); choose another --name, or "
+                    raise RunError(f"{folder} holds a run of another configuration (fingerprint "
+                                   f"{old['fingerprint']} vs {fingerprint}); choose another --name, or "
                                    f"--force to delete it and start over")
-                shutil.rmtree(self.folder)
-        elif self.folder.exists() and any(self.folder.iterdir()):
-            if not force:
-                raise RunError(f"{self.folder} exists and is not a selftrain run folder; --force deletes it")
-            shutil.rmtree(self.folder)
-        write_json_atomic(saved, {"fingerprint": fingerprint, "config": to_dict(self.config)})
+                shutil.rmtree(folder)
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(folder / "config.json", {"fingerprint": fingerprint, "config": to_dict(self.config)})
+        except OSError as err:
+            self._created = created
+            self._remove_unfinished()
+            raise RunError(f"{folder}: cannot create the run folder: {err.strerror or err}") from None
+        self._created = created  # the folder and the parents this start made ([] : the folder was there, empty)
+
+    def _remove_unfinished(self) -> None:
+        """Removes what this context's start wrote when no stage of it was recorded: the folder's
+        contents (the folder too, and the parents the start made, where it made them)."""
+        if self._created is None or not self.folder.is_dir():
+            return
+        if any(self.folder.glob("iter_*/stages.json")):
+            return  # a stage finished: the run resumes from it
+        if self.folder in self._created:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            for parent in self._created[1:]:
+                try:
+                    parent.rmdir()  # only while empty: another run may have appeared beside this one
+                except OSError:
+                    break
+        else:
+            for entry in self.folder.iterdir():
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        self._created = None
 
     def iter_dir(self, k: int) -> Path:
         return self.folder / f"iter_{k}"
@@ -125,7 +269,12 @@ class RunContext:
 
     def stages(self, k: int) -> dict:
         path = self.iter_dir(k) / "stages.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        if not path.exists():
+            return {}
+        done = read_json(path, "stage record")
+        if not isinstance(done, dict):
+            raise RunError(f"{path}: unreadable stage record (not a JSON object); restore or remove it")
+        return done
 
     def stage(self, k: int, name: str, work: Callable[[Path], dict | None]) -> dict:
         """Runs `work(folder)` unless iteration k already finished stage `name`; returns its info.
@@ -150,7 +299,10 @@ class RunContext:
     def _partial_seconds(self, k: int, name: str) -> float:
         """Seconds an interrupted attempt of a stage recorded before it died (search shards)."""
         path = self.iter_dir(k) / name / "progress.json"
-        return json.loads(path.read_text(encoding="utf-8")).get("seconds", 0.0) if path.exists() else 0.0
+        if not path.exists():
+            return 0.0
+        progress = read_json(path, "progress record")
+        return progress.get("seconds", 0.0) if isinstance(progress, dict) else 0.0
 
     # -- problems
 
@@ -275,9 +427,14 @@ class RunContext:
         return self._executor
 
     def close(self) -> None:
-        if getattr(self, "_executor", None) is not None:
-            self._executor.close()
-            self._executor = None
+        """Frees the executor; when this context started the run and no stage of it was recorded (a
+        start that failed), removes what it wrote, so that a corrected retry starts afresh."""
+        try:
+            if getattr(self, "_executor", None) is not None:
+                self._executor.close()
+                self._executor = None
+        finally:
+            self._remove_unfinished()
 
     def search_records(self, k: int, name: str) -> list[dict]:
         return read_jsonl(self.iter_dir(k) / name / "results.jsonl")
@@ -399,64 +556,3 @@ class RunContext:
         }
         write_json_atomic(self.iter_dir(k) / "metrics.json", metrics)
         return metrics
-
-
-# ---------------------------------------------------------------------------------------------------
-# The starting models and the driver
-
-
-def weak_policy_dir(steps: int, traces: int | None, seed: int) -> Path:
-    from mcts.envs.tiny_models import FORMAT_VERSION, default_cache_dir
-
-    data = "fresh" if traces is None else f"{traces}t"
-    return default_cache_dir().parent / f"toy-policy-weak-{data}-{steps}s-s{seed}-v{FORMAT_VERSION}"
-
-
-def build_weak_policy(steps: int, traces: int | None, seed: int, *, threads: int, progress: bool) -> Path:
-    """The toy policy trained for only `steps` optimizer steps of 32 solutions (the full one takes
-    3000), on `traces` distinct solutions or (None) a fresh one every time: deliberately weak (it
-    writes the format but has learnt few arithmetic facts), cached beside the full toy policy
-    (training is deterministic under its seed and threads)."""
-    from mcts.envs.tiny_models import build_toy_policy
-    from mcts.envs.toy_config import FULL_CONFIG
-
-    out = weak_policy_dir(steps, traces, seed)
-    if not out.exists():
-        config = dataclasses.replace(FULL_CONFIG, steps=steps, warmup_steps=min(FULL_CONFIG.warmup_steps, steps // 4),
-                                     distinct_traces=traces, seed=seed, eval_per_ops=0, num_threads=threads)
-        build_toy_policy(out, config, progress=progress)
-    return out
-
-
-def build_base(ctx: RunContext) -> dict:
-    """Stage base/ of iteration 0: the starting policy and PRM."""
-
-    def work(folder: Path) -> dict:
-        from prm.train import load_model_for, save_atomic
-
-        cfg = ctx.config
-        if cfg.policy == "weak":
-            policy = build_weak_policy(cfg.weak_steps, cfg.weak_traces, cfg.seed, threads=cfg.threads,
-                                       progress=ctx.progress)
-        elif cfg.policy == "tiny":
-            from mcts.envs.tiny_models import ensure_toy_policy
-
-            policy = ensure_toy_policy(progress=ctx.progress)
-        else:
-            policy = Path(cfg.policy)
-            if not policy.is_dir():
-                raise RunError(f"policy {cfg.policy!r}: not 'weak', 'tiny' or a model folder")
-        if cfg.prm == "fresh":
-            model = load_model_for("prm", policy, seed=cfg.seed)
-            prm = save_atomic(folder / "prm", lambda tmp: model.save_pretrained(tmp), overwrite=True)
-        elif cfg.prm == "tiny":
-            from prm.toy import ensure_toy_prm
-
-            prm = ensure_toy_prm(progress=ctx.progress)
-        else:
-            prm = Path(cfg.prm)
-            if not prm.is_dir():
-                raise RunError(f"prm {cfg.prm!r}: not 'fresh', 'tiny' or a PRM folder")
-        return {"policy": str(Path(policy).resolve()), "prm": str(Path(prm).resolve())}
-
-    return ctx.stage(0, "base", work)

@@ -73,8 +73,8 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
         "search_quality", SCRIPT.parent / "search_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--policies", "scripted", "--ops", "2-3", "--problems", "4", "--simulations", "4",
-                        "--samples", "2", "--beam-widths", "2", "--plot", "", "--json"]) == 0
+    assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-3", "--problems", "4",
+                        "--simulations", "4", "--samples", "2", "--beam-widths", "2", "--plot", "", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {r["algorithm"] for r in rows} == {"greedy", "best_of_n", "self_consistency",
                                                "weighted_self_consistency", "beam", "mcts_star", "uct", "puct"}
@@ -86,8 +86,8 @@ def test_search_quality_tree_variants_may_change_any_field(capsys):
     spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.main(["--policies", "scripted", "--ops", "2-2", "--problems", "3", "--simulations", "4",
-                        "--algorithms", "mcts_star", "--tree-variant", "wide:width=3,leaf_value=max",
+    assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-2", "--problems", "3",
+                        "--simulations", "4", "--algorithms", "mcts_star", "--tree-variant", "wide:width=3,leaf_value=max",
                         "--plot", "", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["algorithm"] for r in rows] == ["mcts_star", "mcts_star (wide)"]

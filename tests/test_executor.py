@@ -1,7 +1,7 @@
 """treesearch.executor: shards searched locally or on Ray give the same records; dead actors lose nothing.
 
-The Ray tests share one local cluster (`ray.init(num_cpus=2)`) and run the scripted policy with the
-oracle PRM, so a shard takes milliseconds and the time goes to starting actors.
+The Ray tests share one local cluster (`init_local_ray(num_cpus=2)`: on 127.0.0.1 only) and run the
+scripted policy with the oracle PRM, so a shard takes milliseconds and the time goes to starting actors.
 """
 
 from __future__ import annotations
@@ -54,7 +54,10 @@ def reference(problems):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from treesearch.executor import init_local_ray
+
+    init_local_ray(num_cpus=2, log_to_driver=False)  # listening on 127.0.0.1 only, no dashboard
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
     yield ray
     ray.shutdown()
 

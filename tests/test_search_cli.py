@@ -112,10 +112,13 @@ def test_missing_file_and_bad_settings_fail_cleanly(tmp_path, capsys, toy_file):
 
 def test_resume_from_a_corrupt_results_file_fails_cleanly(toy_file, tmp_path, capsys):
     out = tmp_path / "r.jsonl"
-    out.write_text('{"id": "arith-11-0"}\nnot json\n')
+    assert main(["--problem-file", str(toy_file), "--out", str(out), "--limit", "1", *FAST]) == 0
+    corrupt = out.read_text() + "not json\n"
+    out.write_text(corrupt)
+    capsys.readouterr()
     assert main(["--problem-file", str(toy_file), "--out", str(out), "--resume", *FAST]) == 2
     assert "r.jsonl:2" in capsys.readouterr().err
-    assert out.read_text() == '{"id": "arith-11-0"}\nnot json\n'  # untouched
+    assert out.read_text() == corrupt  # untouched
 
 
 def test_the_oracle_refuses_real_maths(tmp_path, capsys):

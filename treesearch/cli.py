@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from mcts.core.native import available_backends, num_threads
 from mcts.problems import ProblemFileError, load_problems
 from mcts.config import ALGORITHMS, SearchConfig
 from treesearch.engine import EngineLoadError, EngineSpec
 from treesearch.executor import ExecutorError, make_executor
-from treesearch.loaders import POLICY_BACKENDS
-from treesearch.results import ResultsFileError, search_problems
+from treesearch.loaders import POLICY_BACKENDS, check_toy_gold
+from treesearch.results import ResultsFileError, run_manifest, search_problems
 
 __all__ = ["CliError", "main", "make_parser", "run_cli", "summarize"]
 
@@ -37,15 +39,18 @@ def make_parser() -> argparse.ArgumentParser:
     io.add_argument("--out", default="results.jsonl", help="results, one JSON line per problem "
                     "(written atomically after every batch)")
     io.add_argument("--resume", action="store_true", help="keep the problems already in --out and "
-                    "search only the others")
+                    "search only the others (refused when --out was made from another problem file, models, "
+                    "seed or search config: its manifest says)")
+    io.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --out (without "
+                    "--resume or --overwrite, one is refused: finished results are never lost by accident)")
     io.add_argument("--trees-out", default=None, help="folder for one JSON file per searched tree")
     models = parser.add_argument_group("models")
     models.add_argument("--model", default="tiny", help="the policy: a local transformers model folder, "
                         "'tiny' (the toy world's tiny transformer, built on first use) or 'scripted' "
                         "(the toy world's scripted policy)")
     models.add_argument("--prm", default="oracle", help="the scorer: a local PRM folder, 'tiny' (the toy "
-                        "world's trained PRM, built on first use: python -m prm.toy build) or 'oracle' "
-                        "(the toy world's oracle, with --oracle-noise)")
+                        "world's trained PRM, built on first use: python -m prm.toy build) or 'oracle' (the toy "
+                        "world's oracle: it reads the gold answer; with --oracle-noise)")
     models.add_argument("--oracle-noise", type=float, default=0.1,
                         help="probability that the oracle PRM flips a step's score")
     models.add_argument("--pprm", default=None, help="a pairwise PPRM folder or 'tiny' (the toy world's, "
@@ -63,6 +68,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "bfloat16, float32)")
     models.add_argument("--gpu-memory-utilization", type=float, default=None,
                         help="--backend vllm: fraction of the GPU's memory the engine may take")
+    models.add_argument("--trust-remote-code", action="store_true", help="let transformers (or vLLM) import "
+                        "and run the Python files of a --model, --prm or --pprm folder whose config names them "
+                        "(auto_map). Off by default: such a folder is refused, and nothing of it runs")
     models.add_argument("--delimiter", default=None, help="the step delimiter of --model DIR, as a Python "
                         "string literal (default: what the folder declares, else '\\n\\n')")
     search = parser.add_argument_group("search (shared by every algorithm, for equal budgets)")
@@ -120,12 +128,21 @@ def _delimiter(text: str | None) -> str | None:
     return value
 
 
-def summarize(records: Sequence[dict], searched: int, seconds: float) -> str:
+def scorer_label(prm: str, oracle_noise: float, needs_scorer: bool = True) -> str:
+    """How a results table names the scorer; the oracle says that it reads the answer key."""
+    if not needs_scorer:
+        return "none (the algorithm scores nothing)"
+    if prm == "oracle":
+        return f"ORACLE (reads the gold answer: for tests of the search logic), noise {oracle_noise}"
+    return "the toy world's trained PRM (tiny)" if prm == "tiny" else f"PRM {prm}"
+
+
+def summarize(records: Sequence[dict], searched: int, seconds: float, scorer: str | None = None) -> str:
     """The end-of-run table over every record of the results file; the rate counts only the
     `searched` problems of this run."""
     graded = [r for r in records if r.get("correct") is not None]
     n = len(records)
-    rows = [
+    rows = [*([("scorer", scorer)] if scorer else []),
         ("problems", f"{n}"),
         ("graded", f"{len(graded)}"),
         ("accuracy", f"{sum(r['correct'] for r in graded) / len(graded):.3f}" if graded else "n/a"),
@@ -139,6 +156,61 @@ def summarize(records: Sequence[dict], searched: int, seconds: float) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _writable_place(path: Path) -> bool:
+    """Whether `path` can be created or replaced: its nearest existing ancestor is a writable folder."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output path checked before any model loads: a run never fails late on where it writes,
+    never writes over an input, and never replaces finished results unless asked."""
+    out, inputs = Path(args.out), [Path(args.problem_file)]
+    if args.resume and args.overwrite:
+        raise CliError("--resume keeps what --out holds and --overwrite replaces it: pass one of them")
+    if out.is_dir():
+        raise CliError(f"--out {out}: is a folder, not a results file")
+    for given in inputs:
+        if given.exists() and (out.resolve() == given.resolve() or (out.exists() and os.path.samefile(out, given))):
+            raise CliError(f"--out {out}: is the input {given}; writing results there would destroy it")
+    if not (out.exists() and os.access(out, os.W_OK)) and not _writable_place(out):
+        raise CliError(f"--out {out}: cannot be written (no writable folder to create it in)")
+    if out.exists() and out.stat().st_size > 0 and not (args.resume or args.overwrite):
+        raise CliError(f"--out {out}: holds results already; pass --resume to continue them or --overwrite "
+                       f"to replace them")
+    if args.trees_out is not None:
+        trees = Path(args.trees_out)
+        if trees.exists() and not trees.is_dir():
+            raise CliError(f"--trees-out {trees}: is a file, not a folder")
+        if not (trees.is_dir() and os.access(trees, os.W_OK | os.X_OK)) and not _writable_place(trees):
+            raise CliError(f"--trees-out {trees}: cannot be written")
+
+
+def check_environment(args: argparse.Namespace, config: SearchConfig) -> None:
+    """What this machine must offer the run, checked before any model loads (a Ray cluster's
+    workers may have what the driver lacks, so devices are checked only for local runs)."""
+    try:
+        num_threads()
+    except ValueError as err:
+        raise CliError(str(err)) from None
+    if args.executor != "local":
+        return
+    if config.tree_backend != "auto" and config.tree_backend not in available_backends():
+        raise CliError(f"--tree-backend {config.tree_backend}: not available here (available: "
+                       f"{', '.join(available_backends())})")
+    if args.device is not None:
+        import torch
+
+        try:
+            device = torch.device(args.device)
+        except RuntimeError:
+            raise CliError(f"--device {args.device}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise CliError(f"--device {args.device}: this machine has no CUDA device torch can use")
+
+
 def run_cli(args: argparse.Namespace) -> int:
     config = _config_from_args(args)
     if args.batch < 1:
@@ -149,8 +221,11 @@ def run_cli(args: argparse.Namespace) -> int:
         raise CliError(f"--actors must be >= 1, got {args.actors}")
     if args.executor != "ray" and (args.actors is not None or args.ray_address is not None):
         raise CliError("--actors and --ray-address need --executor ray")
+    check_outputs(args)
+    check_environment(args, config)
+    oracle = args.prm == "oracle" and config.algorithm not in ("greedy", "self_consistency")
     try:
-        problems = load_problems(args.problem_file, limit=args.limit)
+        problems = load_problems(args.problem_file, limit=args.limit, check=check_toy_gold if oracle else None)
     except ProblemFileError as err:
         raise CliError(str(err)) from None
     if (config.selection == "ebc") != (args.pprm is not None):
@@ -161,6 +236,7 @@ def run_cli(args: argparse.Namespace) -> int:
     spec = EngineSpec(model=args.model, prm=args.prm, backend=args.backend, device=args.device, seed=args.seed,
                       oracle_noise=args.oracle_noise, max_new_tokens=args.max_new_tokens,
                       delimiter=_delimiter(args.delimiter), config=config, pprm=args.pprm, ebc_alpha=args.ebc_alpha,
+                      trust_remote_code=args.trust_remote_code,
                       proposer_options={"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
                                         "gpu_memory_utilization": args.gpu_memory_utilization})
     try:
@@ -170,7 +246,8 @@ def run_cli(args: argparse.Namespace) -> int:
     out = Path(args.out)
     try:
         run = search_problems(problems, spec, executor, batch=args.batch, out_path=out, resume=args.resume,
-                              trees_out=args.trees_out, progress=True)
+                              trees_out=args.trees_out, progress=True,
+                              manifest=run_manifest(args.problem_file, spec))
     except EngineLoadError as err:
         raise CliError(f"--{err.part} {err.name}: {err.reason}") from None
     except ResultsFileError as err:
@@ -181,7 +258,7 @@ def run_cli(args: argparse.Namespace) -> int:
         executor.close()
     if not run.searched:
         print(f"nothing to search: all {len(problems)} problems are already in {out}", file=sys.stderr)
-    print(summarize(run.records, run.searched, run.seconds))
+    print(summarize(run.records, run.searched, run.seconds, scorer_label(args.prm, args.oracle_noise, spec.needs_scorer)))
     print(f"results: {out}")
     return 0
 

@@ -82,7 +82,7 @@ class EngineSpec:
     """Everything a worker needs to build its engine; picklable (it is shipped to every actor)."""
 
     model: str = "tiny"  # 'scripted', 'tiny' or a local model folder (`load_proposer`)
-    prm: str = "oracle"  # 'oracle' or a local PRM folder (`load_scorer`)
+    prm: str = "oracle"  # 'oracle', 'tiny' or a local PRM folder (`load_scorer`)
     backend: str = "hf"  # what runs `model`: 'hf' or 'vllm'
     device: str | None = None  # torch device; None: cuda when the worker sees one, else cpu
     seed: int = 0  # the run's seed: shard k's proposer is seeded with shard_seed(seed, k)
@@ -93,6 +93,7 @@ class EngineSpec:
     golds: Mapping[str, str] | None = None  # problem text -> gold answer, for the oracle
     pprm: str | None = None  # the PPRM of the `ebc` answer rule: 'tiny' or a folder (`load_judge`)
     ebc_alpha: float = 0.5  # EBC's weight of the Borda score against the candidates' values
+    trust_remote_code: bool = False  # let model folders run their own Python (auto_map); refused otherwise
     proposer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # vLLM engine options
     runner: SearchRunner | None = None  # a search of its own instead of config.algorithm's
 
@@ -140,7 +141,8 @@ class Engine:
         try:
             self.proposer = load_proposer(spec.model, backend=spec.backend, seed=spec.seed, device=spec.device,
                                           max_new_tokens=spec.max_new_tokens, delimiter=spec.delimiter,
-                                          engine_options=dict(spec.proposer_options))
+                                          engine_options=dict(spec.proposer_options),
+                                          trust_remote_code=spec.trust_remote_code)
         except (OSError, ValueError, ImportError) as err:  # ImportError: an optional backend not installed
             raise EngineLoadError("model", spec.model, str(err)) from err
         self.scorer = None
@@ -148,13 +150,14 @@ class Engine:
             golds = dict(spec.golds) if spec.golds is not None else None
             try:
                 self.scorer = load_scorer(spec.prm, golds=golds, oracle_noise=spec.oracle_noise, seed=spec.seed,
-                                          device=spec.device)
+                                          device=spec.device, trust_remote_code=spec.trust_remote_code)
             except (OSError, ValueError, ImportError) as err:
                 raise EngineLoadError("prm", spec.prm, str(err)) from err
         self.judge = None
         if spec.pprm is not None:
             try:
-                self.judge = load_judge(spec.pprm, alpha=spec.ebc_alpha, device=spec.device)
+                self.judge = load_judge(spec.pprm, alpha=spec.ebc_alpha, device=spec.device,
+                                        trust_remote_code=spec.trust_remote_code)
             except (OSError, ValueError, ImportError) as err:
                 raise EngineLoadError("pprm", spec.pprm, str(err)) from err
 
@@ -186,7 +189,7 @@ class Engine:
         for p, r in zip(shard.problems, results):
             correct = None if p.answer is None else is_equivalent(r.answer, p.answer)
             records.append({"id": p.id, "answer": r.answer, "gold": p.answer, "correct": correct,
-                            "algorithm": self.spec.algorithm, **r.record()})
+                            "algorithm": self.spec.algorithm, **r.record(), "problem_sha256": p.sha256})
         return ShardResult(shard.index, records, trees, time.perf_counter() - start, worker_name(),
                            time.process_time() - cpu)
 

@@ -22,14 +22,15 @@ API (the engine, specs and shards: `treesearch.engine`):
     LocalExecutor()     searches the shards one after another in this process; the engine is
                         built on first use and kept while the spec stays the same.
     RayExecutor(actors=None, address=None, num_cpus_per_actor=1, num_gpus_per_actor=None,
-                max_attempts=3, keep_actors=False)
+                max_attempts=3, keep_actors=False, connect_timeout=30, dashboard=False)
                         N actors (default: one per GPU of the cluster, else 1), each with
                         `num_gpus=1` when the cluster has GPUs; each actor starts searching as
                         soon as its engine is built, and shards are handed out one at a time to
                         whichever actor is free; an actor that dies (`RayActorError`) is
                         replaced and its shard re-queued (at most `max_attempts` tries a shard).
-                        Connects to `address` ('auto', 'ray://...') or starts a local Ray when
-                        none is running. Actors are killed at the end of every run (freeing
+                        Connects to `address` ('auto', 'host:port', 'ray://host:port') or starts
+                        a local Ray, on 127.0.0.1 only, when none is running (see "Safety" below).
+                        Actors are killed at the end of every run (freeing
                         their GPUs for training) unless `keep_actors`, which keeps them for the
                         next run of an equal spec. `executor.start(spec)` starts the actors and
                         waits for their engines (optional). `executor.stats` (`RayStats`): actor
@@ -45,6 +46,14 @@ API (the engine, specs and shards: `treesearch.engine`):
     treesearch.results.search_problems(problems, spec, executor, out_path=..., resume=...)
                         the driver that writes the results file as shards finish.
 
+Safety: a local Ray started by `RayExecutor` (no `address`, no cluster running) binds every server
+(GCS, raylet, workers, the driver) to 127.0.0.1 only, with the dashboard off unless `dashboard=True`
+(then on 127.0.0.1 too): Ray's servers take no authentication, so nothing of theirs is reachable from
+another machine. Joining a cluster (`address=`, RAY_ADDRESS, or one `ray start` left running) is the
+user's explicit choice and keeps that cluster's settings. A cluster that does not accept connections
+within `connect_timeout` seconds (Ray itself would retry forever) raises `ExecutorError` naming the
+address. `init_local_ray(**ray_init_kwargs)` starts such a loopback-only Ray for other callers (tests).
+
 Ray is imported only by `RayExecutor` (`pip install -e .[ray]`); without it, an ImportError says
 how to install it. On a multi-node cluster the workers must be able to import treesearch (install
 it on every node, or pass a `runtime_env` to `RayExecutor`).
@@ -54,15 +63,19 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
+import socket
 import time
 from typing import Any, Callable, Protocol, Sequence
 
 from treesearch.engine import Engine, EngineSpec, Shard, ShardResult, worker_name
 
-__all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RayStats", "SearchWorker",
-           "ShardFailedError", "make_executor"]
+__all__ = ["CONNECT_TIMEOUT_S", "EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "RayStats",
+           "SearchWorker", "ShardFailedError", "init_local_ray", "make_executor"]
 
 EXECUTORS = ("local", "ray")
+CONNECT_TIMEOUT_S = 30.0  # RayExecutor(connect_timeout=None): seconds to wait for a cluster to accept connections
+LOOPBACK = "127.0.0.1"
 # ---------------------------------------------------------------------------------------------------
 # Executors
 
@@ -156,6 +169,92 @@ def _import_ray():
     return ray
 
 
+def init_local_ray(**kwargs):
+    """Starts a new local Ray whose servers all listen on 127.0.0.1 only; returns `ray.init`'s context.
+
+    `kwargs` go to `ray.init` (num_cpus, runtime_env, ...); `include_dashboard` defaults to False (when
+    True, the dashboard too listens on 127.0.0.1). Ray binds its gRPC servers to the node's IP, and
+    `ray.init` turns a loopback `_node_ip_address` into the machine's outward address unless Ray
+    clusters are "disabled" (its setting for laptops), so that setting is switched off around the
+    call. Raises ExecutorError (after shutting that Ray down) when the node still came up on another
+    address, rather than leave unauthenticated servers open to the network.
+    """
+    ray = _import_ray()
+    kwargs.setdefault("include_dashboard", False)
+    kwargs.setdefault("dashboard_host", LOOPBACK)
+    if kwargs.get("dashboard_host") != LOOPBACK:
+        raise ValueError(f"a local Ray listens on {LOOPBACK} only; dashboard_host={kwargs['dashboard_host']!r}")
+    try:
+        import ray._private.ray_constants as constants
+    except ImportError:  # another layout: the check below still refuses a node on another address
+        constants = None
+    saved = getattr(constants, "ENABLE_RAY_CLUSTER", None)
+    if saved is not None:
+        constants.ENABLE_RAY_CLUSTER = False  # ray.init then keeps 127.0.0.1 as the node's address
+    try:
+        context = ray.init(address="local", _node_ip_address=LOOPBACK, **kwargs)
+    finally:
+        if saved is not None:
+            constants.ENABLE_RAY_CLUSTER = saved
+    node_ip = ray.util.get_node_ip_address()
+    if node_ip != LOOPBACK:
+        ray.shutdown()
+        raise ExecutorError(f"the local Ray came up on {node_ip}, not {LOOPBACK} (this Ray version ignores the "
+                            f"loopback setting); start a cluster yourself and pass its address")
+    return context
+
+
+def _discovered_address(address: str | None) -> str | None:
+    """The GCS address (host:port) `ray.init(address)` would join, or None when it would start a
+    local Ray. 'ray://' addresses are returned as they are."""
+    if address is not None and address.startswith("ray://"):
+        return address
+    if address == "local":
+        return None
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(address)
+    except ImportError:  # another Ray layout: what the user or the environment named
+        return address or os.environ.get("RAY_ADDRESS") or None
+    except Exception as err:  # 'auto' with no cluster found, a malformed address
+        raise ExecutorError(f"Ray address {address!r}: {err}") from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    rest = address.split("://", 1)[1] if "://" in address else address
+    rest = rest.split("/", 1)[0]
+    host, sep, port = rest.rpartition(":")
+    if not sep:
+        host, port = rest, "10001" if address.startswith("ray://") else "6379"
+    host = host.strip("[]")
+    try:
+        return host, int(port)
+    except ValueError:
+        raise ExecutorError(f"Ray address {address!r}: not host:port") from None
+
+
+def wait_for_cluster(address: str, timeout: float, label: str | None = None) -> None:
+    """Returns once something accepts TCP connections at `address` (host:port or ray://host:port);
+    ExecutorError naming it (or `label`) after `timeout` seconds of refused or unanswered connections."""
+    host, port = _host_port(address)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((host, port), timeout=max(0.05, min(2.0, left))):
+                return
+        except OSError as err:
+            last = err
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    reason = getattr(last, "strerror", None) or last or "no answer"
+    raise ExecutorError(f"no Ray cluster at {label or address}: nothing accepted a connection within {timeout:g} s "
+                        f"({reason}); start one (ray start --head) or check the address")
+
+
 class RayExecutor:
     """Shards searched by N Ray actors, each holding one engine (policy + PRM) on its GPU or CPU.
 
@@ -168,12 +267,14 @@ class RayExecutor:
 
     def __init__(self, actors: int | None = None, *, address: str | None = None, num_cpus_per_actor: float = 1,
                  num_gpus_per_actor: float | None = None, max_attempts: int = 3, keep_actors: bool = False,
-                 runtime_env: dict | None = None, worker_cls: type = SearchWorker):
+                 runtime_env: dict | None = None, worker_cls: type = SearchWorker,
+                 connect_timeout: float | None = None, dashboard: bool = False):
         """Args:
             actors: number of actors (default: one per GPU of the cluster, else 1); a run starts no
                 more than it has shards.
-            address: the Ray cluster to join when Ray is not initialised yet ('auto', 'ray://host:10001');
-                None starts a local one.
+            address: the Ray cluster to join when Ray is not initialised yet ('auto', 'host:port',
+                'ray://host:10001'); None joins the one RAY_ADDRESS or `ray start` names, else starts a
+                local one that listens on 127.0.0.1 only.
             num_cpus_per_actor: CPUs Ray reserves per actor (Ray also sets its OMP threads to it).
             num_gpus_per_actor: GPUs per actor; None: 1 when the cluster has GPUs, else 0.
             max_attempts: tries per shard before `ShardFailedError`.
@@ -181,11 +282,18 @@ class RayExecutor:
                 frees them (and their GPUs) at the end of every run.
             runtime_env: passed to `ray.init` when this executor starts Ray.
             worker_cls: the actor's class (`SearchWorker` or a subclass; tests inject faults with one).
+            connect_timeout: seconds to wait for the cluster to join to accept connections before
+                `ExecutorError` (None: CONNECT_TIMEOUT_S, 30).
+            dashboard: start the Ray dashboard (on 127.0.0.1) with a local Ray; off by default.
         """
         if actors is not None and actors < 1:
             raise ValueError(f"actors must be >= 1, got {actors}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        if connect_timeout is not None and not connect_timeout > 0:
+            raise ValueError(f"connect_timeout must be > 0, got {connect_timeout}")
+        self.connect_timeout = connect_timeout
+        self.dashboard = dashboard
         self.actors = actors
         self.address = address
         self.num_cpus_per_actor = num_cpus_per_actor
@@ -206,10 +314,26 @@ class RayExecutor:
     def _ray(self):
         ray = _import_ray()
         if not ray.is_initialized():
-            kwargs = {"address": self.address, "log_to_driver": False}
+            kwargs = {"log_to_driver": False}
             if self.runtime_env is not None:
                 kwargs["runtime_env"] = self.runtime_env
-            ray.init(**kwargs)
+            join = _discovered_address(self.address)
+            if join is None:  # nothing to join: a cluster of our own, on the loopback only
+                init_local_ray(include_dashboard=self.dashboard, **kwargs)
+            else:
+                timeout = self.connect_timeout if self.connect_timeout is not None else CONNECT_TIMEOUT_S
+                if self.address is None:
+                    label = f"{join} (named by RAY_ADDRESS or a running `ray start`)"
+                else:
+                    label = self.address if self.address == join else f"{self.address} (resolved to {join})"
+                wait_for_cluster(join, timeout, label)
+                try:
+                    ray.init(address=self.address, **kwargs)
+                except (ConnectionError, RuntimeError, ValueError) as err:
+                    if isinstance(err, ExecutorError):
+                        raise
+                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    raise ExecutorError(f"cannot join the Ray cluster at {self.address or join}: {first}") from None
             self._started_ray = True
         return ray
 
@@ -376,11 +500,12 @@ class RayExecutor:
             self._started_ray = False
 
 
-def make_executor(name: str, *, actors: int | None = None, address: str | None = None) -> Executor:
+def make_executor(name: str, *, actors: int | None = None, address: str | None = None,
+                  connect_timeout: float | None = None) -> Executor:
     """The executor named `name` ('local' or 'ray'); 'ray' raises ImportError without Ray."""
     if name == "local":
         return LocalExecutor()
     if name == "ray":
         _import_ray()
-        return RayExecutor(actors, address=address)
+        return RayExecutor(actors, address=address, connect_timeout=connect_timeout)
     raise ValueError(f"executor={name!r} is not one of {', '.join(EXECUTORS)}")

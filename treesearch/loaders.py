@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mcts.envs.arith import first_non_toy
+from mcts.envs.arith_steps import gold_int
+from mcts.problems import Problem, RecordError
 from mcts.answers import AnswerJudge
 from mcts.policy.base import StepProposer, StepScorer
 
-__all__ = ["POLICY_BACKENDS", "check_toy", "load_judge", "load_proposer", "load_scorer"]
+__all__ = ["POLICY_BACKENDS", "check_toy", "check_toy_gold", "load_judge", "load_proposer", "load_scorer"]
 
 
 def check_toy(problems: Sequence[str], what: str) -> None:
@@ -33,19 +35,37 @@ def check_toy(problems: Sequence[str], what: str) -> None:
                          f"arithmetic expression")
 
 
+def check_toy_gold(problem: Problem) -> None:
+    """The toy oracle's need of a problem record: a toy expression with an integer gold answer (or none). Raises
+    `RecordError` on field 'answer', which `load_problems(check=...)` reports with its line (and on
+    field 'problem' for a problem that is not the toy world's)."""
+    if first_non_toy([problem.problem]) is not None:
+        raise RecordError("problem", f"--prm oracle only knows the toy arithmetic world, but {problem.problem[:60]!r} "
+                                     f"is not an arithmetic expression")
+    if problem.answer is not None:
+        try:
+            gold_int(problem.answer)
+        except ValueError:
+            raise RecordError("answer", f"{problem.answer!r} is not an integer, and the toy world's oracle "
+                                        f"(--prm oracle) labels steps by an integer answer") from None
+
+
 POLICY_BACKENDS = ("hf", "vllm")
 
 
 def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = (), seed: int = 0,
                   device: str | None = None, max_new_tokens: int | None = None,
-                  delimiter: str | None = None, engine_options: Mapping[str, Any] | None = None) -> StepProposer:
+                  delimiter: str | None = None, engine_options: Mapping[str, Any] | None = None,
+                  trust_remote_code: bool = False) -> StepProposer:
     """The policy named by `model`: 'scripted' (the toy world's scripted policy), 'tiny' (the toy
     world's tiny transformer, built on first use), or a local transformers model folder (its step
     delimiter: `delimiter`, else what the folder declares, else blank lines), run by `backend`:
     'hf' (transformers) or 'vllm' (mcts.policy.vllm_policy; for 'tiny', its built folder).
 
     `engine_options`: more `VLLMPolicyConfig` fields for --backend vllm (tensor_parallel_size,
-    dtype, gpu_memory_utilization); the transformers backend refuses them.
+    dtype, gpu_memory_utilization); the transformers backend refuses them. `trust_remote_code`:
+    let a folder whose config names its own Python (`auto_map`) run it; without it such a folder
+    is refused with an error naming --trust-remote-code.
 
     Raises ValueError (or OSError for an unreadable folder) with a message naming what is wrong;
     `problems` are checked to be toy-world expressions where the policy needs them.
@@ -62,6 +82,7 @@ def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = 
         raise ValueError(f"backend={backend!r} is not one of {', '.join(POLICY_BACKENDS)}")
     options = {"seed": seed, "device": device, "max_new_tokens": max_new_tokens, "delimiter": delimiter}
     options = {k: v for k, v in options.items() if v is not None}
+    options["trust_remote_code"] = trust_remote_code
     if backend == "vllm":
         from mcts.policy.vllm_policy import VLLMPolicy, VLLMPolicyConfig
 
@@ -82,7 +103,7 @@ def load_proposer(model: str, *, backend: str = "hf", problems: Sequence[str] = 
 
 def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str] | None = None,
                 oracle_noise: float = 0.0, seed: int = 0, device: str | None = None,
-                progress: bool = True) -> StepScorer:
+                progress: bool = True, trust_remote_code: bool = False) -> StepScorer:
     """The scorer named by `prm`.
 
     Args:
@@ -107,10 +128,11 @@ def load_scorer(prm: str, *, problems: Sequence[str] = (), golds: dict[str, str]
         from prm.toy import ensure_toy_prm
 
         prm = str(ensure_toy_prm(progress=progress))
-    return PRM.from_pretrained(Path(prm), device=device)
+    return PRM.from_pretrained(Path(prm), device=device, trust_remote_code=trust_remote_code)
 
 
-def load_judge(pprm: str, *, alpha: float = 0.5, device: str | None = None, progress: bool = True) -> AnswerJudge:
+def load_judge(pprm: str, *, alpha: float = 0.5, device: str | None = None, progress: bool = True,
+               trust_remote_code: bool = False) -> AnswerJudge:
     """The answer judge of `answer_selection='ebc'`: Enhanced Borda Count (`prm.ebc.EBCJudge`) with
     the pairwise PPRM named by `pprm`: 'tiny' (the toy world's, built on first use) or a local PPRM
     folder. `alpha`: EBC's weight of the normalised Borda score against the candidates' values."""
@@ -122,7 +144,7 @@ def load_judge(pprm: str, *, alpha: float = 0.5, device: str | None = None, prog
 
         pprm = str(ensure_toy_pprm(progress=progress))
     try:
-        model = PPRM.from_pretrained(Path(pprm), device=device)
+        model = PPRM.from_pretrained(Path(pprm), device=device, trust_remote_code=trust_remote_code)
     except OSError as err:
         raise ValueError(f"--pprm {pprm}: {err}") from None
     return EBCJudge(model, alpha=alpha)

@@ -6,27 +6,42 @@
                         records first then new ones in file order, dumps trees, one tqdm bar
     read_results        the records of a results file; a bad line is a `ResultsFileError`
                         naming the file, line and field
-    write_jsonl_atomic  JSON lines through a temporary file renamed into place
-    write_tree          one tree's JSON per problem into a folder
+    write_tree          one tree's JSON per problem into a folder, under a bounded, unique name
+    run_manifest        what a results file is made from (the problem file's sha256, the models,
+                        the seed, the search config): written beside it (`<out>.manifest.json`);
+                        `--resume` refuses a file made from anything else and says what differs
+    OutputLock          an exclusive lock on a results file for the whole run (`.<out>.lock`): a
+                        second writer is refused with the holder's pid
+
+Every record holds `problem_sha256` (`mcts.problems.Problem.sha256`), so that a resumed run notices
+a problem file whose problems changed under the same ids.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
+import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from tqdm import tqdm
 
+from mcts.files import write_atomic, write_json_atomic, write_jsonl_atomic
 from mcts.problems import Problem
 from treesearch.engine import EngineSpec, ShardResult, make_shards
 from treesearch.executor import Executor, LocalExecutor
 
-__all__ = ["ResultsFileError", "SearchRun", "read_results", "search_problems", "write_jsonl_atomic", "write_tree"]
+__all__ = ["MANIFEST_FORMAT", "OutputLock", "ResultsFileError", "SearchRun", "check_manifest", "manifest_path",
+           "read_results", "run_manifest", "search_problems", "tree_file_name",
+           "write_tree"]
+
+MANIFEST_FORMAT = 1
 
 
 class ResultsFileError(ValueError):
@@ -42,6 +57,8 @@ def read_results(path: Path) -> list[dict]:
                 continue
             try:
                 record = json.loads(line)
+            except RecursionError:
+                raise ResultsFileError(f"{path}:{lineno}: JSON nested too deeply; cannot resume from it") from None
             except json.JSONDecodeError as err:
                 raise ResultsFileError(f"{path}:{lineno}: malformed JSON ({err.msg}); cannot resume from it") from None
             if not isinstance(record, dict) or not isinstance(record.get("id"), str):
@@ -50,28 +67,101 @@ def read_results(path: Path) -> list[dict]:
     return records
 
 
-def write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    """Writes JSON lines to a temporary file beside `path`, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def tree_file_name(problem_id: str) -> str:
+    """A tree's file name: the id's safe characters (at most 80) and a hash of the whole id, so
+    that ids such as `a/b` and `a_b` never share a file and a long id never makes too long a name."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)[:80].lstrip(".")
+    return f"{safe}-{hashlib.sha256(problem_id.encode('utf-8')).hexdigest()[:12]}.json"
 
 
 def write_tree(folder: Path, problem_id: str, tree: dict) -> None:
     """Writes one tree's JSON (with the problem id inside) to `folder`, atomically."""
-    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in problem_id)
-    target = folder / f"{safe}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump({"id": problem_id, **tree}, handle, ensure_ascii=False)
-    os.replace(tmp, target)
+    write_atomic(Path(folder) / tree_file_name(problem_id),
+                  lambda handle: json.dump({"id": problem_id, **tree}, handle, ensure_ascii=False))
+
+
+def manifest_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".manifest.json")
+
+
+def run_manifest(problem_file: str | os.PathLike, spec: EngineSpec) -> dict:
+    """What a results file is made from: compared field by field on --resume."""
+    digest = hashlib.sha256(Path(problem_file).read_bytes()).hexdigest()
+    return {"format": MANIFEST_FORMAT, "problem_file": str(Path(problem_file).resolve()), "problem_file_sha256": digest,
+            "model": spec.model, "prm": spec.prm if spec.needs_scorer else None, "backend": spec.backend,
+            "seed": spec.seed, "oracle_noise": spec.oracle_noise if spec.prm == "oracle" else None,
+            "pprm": spec.pprm, "ebc_alpha": spec.ebc_alpha if spec.pprm else None, "algorithm": spec.algorithm,
+            "search": json.loads(json.dumps(dataclasses.asdict(spec.config)))}
+
+
+def check_manifest(out: Path, manifest: Mapping) -> None:
+    """Raises ResultsFileError unless `out`'s manifest equals `manifest` (its problem file path may move)."""
+    path = manifest_path(out)
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsFileError(f"{out}: no manifest ({path.name}) says what it was made from, so --resume cannot "
+                               f"check it; search into another --out, or pass --overwrite") from None
+    except (OSError, ValueError) as err:
+        raise ResultsFileError(f"{path}: unreadable manifest ({err}); cannot resume {out}") from None
+    if not isinstance(recorded, dict) or recorded.get("format") != MANIFEST_FORMAT:
+        raise ResultsFileError(f"{path}: field 'format': not a manifest of format {MANIFEST_FORMAT}")
+    differ = []
+    for key, value in manifest.items():
+        if key == "problem_file":
+            continue
+        if key == "search":
+            old = recorded.get("search") or {}
+            differ += [f"{k} ({old.get(k)!r}, now {v!r})" for k, v in value.items() if old.get(k) != v]
+        elif recorded.get(key) != value:
+            differ.append(f"{key} ({recorded.get(key)!r}, now {value!r})" if key != "problem_file_sha256" else
+                          f"the problem file's content ({recorded.get('problem_file')} then, {manifest['problem_file']} now)")
+    if differ:
+        raise ResultsFileError(f"--resume: {out} was made with another " + "; ".join(differ)
+                               + "; search with the same settings, or into another --out")
+
+
+class OutputLock:
+    """An exclusive lock on a results file, held for the whole run: `.<name>.lock` beside it holds
+    the holder's pid. A second writer gets a `ResultsFileError` naming that pid."""
+
+    def __init__(self, out: Path):
+        self.out = Path(out)
+        self.path = self.out.with_name(f".{self.out.name}.lock")
+        self._fd: int | None = None
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise ResultsFileError(f"--out {self.out}: another process (pid {holder}) is writing it "
+                                           f"(lock {self.path})") from None
+                raise
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # the holder removed this lock file as we took it: take the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Removed while still held: a process that opened it meanwhile sees, once it holds it, that
+        # the path no longer names its file, and takes a fresh one.
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 @dataclasses.dataclass
@@ -86,7 +176,7 @@ class SearchRun:
 def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Executor | None = None, *,
                     batch: int = 16, out_path: str | os.PathLike | None = None, resume: bool = False,
                     trees_out: str | os.PathLike | None = None, on_record: Callable[[dict], None] | None = None,
-                    progress: bool = False) -> SearchRun:
+                    progress: bool = False, manifest: Mapping | None = None) -> SearchRun:
     """Searches every problem with `executor` (default: a fresh `LocalExecutor`) and collects the
     records, writing them as shards finish.
 
@@ -100,13 +190,40 @@ def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Exe
         trees_out: folder for one JSON file per searched tree (tree algorithms).
         on_record: called with each new record, as its shard finishes.
         progress: show a tqdm bar over the problems.
+        manifest: what the run is made from (`run_manifest`): written beside `out_path`; with
+            `resume`, an existing results file must have been made from the same.
 
     Returns:
         The `SearchRun`. Raises `EngineLoadError` when the spec cannot search these problems, and
-        `ResultsFileError` for a results file that cannot be resumed.
+        `ResultsFileError` for a results file that cannot be resumed or that another process writes.
     """
     out = Path(out_path) if out_path is not None else None
-    done = read_results(out) if resume and out is not None and out.exists() else []
+    with OutputLock(out) if out is not None else contextlib.nullcontext():
+        return _search_problems(problems, spec, executor, batch, out, resume, trees_out, on_record, progress,
+                                manifest)
+
+
+def _search_problems(problems, spec, executor, batch, out, resume, trees_out, on_record, progress,
+                     manifest) -> SearchRun:
+    done = []
+    if resume and out is not None and out.exists():
+        if manifest is not None:
+            check_manifest(out, manifest)
+        done = read_results(out)
+        texts = {p.id: p for p in problems}
+        for r in done:
+            if r["id"] in texts and r.get("problem_sha256") != texts[r["id"]].sha256:
+                raise ResultsFileError(f"--resume: {out}: record {r['id']!r} was made for another problem text "
+                                       f"than the problem file's problem of that id")
+    manifest_written = [manifest is None]
+
+    def save(records: list[dict]) -> None:
+        # the manifest goes down with the first results, so that a run that fails before any leaves nothing
+        if not manifest_written[0]:
+            write_json_atomic(manifest_path(out), dict(manifest))
+            manifest_written[0] = True
+        write_jsonl_atomic(out, records)
+
     done_ids = {r["id"] for r in done}
     todo = [p for p in problems if p.id not in done_ids]
     if todo:
@@ -135,7 +252,7 @@ def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Exe
             new.extend(fresh)
             new.sort(key=lambda r: position[r["id"]])
             if out is not None:
-                write_jsonl_atomic(out, [*done, *new])
+                save([*done, *new])
             if tree_dir is not None and result.trees is not None:
                 for record, tree in zip(result.records, result.trees):
                     if tree is not None and record["id"] in written_now:
@@ -151,5 +268,5 @@ def search_problems(problems: Sequence[Problem], spec: EngineSpec, executor: Exe
         executor.run(spec, shards, on_shard_done)
         elapsed = time.perf_counter() - start
     if out is not None and not todo and not out.exists():
-        write_jsonl_atomic(out, done)
+        save(done)
     return SearchRun([*done, *new], len(new), elapsed)
