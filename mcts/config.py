@@ -16,13 +16,11 @@ import math
 from mcts.answers import ANSWER_SELECTIONS, STEP_AGGREGATES
 from mcts.core.native import BACKENDS
 from mcts.policy.base import check_truncation
+from mcts.options import option, require
 
 __all__ = ["ALGORITHMS", "BASELINE_NAMES", "CANDIDATE_VALUES", "LEAF_VALUES", "PRIORS", "TREE_RULES", "WIDENING_FACTOR",
            "SearchConfig", "TreeRules"]
 
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,111 +55,107 @@ class SearchConfig:
     """Budget, tree rules and answer choice of one search. Every algorithm reads the same budget
     fields, so methods are compared at equal compute."""
 
-    algorithm: str = dataclasses.field(default="mcts_star", metadata=_help(
-        f"one of {', '.join(ALGORITHMS)}"))
-    simulations: int = dataclasses.field(default=32, metadata=_help(
+    algorithm: str = option("mcts_star",
+        f"one of {', '.join(ALGORITHMS)}")
+    simulations: int = option(32,
         "tree search: selected leaves per tree (each is expanded or re-valued and backed up); "
-        "best_of_n / self-consistency: sampled traces per problem"))
-    budget_tokens: int | None = dataclasses.field(default=None, metadata=_help(
+        "best_of_n / self-consistency: sampled traces per problem")
+    budget_tokens: int | None = option(None,
         "stop a problem once its policy calls generated this many tokens (checked between rounds, "
-        "so one round may overshoot); None: no token budget"))
-    width: int = dataclasses.field(default=4, metadata=_help(
+        "so one round may overshoot); None: no token budget")
+    width: int = option(4,
         "tree search: steps sampled per expanded leaf; beam: beam width and samples per beam; "
-        "sampling baselines: traces generated side by side per problem"))
-    max_children: int | None = dataclasses.field(default=None, metadata=_help(
+        "sampling baselines: traces generated side by side per problem")
+    max_children: int | None = option(None,
         "tree search, progressive widening: the most children a node may get. A node with fewer "
         "has a 'new step' arm beside its children, valued at what the PRM said the node is worth "
         "and open while no child is worth as much; selecting it samples `width` more steps there "
         "and adds the ones its children do not hold yet. None: 4 * width (greedy decoding: width); "
-        "equal to width: children fixed at expansion"))
-    revisit_terminals: bool = dataclasses.field(default=False, metadata=_help(
+        "equal to width: children fixed at expansion")
+    revisit_terminals: bool = option(False,
         "tree search: a finished answer may be selected again after its first backup (it adds no "
         "information: its value is fixed); False closes it once backed up, so simulations go to "
-        "open nodes"))
-    leaves_per_tree: int = dataclasses.field(default=1, metadata=_help(
-        "leaves selected per tree and round (kept apart by virtual loss)"))
-    c: float = dataclasses.field(default=1.0, metadata=_help("exploration constant of the select rule"))
-    virtual_loss: float = dataclasses.field(default=1.0, metadata=_help(
-        "weight of a pending selection, in visits that returned 0"))
-    temperature: float = dataclasses.field(default=1.0, metadata=_help("sampling temperature of the policy"))
-    top_p: float | None = dataclasses.field(default=None, metadata=_help(
+        "open nodes")
+    leaves_per_tree: int = option(1,
+        "leaves selected per tree and round (kept apart by virtual loss)")
+    c: float = option(1.0, "exploration constant of the select rule")
+    virtual_loss: float = option(1.0,
+        "weight of a pending selection, in visits that returned 0")
+    temperature: float = option(1.0, "sampling temperature of the policy")
+    top_p: float | None = option(None,
         "nucleus sampling: keep the most likely tokens (steps, for the scripted policy) up to this mass; "
-        "None: the policy's own setting (off by default)"))
-    top_k: int | None = dataclasses.field(default=None, metadata=_help(
-        "keep the k most likely tokens (0: off); None: the policy's own setting (off by default)"))
-    min_p: float | None = dataclasses.field(default=None, metadata=_help(
+        "None: the policy's own setting (off by default)")
+    top_k: int | None = option(None,
+        "keep the k most likely tokens (0: off); None: the policy's own setting (off by default)")
+    min_p: float | None = option(None,
         "keep the tokens at least this fraction as likely as the most likely one (0: off); None: the "
-        "policy's own setting (off by default)"))
-    max_depth: int = dataclasses.field(default=16, metadata=_help(
-        "most steps in a solution; a step at this depth that gives no answer ends its branch"))
-    stop_value: float | None = dataclasses.field(default=None, metadata=_help(
-        "stop a tree once a finished answer's step value reaches this; None: never early"))
-    answer_selection: str | None = dataclasses.field(default=None, metadata=_help(
+        "policy's own setting (off by default)")
+    max_depth: int = option(16,
+        "most steps in a solution; a step at this depth that gives no answer ends its branch")
+    stop_value: float | None = option(None,
+        "stop a tree once a finished answer's step value reaches this; None: never early")
+    answer_selection: str | None = option(None,
         f"how the answer is chosen among finished traces: {', '.join(ANSWER_SELECTIONS)} (Enhanced "
         "Borda Count over a pairwise PPRM's preferences and the candidates' values: needs --pprm); "
         "None: the algorithm's own (max_value for trees, best_of_n and beam; majority for "
-        "self_consistency; weighted_vote for weighted_self_consistency)"))
+        "self_consistency; weighted_vote for weighted_self_consistency)")
     # 'max' by measurement (benchmarks/search_quality.py): MCTS* with the tiny policy and the oracle
     # at noise 0.1 on 80 problems of 1-4 operations, 3 seeds, 0.579 against 0.554 for 'mean', and
     # with the scripted policy on 100 problems of 5-6 operations, 2 seeds, 0.915 / 0.900 against
     # 0.895 / 0.875 at 16 / 32 simulations (UCT 0.935 / 0.950 against 0.910 / 0.945). A leaf whose
     # samples hold one right step among wrong ones is worth that step: the mean buried it under its
     # siblings.
-    leaf_value: str = dataclasses.field(default="max", metadata=_help(
+    leaf_value: str = option("max",
         "value backed up from a freshly expanded leaf: 'max' (the best of its children's PRM "
-        "values) or 'mean' (their prior-weighted mean)"))
-    prior: str = dataclasses.field(default="length_normalized", metadata=_help(
+        "values) or 'mean' (their prior-weighted mean)")
+    prior: str = option("length_normalized",
         "children's priors: 'length_normalized' (exp of the mean token log-probability), "
-        "'sequence' (exp of the step's log-probability) or 'uniform'; normalised over siblings"))
-    rollout_depth: int = dataclasses.field(default=0, metadata=_help(
+        "'sequence' (exp of the step's log-probability) or 'uniform'; normalised over siblings")
+    rollout_depth: int = option(0,
         "ReST-MCTS*: greedy rollout of this many steps from the best new child of each expanded "
-        "leaf; the leaf's value is the max PRM value seen (0: no rollout)"))
-    step_aggregate: str = dataclasses.field(default="mean", metadata=_help(
+        "leaf; the leaf's value is the max PRM value seen (0: no rollout)")
+    step_aggregate: str = option("mean",
         "how the PRM values of a sampled trace's steps make its value: mean, min, last or prod "
         "(min and prod suit a calibrated PRM; one wrong step score sinks them, so mean is the "
-        "robust default under label noise)"))
-    candidate_value: str = dataclasses.field(default="q", metadata=_help(
+        "robust default under label noise)")
+    candidate_value: str = option("q",
         "tree search: the value of a finished solution for answer choice: 'q' (its answer node's "
-        "Q) or 'path' (`step_aggregate` over its steps' PRM values, as best-of-N values a trace)"))
-    complete_unfinished: bool = dataclasses.field(default=True, metadata=_help(
+        "Q) or 'path' (`step_aggregate` over its steps' PRM values, as best-of-N values a trace)")
+    complete_unfinished: bool = option(True,
         "when a search ends without a finished answer, complete its best partial trace greedily "
-        "(the tokens count toward the problem's total)"))
-    tree_backend: str = dataclasses.field(default="auto", metadata=_help(
-        "backend of the tree operations: auto, cpp, numba, numpy (mcts.core)"))
+        "(the tokens count toward the problem's total)")
+    tree_backend: str = option("auto",
+        "backend of the tree operations: auto, cpp, numba, numpy (mcts.core)")
 
     def __post_init__(self):
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(self.algorithm in ALGORITHMS, f"algorithm={self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-        need(self.simulations >= 1, f"simulations must be >= 1, got {self.simulations}")
-        need(self.budget_tokens is None or self.budget_tokens >= 1,
+        require(self.algorithm in ALGORITHMS, f"algorithm={self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        require(self.simulations >= 1, f"simulations must be >= 1, got {self.simulations}")
+        require(self.budget_tokens is None or self.budget_tokens >= 1,
              f"budget_tokens must be None or >= 1, got {self.budget_tokens}")
-        need(self.width >= 1, f"width must be >= 1, got {self.width}")
-        need(self.max_children is None or self.max_children >= self.width,
+        require(self.width >= 1, f"width must be >= 1, got {self.width}")
+        require(self.max_children is None or self.max_children >= self.width,
              f"max_children must be None or >= width ({self.width}), got {self.max_children}")
-        need(self.leaves_per_tree >= 1, f"leaves_per_tree must be >= 1, got {self.leaves_per_tree}")
-        need(math.isfinite(self.c) and self.c >= 0, f"c must be finite and >= 0, got {self.c}")
-        need(math.isfinite(self.virtual_loss) and self.virtual_loss >= 0,
+        require(self.leaves_per_tree >= 1, f"leaves_per_tree must be >= 1, got {self.leaves_per_tree}")
+        require(math.isfinite(self.c) and self.c >= 0, f"c must be finite and >= 0, got {self.c}")
+        require(math.isfinite(self.virtual_loss) and self.virtual_loss >= 0,
              f"virtual_loss must be finite and >= 0, got {self.virtual_loss}")
-        need(math.isfinite(self.temperature) and self.temperature >= 0,
+        require(math.isfinite(self.temperature) and self.temperature >= 0,
              f"temperature must be finite and >= 0, got {self.temperature}")
         check_truncation(self.top_p, self.top_k, self.min_p)  # the policies' own rule (mcts.policy.base)
-        need(self.max_depth >= 1, f"max_depth must be >= 1, got {self.max_depth}")
-        need(self.max_depth < 2**15 - 1, f"max_depth must be < {2**15 - 1} (depth is int16), got {self.max_depth}")
-        need(self.stop_value is None or 0 <= self.stop_value <= 1,
+        require(self.max_depth >= 1, f"max_depth must be >= 1, got {self.max_depth}")
+        require(self.max_depth < 2**15 - 1, f"max_depth must be < {2**15 - 1} (depth is int16), got {self.max_depth}")
+        require(self.stop_value is None or 0 <= self.stop_value <= 1,
              f"stop_value must be None or in [0, 1], got {self.stop_value}")
-        need(self.answer_selection is None or self.answer_selection in ANSWER_SELECTIONS,
+        require(self.answer_selection is None or self.answer_selection in ANSWER_SELECTIONS,
              f"answer_selection={self.answer_selection!r} is not one of {', '.join(ANSWER_SELECTIONS)}")
-        need(self.leaf_value in LEAF_VALUES, f"leaf_value={self.leaf_value!r} is not one of {', '.join(LEAF_VALUES)}")
-        need(self.prior in PRIORS, f"prior={self.prior!r} is not one of {', '.join(PRIORS)}")
-        need(self.candidate_value in CANDIDATE_VALUES,
+        require(self.leaf_value in LEAF_VALUES, f"leaf_value={self.leaf_value!r} is not one of {', '.join(LEAF_VALUES)}")
+        require(self.prior in PRIORS, f"prior={self.prior!r} is not one of {', '.join(PRIORS)}")
+        require(self.candidate_value in CANDIDATE_VALUES,
              f"candidate_value={self.candidate_value!r} is not one of {', '.join(CANDIDATE_VALUES)}")
-        need(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
-        need(self.tree_backend in ("auto", *BACKENDS),
+        require(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
+        require(self.tree_backend in ("auto", *BACKENDS),
              f"tree_backend={self.tree_backend!r} is not one of auto, {', '.join(BACKENDS)}")
-        need(self.step_aggregate in STEP_AGGREGATES,
+        require(self.step_aggregate in STEP_AGGREGATES,
              f"step_aggregate={self.step_aggregate!r} is not one of {', '.join(STEP_AGGREGATES)}")
 
     @property

@@ -44,6 +44,7 @@ from transformers.utils import logging as hf_logging
 from mcts.policy.base import Prefix, Step
 from mcts.policy.remote_code import check_remote_code
 from mcts.policy.torch_utils import torch_threads
+from mcts.options import option
 
 if TYPE_CHECKING:  # for annotations only: importing them loads transformers' modeling code (seconds)
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -62,9 +63,6 @@ MODES = ("prm", "orm", "pairwise")  # "pairwise" folders are read by prm.pairwis
 PAIR_READINGS = ("joint", "separate")
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 class PRMLoadError(OSError):
     """A folder that holds no readable PRM; the message names the folder and what is wrong."""
@@ -74,23 +72,23 @@ class PRMLoadError(OSError):
 class PRMConfig:
     """How a PRM reads traces (saved in `prm_config.json`)."""
 
-    mode: str = dataclasses.field(default="prm", metadata=_help(
-        "'prm' (a value at every step end), 'orm' (trained on the last step only), 'pairwise' (a PPRM)"))
-    delimiter: str = dataclasses.field(default="\n", metadata=_help(
-        "the step delimiter; a step that does not end with it gets it appended before reading"))
-    chat_template: bool = dataclasses.field(default=False, metadata=_help(
+    mode: str = option("prm",
+        "'prm' (a value at every step end), 'orm' (trained on the last step only), 'pairwise' (a PPRM)")
+    delimiter: str = option("\n",
+        "the step delimiter; a step that does not end with it gets it appended before reading")
+    chat_template: bool = option(False,
         "wrap the problem in the tokenizer's chat template (as a chat policy's prompt) instead of "
-        "problem + delimiter"))
-    max_length: int | None = dataclasses.field(default=None, metadata=_help(
+        "problem + delimiter")
+    max_length: int | None = option(None,
         "most tokens read per sequence (longer ones lose their start); None: the backbone's "
-        "max_position_embeddings"))
-    pair_reading: str = dataclasses.field(default="joint", metadata=_help(
+        "max_position_embeddings")
+    pair_reading: str = option("joint",
         "how a pairwise PPRM reads a pair: 'joint' (both solutions in one sequence, the head at its last "
         "token) or 'separate' (each solution alone, P(a > b) = sigmoid(s(a) - s(b)): a Bradley-Terry "
-        "model over one score per solution)"))
-    batch_size: int = dataclasses.field(default=64, metadata=_help("sequences per forward pass"))
-    num_threads: int | None = dataclasses.field(default=None, metadata=_help(
-        "torch CPU threads while scoring (restored after); None: leave torch's setting"))
+        "model over one score per solution)")
+    batch_size: int = option(64, "sequences per forward pass")
+    num_threads: int | None = option(None,
+        "torch CPU threads while scoring (restored after); None: leave torch's setting")
 
     def __post_init__(self):
         if self.mode not in MODES:

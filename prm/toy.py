@@ -109,6 +109,7 @@ from prm.train import (
     summary_table,
     train_rows,
 )
+from mcts.options import option
 
 __all__ = [
     "EVAL_SEED", "FORMAT_VERSION", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "ToyBuild",
@@ -126,72 +127,69 @@ POLICY_EVAL_SEED = 4343  # held-out problems of the on-policy evaluation (eval_p
 EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclasses.dataclass(frozen=True)
 class ToyBuild:
     """The data, model and training of a toy PRM or PPRM build."""
 
-    init: str = dataclasses.field(default="policy", metadata=_help(
+    init: str = option("policy",
         "'policy': start from the tiny policy's weights; 'prm' (PPRM builds): from the toy PRM's; "
-        "'scratch': a fresh model of the size below"))
-    problems: int = dataclasses.field(default=1500, metadata=_help(
-        "training problems rolled out whole by the scripted policy at each slip rate"))
-    samples: int = dataclasses.field(default=1, metadata=_help("traces per problem and slip rate"))
-    slip_rates: tuple[float, ...] = dataclasses.field(default=(0.05, 0.15, 0.3), metadata=_help(
-        "base_eps of the scripted policy; one set of traces per rate"))
-    fact_problems: int = dataclasses.field(default=0, metadata=_help(
+        "'scratch': a fresh model of the size below")
+    problems: int = option(1500,
+        "training problems rolled out whole by the scripted policy at each slip rate")
+    samples: int = option(1, "traces per problem and slip rate")
+    slip_rates: tuple[float, ...] = option((0.05, 0.15, 0.3),
+        "base_eps of the scripted policy; one set of traces per rate")
+    fact_problems: int = option(0,
         "one-operation facts: a reduction of a training problem's solution alone, `a op b`, with its "
-        "canonical step or a slip (`prm.toy_traces.single_step_traces(isolate=True)`)"))
-    fact_negate_fraction: float = dataclasses.field(default=0.0, metadata=_help(
+        "canonical step or a slip (`prm.toy_traces.single_step_traces(isolate=True)`)")
+    fact_negate_fraction: float = option(0.0,
         "fraction of the facts whose operands change sign (`single_step_traces(negate_fraction=...)`): "
-        "more arithmetic on negative numbers than the solutions hold"))
-    single_problems: int = dataclasses.field(default=0, metadata=_help(
+        "more arithmetic on negative numbers than the solutions hold")
+    single_problems: int = option(0,
         "one-step traces from a state of a training problem's solution: its canonical step or a slip "
-        "(`prm.toy_traces.single_step_traces`)"))
-    branch_problems: int = dataclasses.field(default=0, metadata=_help(
+        "(`prm.toy_traces.single_step_traces`)")
+    branch_problems: int = option(0,
         "training problems whose canonical solution branches off at a random step into a slip or not "
-        "(`prm.toy_traces.branch_traces`: a balanced first-error signal)"))
-    policy_problems: int = dataclasses.field(default=0, metadata=_help(
-        "problems also rolled out by the tiny transformer policy at T=1 (its own kinds of mistakes)"))
-    wrong_fraction: float = dataclasses.field(default=0.5, metadata=_help(
-        "fraction of the fact and one-step traces whose step is a slip"))
-    copy_fraction: float = dataclasses.field(default=0.3, metadata=_help(
-        "fraction of those slips that are copy slips (`prm.toy_traces.copy_slip`)"))
-    min_ops: int = dataclasses.field(default=1, metadata=_help("fewest operations"))
-    max_ops: int = dataclasses.field(default=6, metadata=_help("most operations"))
-    max_operand: int = dataclasses.field(default=10, metadata=_help("largest operand"))
-    max_value: int | None = dataclasses.field(default=100, metadata=_help(
-        "bound on |every value a canonical solution writes| (None: unbounded)"))
-    extra_layers: int = dataclasses.field(default=0, metadata=_help(
+        "(`prm.toy_traces.branch_traces`: a balanced first-error signal)")
+    policy_problems: int = option(0,
+        "problems also rolled out by the tiny transformer policy at T=1 (its own kinds of mistakes)")
+    wrong_fraction: float = option(0.5,
+        "fraction of the fact and one-step traces whose step is a slip")
+    copy_fraction: float = option(0.3,
+        "fraction of those slips that are copy slips (`prm.toy_traces.copy_slip`)")
+    min_ops: int = option(1, "fewest operations")
+    max_ops: int = option(6, "most operations")
+    max_operand: int = option(10, "largest operand")
+    max_value: int | None = option(100,
+        "bound on |every value a canonical solution writes| (None: unbounded)")
+    extra_layers: int = option(0,
         "blocks added on top of a policy-initialised backbone, their output projections zero (so the "
-        "model starts as the policy)"))
-    dense_weight: float = dataclasses.field(default=0.0, metadata=_help(
-        "loss weight of the per-token labels (`dense_labels`) against 1 at the step ends; 0: step ends only"))
-    lm_weight: float = dataclasses.field(default=0.0, metadata=_help(
+        "model starts as the policy)")
+    dense_weight: float = option(0.0,
+        "loss weight of the per-token labels (`dense_labels`) against 1 at the step ends; 0: step ends only")
+    lm_weight: float = option(0.0,
         "weight of the auxiliary next-token loss on the tokens of correct steps (read at the policy's "
-        "depth through the final norm and the tied embedding; needs init='policy'); 0: none"))
-    pair_reading: str = dataclasses.field(default="separate", metadata=_help(
+        "depth through the final norm and the tied embedding; needs init='policy'); 0: none")
+    pair_reading: str = option("separate",
         "PPRM builds: 'separate' (Bradley-Terry over one score per solution; from the PRM, its head is "
-        "kept) or 'joint' (both solutions in one sequence): see prm.pairwise"))
-    pairs_per_problem: int = dataclasses.field(default=4, metadata=_help(
-        "PPRM builds: most (correct, wrong) pairs drawn per problem"))
-    hidden_size: int = dataclasses.field(default=192, metadata=_help("width of a from-scratch model"))
-    num_layers: int = dataclasses.field(default=4, metadata=_help("blocks of a from-scratch model"))
-    num_heads: int = dataclasses.field(default=3, metadata=_help("heads of a from-scratch model"))
-    intermediate_size: int = dataclasses.field(default=512, metadata=_help("MLP width of a from-scratch model"))
-    max_positions: int = dataclasses.field(default=1024, metadata=_help("context of a from-scratch model"))
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig, metadata=_help("optimisation"))
-    seconds: float | None = dataclasses.field(default=None, metadata=_help(
-        "train for about this many seconds instead of the configured epochs/steps"))
-    eval_traces: int = dataclasses.field(default=1000, metadata=_help(
-        "held-out toy traces (scripted policy, base_eps 0.05, the build's problems) evaluated after training"))
-    eval_policy_traces: int = dataclasses.field(default=0, metadata=_help(
+        "kept) or 'joint' (both solutions in one sequence): see prm.pairwise")
+    pairs_per_problem: int = option(4,
+        "PPRM builds: most (correct, wrong) pairs drawn per problem")
+    hidden_size: int = option(192, "width of a from-scratch model")
+    num_layers: int = option(4, "blocks of a from-scratch model")
+    num_heads: int = option(3, "heads of a from-scratch model")
+    intermediate_size: int = option(512, "MLP width of a from-scratch model")
+    max_positions: int = option(1024, "context of a from-scratch model")
+    train: TrainConfig = option(factory=TrainConfig, help="optimisation")
+    seconds: float | None = option(None,
+        "train for about this many seconds instead of the configured epochs/steps")
+    eval_traces: int = option(1000,
+        "held-out toy traces (scripted policy, base_eps 0.05, the build's problems) evaluated after training")
+    eval_policy_traces: int = option(0,
         "held-out traces sampled (T=1) from the tiny policy on fresh 1-4 operation problems, its training "
-        "range, evaluated after training (`policy_` metrics): the traces a search with that policy scores"))
-    data_seed: int = dataclasses.field(default=1, metadata=_help("seed of the training problems and rollouts"))
+        "range, evaluated after training (`policy_` metrics): the traces a search with that policy scores")
+    data_seed: int = option(1, "seed of the training problems and rollouts")
 
     def __post_init__(self):
         if self.init not in ("policy", "prm", "scratch"):

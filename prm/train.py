@@ -43,6 +43,7 @@ from prm.metrics import pairwise_metrics, step_metrics
 from prm.model import CONFIG_FILE, PRM, PRMConfig, read_config
 from prm.pairwise import PPRM
 from prm.rows import batch_order, collate, encode_pair_rows, encode_step_rows, masked_loss, pair_logits
+from mcts.options import option, require
 
 # encode_step_rows and encode_pair_rows stay importable from here (self-training reads them).
 __all__ = [
@@ -56,9 +57,6 @@ LOSSES = ("bce", "mse")
 TRAIN_INFO = "train_info.json"
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 class TrainError(Exception):
     """A bad argument or input: printed as one line by the CLI (exit status 2), nothing written."""
@@ -68,54 +66,50 @@ class TrainError(Exception):
 class TrainConfig:
     """Optimisation settings shared by the PRM, ORM and PPRM."""
 
-    loss: str | None = dataclasses.field(default=None, metadata=_help(
+    loss: str | None = option(None,
         "bce (hard 0/1 labels; soft ones work too) or mse (of the sigmoid, for soft values); "
-        "None: bce when training on labels, mse on values"))
-    epochs: float = dataclasses.field(default=1.0, metadata=_help("passes over the data (fractions allowed)"))
-    max_steps: int | None = dataclasses.field(default=None, metadata=_help(
-        "stop after this many optimizer steps (None: the epochs decide)"))
-    batch_size: int = dataclasses.field(default=16, metadata=_help("sequences per micro-batch (per process)"))
-    grad_accum: int = dataclasses.field(default=1, metadata=_help("micro-batches per optimizer step"))
-    lr: float = dataclasses.field(default=5e-5, metadata=_help("peak learning rate of the backbone (AdamW)"))
-    head_lr: float | None = dataclasses.field(default=None, metadata=_help(
-        "peak learning rate of the head (None: lr; with Adam much more makes the fresh head's logits jump)"))
-    warmup_ratio: float = dataclasses.field(default=0.05, metadata=_help("fraction of the steps of linear warmup"))
-    min_lr_ratio: float = dataclasses.field(default=0.1, metadata=_help("final LR as a fraction of the peak (cosine)"))
-    weight_decay: float = dataclasses.field(default=0.01, metadata=_help("AdamW weight decay on matrices"))
-    grad_clip: float = dataclasses.field(default=1.0, metadata=_help("gradient norm clip"))
-    max_length: int | None = dataclasses.field(default=None, metadata=_help(
-        "most tokens per sequence (longer ones lose their start); None: the backbone's limit"))
-    seed: int = dataclasses.field(default=0, metadata=_help("seed of the head and the batch order"))
-    save_every: int | None = dataclasses.field(default=None, metadata=_help(
-        "checkpoint every this many optimizer steps (None: no checkpoints)"))
-    num_threads: int | None = dataclasses.field(default=None, metadata=_help(
-        "torch CPU threads (None: the CPUs not kept busy by other processes)"))
-    device: str = dataclasses.field(default="auto", metadata=_help(
-        "'auto' (what accelerate picks: the GPU when there is one), or 'cpu'"))
-    mixed_precision: str = dataclasses.field(default="no", metadata=_help(
-        "accelerate's mixed precision on GPU: 'no', 'bf16' or 'fp16'"))
+        "None: bce when training on labels, mse on values")
+    epochs: float = option(1.0, "passes over the data (fractions allowed)")
+    max_steps: int | None = option(None,
+        "stop after this many optimizer steps (None: the epochs decide)")
+    batch_size: int = option(16, "sequences per micro-batch (per process)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(5e-5, "peak learning rate of the backbone (AdamW)")
+    head_lr: float | None = option(None,
+        "peak learning rate of the head (None: lr; with Adam much more makes the fresh head's logits jump)")
+    warmup_ratio: float = option(0.05, "fraction of the steps of linear warmup")
+    min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak (cosine)")
+    weight_decay: float = option(0.01, "AdamW weight decay on matrices")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    max_length: int | None = option(None,
+        "most tokens per sequence (longer ones lose their start); None: the backbone's limit")
+    seed: int = option(0, "seed of the head and the batch order")
+    save_every: int | None = option(None,
+        "checkpoint every this many optimizer steps (None: no checkpoints)")
+    num_threads: int | None = option(None,
+        "torch CPU threads (None: the CPUs not kept busy by other processes)")
+    device: str = option("auto",
+        "'auto' (what accelerate picks: the GPU when there is one), or 'cpu'")
+    mixed_precision: str = option("no",
+        "accelerate's mixed precision on GPU: 'no', 'bf16' or 'fp16'")
 
     def __post_init__(self):
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(self.loss is None or self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
-        need(math.isfinite(self.epochs) and self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        need(self.max_steps is None or self.max_steps >= 1, f"max_steps must be None or >= 1, got {self.max_steps}")
-        need(self.batch_size >= 1 and self.grad_accum >= 1,
+        require(self.loss is None or self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
+        require(math.isfinite(self.epochs) and self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
+        require(self.max_steps is None or self.max_steps >= 1, f"max_steps must be None or >= 1, got {self.max_steps}")
+        require(self.batch_size >= 1 and self.grad_accum >= 1,
              f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
-        need(self.lr > 0 and (self.head_lr is None or self.head_lr > 0),
+        require(self.lr > 0 and (self.head_lr is None or self.head_lr > 0),
              f"lr and head_lr must be > 0, got {self.lr}, {self.head_lr}")
-        need(0 <= self.warmup_ratio < 1 and 0 <= self.min_lr_ratio <= 1,
+        require(0 <= self.warmup_ratio < 1 and 0 <= self.min_lr_ratio <= 1,
              f"need 0 <= warmup_ratio < 1 and 0 <= min_lr_ratio <= 1, got {self.warmup_ratio}, {self.min_lr_ratio}")
-        need(self.weight_decay >= 0 and self.grad_clip > 0,
+        require(self.weight_decay >= 0 and self.grad_clip > 0,
              f"need weight_decay >= 0 and grad_clip > 0, got {self.weight_decay}, {self.grad_clip}")
-        need(self.max_length is None or self.max_length >= 2, f"max_length must be None or >= 2, got {self.max_length}")
-        need(self.save_every is None or self.save_every >= 1, f"save_every must be None or >= 1, got {self.save_every}")
-        need(self.num_threads is None or self.num_threads >= 1, f"num_threads must be None or >= 1, got {self.num_threads}")
-        need(self.device in ("auto", "cpu"), f"device must be 'auto' or 'cpu', got {self.device!r}")
-        need(self.mixed_precision in ("no", "bf16", "fp16"),
+        require(self.max_length is None or self.max_length >= 2, f"max_length must be None or >= 2, got {self.max_length}")
+        require(self.save_every is None or self.save_every >= 1, f"save_every must be None or >= 1, got {self.save_every}")
+        require(self.num_threads is None or self.num_threads >= 1, f"num_threads must be None or >= 1, got {self.num_threads}")
+        require(self.device in ("auto", "cpu"), f"device must be 'auto' or 'cpu', got {self.device!r}")
+        require(self.mixed_precision in ("no", "bf16", "fp16"),
              f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
 
 

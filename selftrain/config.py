@@ -32,6 +32,7 @@ from typing import Any, Mapping
 from mcts.config import SearchConfig
 from prm.train import TrainConfig
 from selftrain.sft import SFTConfig
+from mcts.options import option, require
 
 __all__ = ["ALGORITHMS", "AlphaLLMConfig", "BerryConfig", "ConfigError", "RunConfig", "config_fingerprint",
            "fingerprint_of", "load_config", "to_dict"]
@@ -40,9 +41,6 @@ ALGORITHMS = ("rest_mcts", "alphallm", "llama_berry", "rest_em")
 MAX_YAML_BYTES = 1 << 20  # a config file is a few hundred bytes
 MAX_YAML_NODES = 100_000  # values of the YAML document once every alias is expanded
 
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 class ConfigError(ValueError):
@@ -53,47 +51,43 @@ class ConfigError(ValueError):
 class AlphaLLMConfig:
     """The AlphaLLM loop's own settings (selftrain.alphallm)."""
 
-    imagined_problems: int = dataclasses.field(default=64, metadata=_help(
-        "problems synthesised per iteration (seeds: the training problems, in turn)"))
-    consistency_samples: int = dataclasses.field(default=8, metadata=_help(
-        "answers sampled per synthesised problem to check that they agree"))
-    min_agreement: float = dataclasses.field(default=0.5, metadata=_help(
+    imagined_problems: int = option(64,
+        "problems synthesised per iteration (seeds: the training problems, in turn)")
+    consistency_samples: int = option(8,
+        "answers sampled per synthesised problem to check that they agree")
+    min_agreement: float = option(0.5,
         "keep a synthesised problem when this share of its sampled answers agree (the majority "
-        "answer becomes its pseudo-gold)"))
-    imagine_max_steps: int = dataclasses.field(default=4, metadata=_help(
-        "chat models: most steps of a synthesised problem's text"))
-    min_width: int = dataclasses.field(default=2, metadata=_help(
-        "eta-MCTS: fewest children of a node (the probe sampled before its importance is known)"))
-    max_width: int = dataclasses.field(default=6, metadata=_help("eta-MCTS: most children of a node"))
-    width_scale: float = dataclasses.field(default=10.0, metadata=_help(
+        "answer becomes its pseudo-gold)")
+    imagine_max_steps: int = option(4,
+        "chat models: most steps of a synthesised problem's text")
+    min_width: int = option(2,
+        "eta-MCTS: fewest children of a node (the probe sampled before its importance is known)")
+    max_width: int = option(6, "eta-MCTS: most children of a node")
+    width_scale: float = option(10.0,
         "eta-MCTS: children = floor(width_scale * I(s)), clipped to [min_width, max_width], with "
-        "I(s) = max over the probed children |v(child) - v(s)|"))
-    merge_threshold: float = dataclasses.field(default=0.05, metadata=_help(
+        "I(s) = max over the probed children |v(child) - v(s)|")
+    merge_threshold: float = option(0.05,
         "eta-MCTS: siblings closer than this normalised edit distance are merged (never two that "
         "state different answers); 0 merges nothing. Toy steps that differ by one slipped digit are "
-        "about 0.07 apart, so keep it below that there"))
-    rollout_depth: int = dataclasses.field(default=2, metadata=_help(
-        "eta-MCTS: fast greedy rollout steps from the best new child (0: none)"))
-    value_weight: float = dataclasses.field(default=0.4, metadata=_help("node value: weight of the value function"))
-    prm_weight: float = dataclasses.field(default=0.4, metadata=_help("node value: weight of the PRM"))
-    orm_weight: float = dataclasses.field(default=0.2, metadata=_help("node value: weight of the ORM (finished steps)"))
+        "about 0.07 apart, so keep it below that there")
+    rollout_depth: int = option(2,
+        "eta-MCTS: fast greedy rollout steps from the best new child (0: none)")
+    value_weight: float = option(0.4, "node value: weight of the value function")
+    prm_weight: float = option(0.4, "node value: weight of the PRM")
+    orm_weight: float = option(0.2, "node value: weight of the ORM (finished steps)")
 
     def __post_init__(self):
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(self.imagined_problems >= 0, f"imagined_problems must be >= 0, got {self.imagined_problems}")
-        need(self.consistency_samples >= 1, f"consistency_samples must be >= 1, got {self.consistency_samples}")
-        need(0 < self.min_agreement <= 1, f"min_agreement must be in (0, 1], got {self.min_agreement}")
-        need(self.imagine_max_steps >= 1, f"imagine_max_steps must be >= 1, got {self.imagine_max_steps}")
-        need(1 <= self.min_width <= self.max_width,
+        require(self.imagined_problems >= 0, f"imagined_problems must be >= 0, got {self.imagined_problems}")
+        require(self.consistency_samples >= 1, f"consistency_samples must be >= 1, got {self.consistency_samples}")
+        require(0 < self.min_agreement <= 1, f"min_agreement must be in (0, 1], got {self.min_agreement}")
+        require(self.imagine_max_steps >= 1, f"imagine_max_steps must be >= 1, got {self.imagine_max_steps}")
+        require(1 <= self.min_width <= self.max_width,
              f"need 1 <= min_width <= max_width, got min_width={self.min_width}, max_width={self.max_width}")
-        need(self.width_scale >= 0, f"width_scale must be >= 0, got {self.width_scale}")
-        need(0 <= self.merge_threshold < 1, f"merge_threshold must be in [0, 1), got {self.merge_threshold}")
-        need(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
+        require(self.width_scale >= 0, f"width_scale must be >= 0, got {self.width_scale}")
+        require(0 <= self.merge_threshold < 1, f"merge_threshold must be in [0, 1), got {self.merge_threshold}")
+        require(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
         weights = (self.value_weight, self.prm_weight, self.orm_weight)
-        need(min(weights) >= 0 and self.prm_weight + self.value_weight > 0,
+        require(min(weights) >= 0 and self.prm_weight + self.value_weight > 0,
              f"critic weights must be >= 0 with value_weight + prm_weight > 0 (an unfinished step needs a "
              f"critic), got value_weight={self.value_weight}, prm_weight={self.prm_weight}, "
              f"orm_weight={self.orm_weight}")
@@ -103,36 +97,32 @@ class AlphaLLMConfig:
 class BerryConfig:
     """The LLaMA-Berry loop's own settings (selftrain.llama_berry)."""
 
-    rollouts: int = dataclasses.field(default=8, metadata=_help(
-        "SR-MCTS: selections per problem after the root's expansion, each a critique and rewrite"))
-    initial_solutions: int = dataclasses.field(default=2, metadata=_help(
-        "SR-MCTS: sampled solutions under the root (beside the dummy \"I don't know\")"))
-    rewrites: int = dataclasses.field(default=1, metadata=_help(
-        "SR-MCTS: rewritten solutions per expansion (the children of a refined node)"))
-    c: float = dataclasses.field(default=1.0, metadata=_help("SR-MCTS: UCT exploration constant"))
-    critique_threshold: float = dataclasses.field(default=0.5, metadata=_help(
-        "toy critique: the first step the PRM scores below this is the error (else the lowest)"))
-    solution_value: str = dataclasses.field(default="last", metadata=_help(
+    rollouts: int = option(8,
+        "SR-MCTS: selections per problem after the root's expansion, each a critique and rewrite")
+    initial_solutions: int = option(2,
+        "SR-MCTS: sampled solutions under the root (beside the dummy \"I don't know\")")
+    rewrites: int = option(1,
+        "SR-MCTS: rewritten solutions per expansion (the children of a refined node)")
+    c: float = option(1.0, "SR-MCTS: UCT exploration constant")
+    critique_threshold: float = option(0.5,
+        "toy critique: the first step the PRM scores below this is the error (else the lowest)")
+    solution_value: str = option("last",
         "a solution's value from its PRM step values: last (the PRM's reading of the whole "
-        "solution), min, mean or prod"))
-    alpha: float = dataclasses.field(default=0.5, metadata=_help("EBC: weight of the Borda score against local Q"))
-    ebc_candidates: int = dataclasses.field(default=8, metadata=_help(
-        "EBC: the distinct answered solutions with the highest Q that the PPRM compares (N(N-1) readings)"))
-    best_solutions: int = dataclasses.field(default=4, metadata=_help(
-        "SFT: the verified-correct solutions of a problem with the highest Q that the policy learns"))
+        "solution), min, mean or prod")
+    alpha: float = option(0.5, "EBC: weight of the Borda score against local Q")
+    ebc_candidates: int = option(8,
+        "EBC: the distinct answered solutions with the highest Q that the PPRM compares (N(N-1) readings)")
+    best_solutions: int = option(4,
+        "SFT: the verified-correct solutions of a problem with the highest Q that the policy learns")
 
     def __post_init__(self):
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
         for name in ("rollouts", "initial_solutions", "rewrites", "ebc_candidates", "best_solutions"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.c >= 0, f"c must be >= 0, got {self.c}")
-        need(0 <= self.critique_threshold <= 1, f"critique_threshold must be in [0, 1], got {self.critique_threshold}")
-        need(self.solution_value in ("last", "min", "mean", "prod"),
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self.c >= 0, f"c must be >= 0, got {self.c}")
+        require(0 <= self.critique_threshold <= 1, f"critique_threshold must be in [0, 1], got {self.critique_threshold}")
+        require(self.solution_value in ("last", "min", "mean", "prod"),
              f"solution_value must be last, min, mean or prod, got {self.solution_value!r}")
-        need(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
+        require(0 <= self.alpha <= 1, f"alpha must be in [0, 1], got {self.alpha}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,110 +131,101 @@ class RunConfig:
     deliberately weak tiny policy and a PRM head that has seen nothing, three iterations, on a CPU
     (about 10 minutes on one core, plus about 4 to build the weak policy once)."""
 
-    name: str = dataclasses.field(default="toy", metadata=_help("run folder name under runs_dir"))
-    runs_dir: str = dataclasses.field(default="runs", metadata=_help("where run folders live"))
-    algorithm: str = dataclasses.field(default="rest_mcts", metadata=_help(
-        f"the loop: {', '.join(ALGORITHMS)} (rest_em: rejection sampling without search, the baseline)"))
-    iterations: int = dataclasses.field(default=3, metadata=_help("self-training iterations after the base"))
-    seed: int = dataclasses.field(default=0, metadata=_help("seed of everything"))
-    policy: str = dataclasses.field(default="weak", metadata=_help(
+    name: str = option("toy", "run folder name under runs_dir")
+    runs_dir: str = option("runs", "where run folders live")
+    algorithm: str = option("rest_mcts",
+        f"the loop: {', '.join(ALGORITHMS)} (rest_em: rejection sampling without search, the baseline)")
+    iterations: int = option(3, "self-training iterations after the base")
+    seed: int = option(0, "seed of everything")
+    policy: str = option("weak",
         "starting policy: 'weak' (the toy policy trained for weak_steps only), 'tiny' (the full toy "
-        "policy) or a local model folder"))
-    weak_steps: int = dataclasses.field(default=1200, metadata=_help(
+        "policy) or a local model folder")
+    weak_steps: int = option(1200,
         "optimizer steps of the weak toy policy (batches of 32; the full one takes 3000). At 1200 it "
         "writes the format and knows some arithmetic facts; with fewer its samples are too rarely "
-        "sound for the search to find solutions to learn from"))
-    weak_traces: int | None = dataclasses.field(default=None, metadata=_help(
+        "sound for the search to find solutions to learn from")
+    weak_traces: int | None = option(None,
         "distinct solutions the weak toy policy is trained on, over and over (None: a fresh one every "
-        "time, weak_steps * 32 in all)"))
-    prm: str = dataclasses.field(default="fresh", metadata=_help(
+        "time, weak_steps * 32 in all)")
+    prm: str = option("fresh",
         "starting PRM: 'fresh' (a new head on the starting policy's backbone: it knows nothing), "
-        "'tiny' (the toy world's trained PRM) or a PRM folder"))
-    prm_target: str = dataclasses.field(default="labels", metadata=_help(
+        "'tiny' (the toy world's trained PRM) or a PRM folder")
+    prm_target: str = option("labels",
         "what the PRM fits from the trees: 'labels' (inferred step correctness, BCE) or 'values' "
-        "(ReST-MCTS* quality values, MSE)"))
-    sft_filter: str = dataclasses.field(default="auto", metadata=_help(
+        "(ReST-MCTS* quality values, MSE)")
+    sft_filter: str = option("auto",
         "which correct-answer solutions the policy learns from: 'outcome' (every one whose final "
         "answer is verified), 'steps' (only those whose every step a checker accepts; the toy "
         "world has one: with small integer answers a wrong derivation often lands on the right "
-        "number) or 'auto' (steps where a checker exists, else outcome)"))
-    sft_balance: str = dataclasses.field(default="none", metadata=_help(
+        "number) or 'auto' (steps where a checker exists, else outcome)")
+    sft_balance: str = option("none",
         "'length': repeat the verified solutions of rarer lengths (up to 8 times) so that each "
         "number of steps weighs about equally in SFT (a search verifies short solutions far more "
-        "often, and a policy tuned on those learns to stop early); 'none': as harvested"))
-    sft_from: str = dataclasses.field(default="base", metadata=_help(
+        "often, and a policy tuned on those learns to stop early); 'none': as harvested")
+    sft_from: str = option("base",
         "fine-tune the policy from the 'previous' iteration's or from the 'base' policy (with "
         "accumulate: the base on every solution found so far, as ReST-EM does, so that no solution "
-        "is learnt over and over)"))
-    accumulate: bool = dataclasses.field(default=True, metadata=_help(
-        "train on the data harvested by every iteration so far (else this iteration's only)"))
-    backend: str = dataclasses.field(default="hf", metadata=_help("policy engine: hf or vllm"))
-    executor: str = dataclasses.field(default="local", metadata=_help(
-        "where the search stages run: local or ray (treesearch.executor)"))
-    actors: int | None = dataclasses.field(default=None, metadata=_help("Ray actors (None: one per GPU, else 1)"))
-    device: str | None = dataclasses.field(default=None, metadata=_help("torch device of the models (None: auto)"))
-    threads: int = dataclasses.field(default=1, metadata=_help(
+        "is learnt over and over)")
+    accumulate: bool = option(True,
+        "train on the data harvested by every iteration so far (else this iteration's only)")
+    backend: str = option("hf", "policy engine: hf or vllm")
+    executor: str = option("local",
+        "where the search stages run: local or ray (treesearch.executor)")
+    actors: int | None = option(None, "Ray actors (None: one per GPU, else 1)")
+    device: str | None = option(None, "torch device of the models (None: auto)")
+    threads: int = option(1,
         "torch CPU threads of training and scoring (fixed, so that a run is reproducible; the toy "
-        "models gain little from more, and threads that outnumber free cores stall)"))
-    train_file: str | None = dataclasses.field(default=None, metadata=_help(
-        "training problems with answers (JSONL); None: generated toy problems"))
-    train_problems: int = dataclasses.field(default=1536, metadata=_help(
-        "training problems searched per iteration (the same ones every iteration)"))
-    eval_file: str | None = dataclasses.field(default=None, metadata=_help(
-        "held-out problems with answers; None: generated toy problems (other seeds)"))
-    eval_problems: int = dataclasses.field(default=300, metadata=_help("held-out problems for greedy accuracy"))
-    eval_search_problems: int = dataclasses.field(default=60, metadata=_help(
-        "held-out problems for search accuracy (a subset of the above)"))
-    prm_eval_traces: int = dataclasses.field(default=400, metadata=_help(
-        "oracle-labelled held-out traces for the PRM's step AUC (toy world only)"))
-    prm_eval: str = dataclasses.field(default="policy", metadata=_help(
+        "models gain little from more, and threads that outnumber free cores stall)")
+    train_file: str | None = option(None,
+        "training problems with answers (JSONL); None: generated toy problems")
+    train_problems: int = option(1536,
+        "training problems searched per iteration (the same ones every iteration)")
+    eval_file: str | None = option(None,
+        "held-out problems with answers; None: generated toy problems (other seeds)")
+    eval_problems: int = option(300, "held-out problems for greedy accuracy")
+    eval_search_problems: int = option(60,
+        "held-out problems for search accuracy (a subset of the above)")
+    prm_eval_traces: int = option(400,
+        "oracle-labelled held-out traces for the PRM's step AUC (toy world only)")
+    prm_eval: str = option("policy",
         "whose traces the PRM's AUC is measured on: 'policy' (sampled from the starting policy: the "
-        "steps the PRM is asked to judge in this run) or 'scripted' (the scripted policy's slips)"))
-    min_ops: int = dataclasses.field(default=1, metadata=_help("generated toy problems: fewest operations"))
-    max_ops: int = dataclasses.field(default=2, metadata=_help(
+        "steps the PRM is asked to judge in this run) or 'scripted' (the scripted policy's slips)")
+    min_ops: int = option(1, "generated toy problems: fewest operations")
+    max_ops: int = option(2,
         "generated toy problems: most operations (the weak policy almost never finds a sound "
-        "3-operation solution, and a harvest of short solutions only teaches it to stop early)"))
-    batch: int = dataclasses.field(default=64, metadata=_help("problems searched together (one shard)"))
-    rest_em_samples: int | None = dataclasses.field(default=None, metadata=_help(
-        "rest_em: solutions sampled per problem (None: as many tokens as the tree search spent)"))
+        "3-operation solution, and a harvest of short solutions only teaches it to stop early)")
+    batch: int = option(64, "problems searched together (one shard)")
+    rest_em_samples: int | None = option(None,
+        "rest_em: solutions sampled per problem (None: as many tokens as the tree search spent)")
     # leaf_value 'mean', not the search's 'max': guided by a PRM that is still learning, the best of
     # a leaf's children's values chases its noise. Measured with every other default (`selftrain
     # run`, seed 0): held-out search accuracy at iteration 0 (PRM AUC 0.50) 0.117 with 'mean' against
     # 0.050 with 'max'. From iteration 1 on the two were alike (0.050 each; 279 and 280 traces
     # harvested, PRM AUC 0.648 and 0.640), so 'mean' stays, as before.
-    search: SearchConfig = dataclasses.field(
-        default_factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4, leaf_value="mean"),
-        metadata=_help("the search of the training problems"))
-    sft: SFTConfig = dataclasses.field(default_factory=lambda: SFTConfig(epochs=8.0, lr=3e-4),
-                                       metadata=_help("policy fine-tuning (defaults for the toy policy)"))
-    prm_train: TrainConfig = dataclasses.field(
-        default_factory=lambda: TrainConfig(epochs=2.0, max_steps=150, batch_size=32, lr=1e-3, save_every=50),
-        metadata=_help("PRM training"))
-    alphallm: AlphaLLMConfig = dataclasses.field(default_factory=AlphaLLMConfig, metadata=_help("AlphaLLM loop"))
-    llama_berry: BerryConfig = dataclasses.field(default_factory=BerryConfig, metadata=_help("LLaMA-Berry loop"))
+    search: SearchConfig = option(factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4, leaf_value="mean"), help="the search of the training problems")
+    sft: SFTConfig = option(factory=lambda: SFTConfig(epochs=8.0, lr=3e-4), help="policy fine-tuning (defaults for the toy policy)")
+    prm_train: TrainConfig = option(factory=lambda: TrainConfig(epochs=2.0, max_steps=150, batch_size=32, lr=1e-3, save_every=50), help="PRM training")
+    alphallm: AlphaLLMConfig = option(factory=AlphaLLMConfig, help="AlphaLLM loop")
+    llama_berry: BerryConfig = option(factory=BerryConfig, help="LLaMA-Berry loop")
 
     def __post_init__(self):
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ValueError(message)
-
-        need(self.algorithm in ALGORITHMS, f"algorithm={self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
-        need(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
-        need(self.prm_eval in ("policy", "scripted"), f"prm_eval must be 'policy' or 'scripted', got {self.prm_eval!r}")
-        need(self.prm_target in ("labels", "values"), f"prm_target must be 'labels' or 'values', got {self.prm_target!r}")
-        need(self.sft_filter in ("outcome", "steps", "auto"),
+        require(self.algorithm in ALGORITHMS, f"algorithm={self.algorithm!r} is not one of {', '.join(ALGORITHMS)}")
+        require(self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}")
+        require(self.prm_eval in ("policy", "scripted"), f"prm_eval must be 'policy' or 'scripted', got {self.prm_eval!r}")
+        require(self.prm_target in ("labels", "values"), f"prm_target must be 'labels' or 'values', got {self.prm_target!r}")
+        require(self.sft_filter in ("outcome", "steps", "auto"),
              f"sft_filter must be 'outcome', 'steps' or 'auto', got {self.sft_filter!r}")
-        need(self.sft_balance in ("none", "length"), f"sft_balance must be 'none' or 'length', got {self.sft_balance!r}")
-        need(self.sft_from in ("previous", "base"), f"sft_from must be 'previous' or 'base', got {self.sft_from!r}")
-        need(self.backend in ("hf", "vllm"), f"backend must be 'hf' or 'vllm', got {self.backend!r}")
-        need(self.executor in ("local", "ray"), f"executor must be 'local' or 'ray', got {self.executor!r}")
+        require(self.sft_balance in ("none", "length"), f"sft_balance must be 'none' or 'length', got {self.sft_balance!r}")
+        require(self.sft_from in ("previous", "base"), f"sft_from must be 'previous' or 'base', got {self.sft_from!r}")
+        require(self.backend in ("hf", "vllm"), f"backend must be 'hf' or 'vllm', got {self.backend!r}")
+        require(self.executor in ("local", "ray"), f"executor must be 'local' or 'ray', got {self.executor!r}")
         for name in ("train_problems", "eval_problems", "batch", "threads", "weak_steps"):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        need(self.weak_traces is None or self.weak_traces >= 1, f"weak_traces must be None or >= 1, got {self.weak_traces}")
-        need(0 <= self.eval_search_problems <= self.eval_problems,
+            require(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        require(self.weak_traces is None or self.weak_traces >= 1, f"weak_traces must be None or >= 1, got {self.weak_traces}")
+        require(0 <= self.eval_search_problems <= self.eval_problems,
              f"eval_search_problems must be in [0, eval_problems], got {self.eval_search_problems}")
-        need(1 <= self.min_ops <= self.max_ops <= 8, f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
-        need(self.name and "/" not in self.name and self.name not in (".", ".."), f"name must be a folder name, got {self.name!r}")
+        require(1 <= self.min_ops <= self.max_ops <= 8, f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
+        require(self.name and "/" not in self.name and self.name not in (".", ".."), f"name must be a folder name, got {self.name!r}")
 
     @property
     def folder(self) -> Path:

@@ -19,37 +19,34 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from prm.train import TrainConfig, save_atomic, train_rows
+from mcts.options import option
 
 __all__ = ["SFTConfig", "encode_sft_rows", "sft_policy"]
 
 IGNORE_INDEX = -100
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
     """How the policy is fine-tuned on harvested solutions."""
 
-    epochs: float = dataclasses.field(default=3.0, metadata=_help("passes over the harvested solutions"))
-    max_steps: int | None = dataclasses.field(default=None, metadata=_help("stop after this many optimizer steps"))
-    batch_size: int = dataclasses.field(default=32, metadata=_help("solutions per micro-batch"))
-    grad_accum: int = dataclasses.field(default=1, metadata=_help("micro-batches per optimizer step"))
-    lr: float = dataclasses.field(default=1e-3, metadata=_help(
-        "peak learning rate (the toy policy trains at 5e-3 from scratch; real models want ~1e-5 full, ~1e-4 LoRA)"))
-    warmup_ratio: float = dataclasses.field(default=0.05, metadata=_help("fraction of the steps of linear warmup"))
-    min_lr_ratio: float = dataclasses.field(default=0.1, metadata=_help("final LR as a fraction of the peak"))
-    weight_decay: float = dataclasses.field(default=0.01, metadata=_help("AdamW weight decay on matrices"))
-    lora: bool = dataclasses.field(default=False, metadata=_help("train a LoRA adapter (peft) instead of every weight"))
-    lora_r: int = dataclasses.field(default=16, metadata=_help("LoRA rank"))
-    lora_alpha: int = dataclasses.field(default=32, metadata=_help("LoRA alpha"))
-    lora_targets: tuple[str, ...] = dataclasses.field(default=("q_proj", "k_proj", "v_proj", "o_proj"),
-                                                      metadata=_help("module names LoRA adapts"))
-    save_every: int | None = dataclasses.field(default=50, metadata=_help(
-        "checkpoint every this many optimizer steps (resume after a crash); None: none"))
-    max_length: int | None = dataclasses.field(default=None, metadata=_help("most tokens per row (None: the model's)"))
+    epochs: float = option(3.0, "passes over the harvested solutions")
+    max_steps: int | None = option(None, "stop after this many optimizer steps")
+    batch_size: int = option(32, "solutions per micro-batch")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(1e-3,
+        "peak learning rate (the toy policy trains at 5e-3 from scratch; real models want ~1e-5 full, ~1e-4 LoRA)")
+    warmup_ratio: float = option(0.05, "fraction of the steps of linear warmup")
+    min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak")
+    weight_decay: float = option(0.01, "AdamW weight decay on matrices")
+    lora: bool = option(False, "train a LoRA adapter (peft) instead of every weight")
+    lora_r: int = option(16, "LoRA rank")
+    lora_alpha: int = option(32, "LoRA alpha")
+    lora_targets: tuple[str, ...] = option(("q_proj", "k_proj", "v_proj", "o_proj"), "module names LoRA adapts")
+    save_every: int | None = option(50,
+        "checkpoint every this many optimizer steps (resume after a crash); None: none")
+    max_length: int | None = option(None, "most tokens per row (None: the model's)")
 
     def __post_init__(self):
         if self.lora_r < 1 or self.lora_alpha < 1:

@@ -1,6 +1,6 @@
 """The import graph of the package, read from its own files with `ast`: one direction of imports.
 
-    mcts.core <- mcts.{grading, problems, files} <- mcts.{policy, envs} <- mcts.{answers, traces, search,
+    mcts.core <- mcts.{grading, problems, files, options} <- mcts.{policy, envs} <- mcts.{answers, traces, search,
     baselines, algorithms} <- prm <- treesearch (the edge: loaders, executor, results, cli)
     <- selftrain
 
@@ -22,7 +22,7 @@ PACKAGES = ("mcts", "prm", "selftrain", "treesearch")
 # (prefix, layer): the longest matching prefix names a module's layer.
 LAYERS = (
     ("mcts.core", 0),
-    ("mcts.grading", 1), ("mcts.problems", 1), ("mcts.files", 1),
+    ("mcts.grading", 1), ("mcts.problems", 1), ("mcts.files", 1), ("mcts.options", 1),
     ("mcts.policy", 2), ("mcts.envs", 2),
     ("mcts", 3),
     ("prm", 4),

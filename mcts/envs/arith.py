@@ -67,6 +67,7 @@ from mcts.envs.arith_steps import (
     step_value,
 )
 from mcts.policy.base import Prefix, Step
+from mcts.options import option
 
 __all__ = [
     "MAX_OPS",
@@ -109,26 +110,20 @@ MAX_OPS = 8
 # Problem generation
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclasses.dataclass(frozen=True)
 class ArithConfig:
     """The difficulty knobs of generated problems."""
 
-    min_ops: int = dataclasses.field(default=1, metadata=_help("fewest operations per problem (1-8)"))
-    max_ops: int = dataclasses.field(default=4, metadata=_help("most operations per problem (1-8)"))
-    min_operand: int = dataclasses.field(default=1, metadata=_help("smallest operand (>= 0)"))
-    max_operand: int = dataclasses.field(default=20, metadata=_help("largest operand"))
-    operators: str = dataclasses.field(default=OPERATORS, metadata=_help("operators to draw from, a subset of '+-*'"))
-    parens: bool = dataclasses.field(
-        default=True, metadata=_help("random expression trees (parentheses where their shape needs them); "
-                                     "False: flat expressions read by precedence alone"))
-    max_value: int | None = dataclasses.field(
-        default=None, metadata=_help("bound on |every intermediate value and the answer|; None: unbounded"))
-    max_attempts: int = dataclasses.field(
-        default=1000, metadata=_help("draws per problem before giving up on `max_value`"))
+    min_ops: int = option(1, "fewest operations per problem (1-8)")
+    max_ops: int = option(4, "most operations per problem (1-8)")
+    min_operand: int = option(1, "smallest operand (>= 0)")
+    max_operand: int = option(20, "largest operand")
+    operators: str = option(OPERATORS, "operators to draw from, a subset of '+-*'")
+    parens: bool = option(True, "random expression trees (parentheses where their shape needs them); "
+                                     "False: flat expressions read by precedence alone")
+    max_value: int | None = option(None, "bound on |every intermediate value and the answer|; None: unbounded")
+    max_attempts: int = option(1000, "draws per problem before giving up on `max_value`")
 
     def __post_init__(self):
         for name in ("min_ops", "max_ops", "min_operand", "max_operand", "max_attempts"):
@@ -252,13 +247,13 @@ class OraclePRM:
     gives the same value, whatever else was scored in between.
     """
 
-    noise: float = dataclasses.field(default=0.0, metadata=_help(
-        "'flip': probability that the score is flipped; 'gaussian': the standard deviation"))
-    kind: str = dataclasses.field(default="flip", metadata=_help(
-        "'flip' (symmetric label noise) or 'gaussian' (clean + N(0, noise^2), clipped to [0, 1])"))
-    seed: int = dataclasses.field(default=0, metadata=_help("seed of the noise"))
-    answers: Mapping[str, int | str] | None = dataclasses.field(default=None, metadata=_help(
-        "gold answer per problem text; None: a problem's gold is the value of its expression"))
+    noise: float = option(0.0,
+        "'flip': probability that the score is flipped; 'gaussian': the standard deviation")
+    kind: str = option("flip",
+        "'flip' (symmetric label noise) or 'gaussian' (clean + N(0, noise^2), clipped to [0, 1])")
+    seed: int = option(0, "seed of the noise")
+    answers: Mapping[str, int | str] | None = option(None,
+        "gold answer per problem text; None: a problem's gold is the value of its expression")
 
     def __post_init__(self):
         if self.kind not in ("flip", "gaussian"):

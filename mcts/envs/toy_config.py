@@ -15,56 +15,54 @@ import dataclasses
 import math
 
 from mcts.envs.arith import ArithConfig
+from mcts.options import option
 
 __all__ = ["FULL_CONFIG", "QUICK_CONFIG", "ToyTrainConfig", "toy_problem_config"]
 
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 @dataclasses.dataclass(frozen=True)
 class ToyTrainConfig:
     """The architecture, data and optimisation of a toy policy build."""
 
-    hidden_size: int = dataclasses.field(default=96, metadata=_help("model width"))
-    num_layers: int = dataclasses.field(default=3, metadata=_help("transformer blocks"))
-    num_heads: int = dataclasses.field(default=3, metadata=_help("attention heads (hidden_size must divide)"))
-    intermediate_size: int = dataclasses.field(default=288, metadata=_help("MLP width"))
-    max_positions: int = dataclasses.field(default=1024, metadata=_help("context length"))
-    steps: int = dataclasses.field(default=3000, metadata=_help("optimizer steps (when seconds is None)"))
-    seconds: float | None = dataclasses.field(default=None, metadata=_help(
+    hidden_size: int = option(96, "model width")
+    num_layers: int = option(3, "transformer blocks")
+    num_heads: int = option(3, "attention heads (hidden_size must divide)")
+    intermediate_size: int = option(288, "MLP width")
+    max_positions: int = option(1024, "context length")
+    steps: int = option(3000, "optimizer steps (when seconds is None)")
+    seconds: float | None = option(None,
         "train for about this many seconds instead of `steps`: the step count is set from the speed "
-        "of the first steps (machine-dependent)"))
-    batch_size: int = dataclasses.field(default=32, metadata=_help("traces per step"))
-    lr: float = dataclasses.field(default=5e-3, metadata=_help("peak learning rate (AdamW)"))
-    min_lr_ratio: float = dataclasses.field(default=0.1, metadata=_help("final LR as a fraction of the peak"))
-    warmup_steps: int = dataclasses.field(default=100, metadata=_help("linear warmup steps, then cosine decay"))
-    weight_decay: float = dataclasses.field(default=0.01, metadata=_help("AdamW weight decay on matrices"))
-    grad_clip: float = dataclasses.field(default=1.0, metadata=_help("gradient norm clip"))
-    min_ops: int = dataclasses.field(default=1, metadata=_help("fewest operations of a training problem"))
-    max_ops: int = dataclasses.field(default=6, metadata=_help("most operations of a training problem"))
-    max_operand: int = dataclasses.field(default=10, metadata=_help("largest operand of a training problem"))
-    max_value: int | None = dataclasses.field(default=100, metadata=_help(
-        "bound on |every intermediate value| of a training problem (ArithConfig.max_value); None: unbounded"))
-    ops_weights: tuple[float, ...] | None = dataclasses.field(default=(4, 3, 2, 1, 1, 1), metadata=_help(
-        "relative frequency of each number of operations min_ops..max_ops; None: uniform"))
-    distinct_traces: int | None = dataclasses.field(default=None, metadata=_help(
+        "of the first steps (machine-dependent)")
+    batch_size: int = option(32, "traces per step")
+    lr: float = option(5e-3, "peak learning rate (AdamW)")
+    min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak")
+    warmup_steps: int = option(100, "linear warmup steps, then cosine decay")
+    weight_decay: float = option(0.01, "AdamW weight decay on matrices")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    min_ops: int = option(1, "fewest operations of a training problem")
+    max_ops: int = option(6, "most operations of a training problem")
+    max_operand: int = option(10, "largest operand of a training problem")
+    max_value: int | None = option(100,
+        "bound on |every intermediate value| of a training problem (ArithConfig.max_value); None: unbounded")
+    ops_weights: tuple[float, ...] | None = option((4, 3, 2, 1, 1, 1),
+        "relative frequency of each number of operations min_ops..max_ops; None: uniform")
+    distinct_traces: int | None = option(None,
         "train on only the first this many traces, over and over (a deliberately data-starved policy, "
-        "the starting point of self-training); None: a fresh trace every time"))
-    noisy_fraction: float = dataclasses.field(default=0.25, metadata=_help(
-        "fraction of traces rolled out by the noisy scripted policy (slips in context, no loss on them)"))
-    slip_rate: float = dataclasses.field(default=0.15, metadata=_help(
-        "base_eps of that scripted policy (its slip rate on one-digit + and -)"))
-    data_seed: int = dataclasses.field(default=1234, metadata=_help("seed of the training problems and slips"))
-    seed: int = dataclasses.field(default=0, metadata=_help("seed of the initialisation and batch order"))
-    num_threads: int | None = dataclasses.field(default=1, metadata=_help(
+        "the starting point of self-training); None: a fresh trace every time")
+    noisy_fraction: float = option(0.25,
+        "fraction of traces rolled out by the noisy scripted policy (slips in context, no loss on them)")
+    slip_rate: float = option(0.15,
+        "base_eps of that scripted policy (its slip rate on one-digit + and -)")
+    data_seed: int = option(1234, "seed of the training problems and slips")
+    seed: int = option(0, "seed of the initialisation and batch order")
+    num_threads: int | None = option(1,
         "torch threads while training (the result depends on it: a fixed count makes a build "
-        "reproducible bit for bit); None: `default_threads()` (the CPUs not kept busy by others)"))
-    eval_per_ops: int = dataclasses.field(default=100, metadata=_help(
-        "problems per number of operations (1-6) for the accuracy recorded after training; 0: skip"))
-    eval_samples: int = dataclasses.field(default=0, metadata=_help(
-        "samples per prefix for the recorded T=1 step rates; 0: greedy accuracy only (faster)"))
+        "reproducible bit for bit); None: `default_threads()` (the CPUs not kept busy by others)")
+    eval_per_ops: int = option(100,
+        "problems per number of operations (1-6) for the accuracy recorded after training; 0: skip")
+    eval_samples: int = option(0,
+        "samples per prefix for the recorded T=1 step rates; 0: greedy accuracy only (faster)")
 
     def __post_init__(self):
         for name in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_positions",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, SamplingTruncation, Step
+from mcts.options import option
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -49,9 +50,6 @@ REQUEST_SEED_MODULUS = 2**31 - 1
 _SEED_STRIDE = 1_000_003
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -62,25 +60,25 @@ class PolicyGenerationConfig:
     """The generation settings every model backend shares (`HFPolicyConfig` and `VLLMPolicyConfig`
     add their own). Keyword-only; validated on construction (ValueError naming the field)."""
 
-    max_new_tokens: int | None = dataclasses.field(default=None, metadata=_help(
+    max_new_tokens: int | None = option(None,
         "most tokens one step may take; a step that reaches it without the delimiter is truncated "
-        "(a dead end: finished); None: what the model folder declares in treesearch_policy.json, else 256"))
-    delimiter: str | None = dataclasses.field(default=None, metadata=_help(
+        "(a dead end: finished); None: what the model folder declares in treesearch_policy.json, else 256")
+    delimiter: str | None = option(None,
         "the step delimiter ('\\n\\n' for MATH-style models, '\\n' for the toy world); None: the one the "
-        "model folder declares in treesearch_policy.json, else '\\n\\n'"))
-    chat_template: bool | None = dataclasses.field(default=None, metadata=_help(
-        "wrap the problem in the tokenizer's chat template; None: when the tokenizer has one"))
-    system_prompt: str | None = dataclasses.field(default=None, metadata=_help(
-        "system message of the chat template (None: none)"))
-    top_k: int = dataclasses.field(default=0, metadata=_help("top-k sampling; 0 turns it off"))
-    top_p: float = dataclasses.field(default=1.0, metadata=_help("nucleus sampling; 1 turns it off"))
-    min_p: float = dataclasses.field(default=0.0, metadata=_help(
-        "min-p sampling: keep tokens at least this fraction as likely as the most likely one; 0 turns it off"))
-    seed: int | None = dataclasses.field(default=0, metadata=_help(
-        "seed of the sampling: the same seed and sequence of calls give the same steps"))
-    trust_remote_code: bool = dataclasses.field(default=False, metadata=_help(
+        "model folder declares in treesearch_policy.json, else '\\n\\n'")
+    chat_template: bool | None = option(None,
+        "wrap the problem in the tokenizer's chat template; None: when the tokenizer has one")
+    system_prompt: str | None = option(None,
+        "system message of the chat template (None: none)")
+    top_k: int = option(0, "top-k sampling; 0 turns it off")
+    top_p: float = option(1.0, "nucleus sampling; 1 turns it off")
+    min_p: float = option(0.0,
+        "min-p sampling: keep tokens at least this fraction as likely as the most likely one; 0 turns it off")
+    seed: int | None = option(0,
+        "seed of the sampling: the same seed and sequence of calls give the same steps")
+    trust_remote_code: bool = option(False,
         "let a model folder run its own Python code (the auto_map of its config.json): only for a "
-        "folder you trust; off, such a folder is refused (a model folder cannot declare it)"))
+        "folder you trust; off, such a folder is refused (a model folder cannot declare it)")
 
     def __post_init__(self):
         if self.max_new_tokens is not None and not _positive_int(self.max_new_tokens):

@@ -51,6 +51,7 @@ from mcts.policy.generation import (
 )
 from mcts.policy.remote_code import check_remote_code
 from mcts.policy.torch_utils import torch_threads
+from mcts.options import option
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -71,9 +72,6 @@ _TORCH_SEED_MODULUS = 2**63
 _UNDECLARABLE = ("trust_remote_code",)
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HFPolicyConfig(PolicyGenerationConfig):
@@ -81,18 +79,18 @@ class HFPolicyConfig(PolicyGenerationConfig):
     (`PolicyGenerationConfig`: max_new_tokens, delimiter, chat_template, system_prompt, top_k,
     top_p, min_p, seed, trust_remote_code), and those of transformers below. `seed` must be an int."""
 
-    batch_size: int | None = dataclasses.field(default=None, metadata=_help(
-        "sequences (prompts x samples) per generate call; None: what the model folder declares, else 32"))
-    device: str = dataclasses.field(default="auto", metadata=_help(
-        "'auto' (CUDA when available; an in-memory model stays where it is), 'cpu', 'cuda', 'cuda:1', ..."))
-    dtype: str = dataclasses.field(default="auto", metadata=_help(
+    batch_size: int | None = option(None,
+        "sequences (prompts x samples) per generate call; None: what the model folder declares, else 32")
+    device: str = option("auto",
+        "'auto' (CUDA when available; an in-memory model stays where it is), 'cpu', 'cuda', 'cuda:1', ...")
+    dtype: str = option("auto",
         "'auto' (bfloat16 on CUDA, else float32; an in-memory model keeps its own), 'float32', "
-        "'bfloat16' or 'float16'"))
-    max_context: int | None = dataclasses.field(default=None, metadata=_help(
-        "most positions a prompt plus max_new_tokens may use; None: the model's max_position_embeddings"))
-    num_threads: int | None = dataclasses.field(default=None, metadata=_help(
+        "'bfloat16' or 'float16'")
+    max_context: int | None = option(None,
+        "most positions a prompt plus max_new_tokens may use; None: the model's max_position_embeddings")
+    num_threads: int | None = option(None,
         "torch CPU threads while generating (restored after); None: leave torch's setting. Small "
-        "models decode faster on 1 thread, and many threads on a busy CPU stall at every barrier"))
+        "models decode faster on 1 thread, and many threads on a busy CPU stall at every barrier")
 
     def __post_init__(self):
         super().__post_init__()

@@ -41,12 +41,10 @@ from mcts.envs.arith import (
     replace_at,
 )
 from mcts.policy.base import Prefix, SamplingTruncation, Step, check_propose_args
+from mcts.options import option
 
 __all__ = ["ScriptedPolicy", "ToyPolicyConfig", "current_expression"]
 
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 def _digits(x: int) -> int:
@@ -61,19 +59,19 @@ class ToyPolicyConfig:
                                * (mul_factor if op is '*' else 1))
     """
 
-    base_eps: float = dataclasses.field(default=0.05, metadata=_help(
-        "slip probability of a one-digit + or - reduction"))
-    digit_factor: float = dataclasses.field(default=0.5, metadata=_help(
-        "relative increase of eps per operand digit beyond the first of each operand"))
-    mul_factor: float = dataclasses.field(default=2.0, metadata=_help("eps multiplier for '*'"))
-    max_eps: float = dataclasses.field(default=0.5, metadata=_help(
-        "cap on eps; at most 0.5 keeps the correct step the most likely one"))
-    answer_eps: float = dataclasses.field(default=0.0, metadata=_help(
-        "slip probability of the final-answer step (copying the value into the box)"))
-    off_by: tuple[int, ...] = dataclasses.field(default=(-3, -2, -1, 1, 2, 3), metadata=_help(
-        "the offsets of an off-by-a-few slip"))
-    slip_weights: tuple[float, float, float] = dataclasses.field(default=(0.5, 0.25, 0.25), metadata=_help(
-        "relative weights of the slip kinds: off by a few, swapped digits, wrong operator"))
+    base_eps: float = option(0.05,
+        "slip probability of a one-digit + or - reduction")
+    digit_factor: float = option(0.5,
+        "relative increase of eps per operand digit beyond the first of each operand")
+    mul_factor: float = option(2.0, "eps multiplier for '*'")
+    max_eps: float = option(0.5,
+        "cap on eps; at most 0.5 keeps the correct step the most likely one")
+    answer_eps: float = option(0.0,
+        "slip probability of the final-answer step (copying the value into the box)")
+    off_by: tuple[int, ...] = option((-3, -2, -1, 1, 2, 3),
+        "the offsets of an off-by-a-few slip")
+    slip_weights: tuple[float, float, float] = option((0.5, 0.25, 0.25),
+        "relative weights of the slip kinds: off by a few, swapped digits, wrong operator")
 
     def __post_init__(self):
         for name in ("base_eps", "max_eps", "answer_eps"):

@@ -69,6 +69,7 @@ from mcts.policy.generation import (
 )
 from mcts.policy.hf_policy import read_policy_defaults
 from mcts.policy.remote_code import check_remote_code
+from mcts.options import option
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -84,9 +85,6 @@ INSTALL_HINT = (
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
-
-def _help(text: str) -> dict:
-    return {"help": text}
 
 
 def _import_vllm():
@@ -105,33 +103,33 @@ class VLLMPolicyConfig(PolicyGenerationConfig):
     system_prompt, top_k, top_p, min_p, seed, trust_remote_code), and the engine's below. Here
     max_new_tokens is an int (default 256, not read from the folder) and seed may be None."""
 
-    max_new_tokens: int = dataclasses.field(default=DEFAULT_MAX_NEW_TOKENS, metadata=_help(
+    max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS,
         "most tokens one step may take; a step that reaches it without the delimiter is truncated "
-        "(a dead end: finished)"))
-    seed: int | None = dataclasses.field(default=0, metadata=_help(
+        "(a dead end: finished)")
+    seed: int | None = option(0,
         "seed of the engine and of every request's sampling: the same seed and sequence of calls give "
         "the same steps, whatever else is batched with them; None: unseeded requests (vLLM then "
-        "samples the whole batch at once, a little faster, but not reproducibly)"))
-    max_model_len: int | None = dataclasses.field(default=None, metadata=_help(
+        "samples the whole batch at once, a little faster, but not reproducibly)")
+    max_model_len: int | None = option(None,
         "most positions a prompt plus max_new_tokens may use (the engine's max_model_len); None: the "
-        "model's own (max_position_embeddings)"))
-    tensor_parallel_size: int = dataclasses.field(default=1, metadata=_help(
-        "GPUs the model is split over (tensor parallelism)"))
-    dtype: str = dataclasses.field(default="auto", metadata=_help(
+        "model's own (max_position_embeddings)")
+    tensor_parallel_size: int = option(1,
+        "GPUs the model is split over (tensor parallelism)")
+    dtype: str = option("auto",
         "weights and activations: 'auto' (as HFPolicy's: float32 on CPU; on GPU vLLM's choice, the "
-        "checkpoint's dtype or bfloat16 for a float32 one), 'float32', 'bfloat16' or 'float16'"))
-    gpu_memory_utilization: float = dataclasses.field(default=0.9, metadata=_help(
+        "checkpoint's dtype or bfloat16 for a float32 one), 'float32', 'bfloat16' or 'float16'")
+    gpu_memory_utilization: float = option(0.9,
         "fraction of the GPU memory vLLM may take (weights + KV cache); on CPU the KV cache is sized "
-        "by the VLLM_CPU_KVCACHE_SPACE environment variable (GiB) instead"))
-    enforce_eager: bool = dataclasses.field(default=False, metadata=_help(
-        "run the model eagerly: no CUDA graphs or torch.compile (starts faster, decodes slower)"))
-    enable_prefix_caching: bool = dataclasses.field(default=True, metadata=_help(
+        "by the VLLM_CPU_KVCACHE_SPACE environment variable (GiB) instead")
+    enforce_eager: bool = option(False,
+        "run the model eagerly: no CUDA graphs or torch.compile (starts faster, decodes slower)")
+    enable_prefix_caching: bool = option(True,
         "reuse the KV blocks of shared prompt prefixes (a tree's prefixes share their problem and "
-        "parents); off only to measure what it saves"))
-    llm_kwargs: dict | None = dataclasses.field(default=None, metadata=_help(
+        "parents); off only to measure what it saves")
+    llm_kwargs: dict | None = option(None,
         "further keyword arguments of vllm.LLM (e.g. distributed_executor_backend, "
         "kv_cache_memory_bytes, swap_space); they win over the fields above (trust_remote_code is "
-        "the field's alone)"))
+        "the field's alone)")
 
     def __post_init__(self):
         if self.max_new_tokens is None:
