@@ -13,12 +13,14 @@ accuracy with a 95% confidence interval (bootstrap over problems, the seeds aver
 resample), tokens the policy actually generated per problem (the budget really spent), finished
 candidates per problem, and pass@k: the share of problems where some finished candidate states the
 gold answer, the ceiling a perfect answer selector would reach. The scorer is the toy world's
-oracle PRM with label noise (--oracle-noise; it reads the gold answer, and the table says so), or a
-trained PRM folder (--prm). The table goes to stdout (and JSON lines with --json); the plot (one
+trained PRM shipped in the package (--prm tiny, the default), a trained PRM folder, or, for tests
+of the search logic, the oracle PRM with label noise (--prm oracle --oracle-noise; it reads the gold
+answer, and the table says so). The table goes to stdout (and JSON lines with --json); the plot (one
 panel per policy and difficulty, accuracy against tokens on a log axis) to --plot.
 
     python benchmarks/search_quality.py --policies tiny --ops 1-4 --per-ops --problems 80 \
         --algorithms greedy,best_of_n,self_consistency,mcts_star --simulations 32 --samples 32 --seeds 0,1,2
+    python benchmarks/search_quality.py ... --prm oracle     # the search logic under an exact-but-noisy scorer
     python benchmarks/search_quality.py                 # full sweep (tens of minutes on 2 cores)
     python benchmarks/search_quality.py --quick         # a few minutes
 
@@ -44,6 +46,7 @@ from mcts.envs.arith import ArithConfig, generate_problems
 from mcts.grading import is_equivalent
 from mcts.algorithms import run_algorithm
 from mcts.config import SearchConfig, TREE_RULES
+from treesearch.cli import scorer_label
 from treesearch.loaders import load_proposer, load_scorer
 
 SAMPLING = ("best_of_n", "self_consistency", "weighted_self_consistency")
@@ -74,7 +77,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tree-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also run every tree algorithm with these SearchConfig fields changed, labelled NAME, "
                         "e.g. 'fixed:max_children=4,revisit_terminals=true' (repeatable)")
-    p.add_argument("--prm", default="oracle", help="'oracle' or a trained PRM folder")
+    p.add_argument("--prm", default="tiny", help="'tiny' (the shipped toy PRM), a trained PRM folder, or 'oracle' "
+                   "(reads the gold answer: for tests of the search logic)")
     p.add_argument("--oracle-noise", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=64, help="problems searched together")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma list: every run is repeated per seed")
@@ -179,8 +183,7 @@ def run(args) -> list[dict]:
                     by_ops[p["ops"]].append(hits[:, j].mean())
                 rows.append({
                     "policy": policy_name, "ops": f"{lo}-{hi}", "algorithm": algorithm, "budget": budget,
-                    "scorer": "oracle (reads the gold answer), noise " + str(args.oracle_noise)
-                              if args.prm == "oracle" else args.prm,
+                    "scorer": scorer_label(args.prm, args.oracle_noise),
                     "seeds": len(args.seeds), "problems": len(problems),
                     "accuracy": float(hits.mean()), "ci_low": low, "ci_high": high,
                     "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},

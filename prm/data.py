@@ -300,12 +300,18 @@ def iter_file(path: str | Path) -> Iterator[tuple[int, Any]]:
             seen += 1
             yield i, record
     else:
-        with path.open(encoding="utf-8") as handle:
-            for lineno, text in enumerate(handle, start=1):
+        with path.open("rb") as handle:
+            for lineno, raw in enumerate(handle, start=1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise StepDataError(path, lineno, None, f"not UTF-8 text ({err.reason})") from None
                 if not text.strip():
                     continue
                 try:
                     record = json.loads(text)
+                except RecursionError:
+                    raise StepDataError(path, lineno, None, "JSON nested too deeply") from None
                 except json.JSONDecodeError as err:
                     raise StepDataError(path, lineno, None, f"malformed JSON: {err.msg} (column {err.colno})") from None
                 seen += 1

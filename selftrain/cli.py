@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary_table(final))
+    if config.sft_filter != "outcome":
+        print(f"sft_filter: {config.sft_filter} (ABLATION: in the toy world the policy learns only from solutions "
+              f"that the world's step checker, an oracle, accepts)")
     print(f"run folder: {config.folder}")
     return 0
 

@@ -147,17 +147,21 @@ class RunConfig:
     weak_traces: int | None = option(None,
         "distinct solutions the weak toy policy is trained on, over and over (None: a fresh one every "
         "time, weak_steps * 32 in all)")
-    prm: str = option("fresh",
-        "starting PRM: 'fresh' (a new head on the starting policy's backbone: it knows nothing), "
-        "'tiny' (the toy world's trained PRM) or a PRM folder")
+    prm: str = option("tiny",
+        "starting PRM: 'tiny' (the toy world's trained PRM, shipped in the package), 'fresh' (a new "
+        "head on the starting policy's backbone: it knows nothing) or a PRM folder")
     prm_target: str = option("labels",
         "what the PRM fits from the trees: 'labels' (inferred step correctness, BCE) or 'values' "
         "(ReST-MCTS* quality values, MSE)")
-    sft_filter: str = option("auto",
+    # 'outcome' by default: it is what a real run has (final answers, and the PRM's inferred values
+    # for the steps), ReST-MCTS*'s own recipe. The toy world's step checker is an oracle, like the
+    # oracle PRM; it stays as a labelled ablation (the summary table names it).
+    sft_filter: str = option("outcome",
         "which correct-answer solutions the policy learns from: 'outcome' (every one whose final "
-        "answer is verified), 'steps' (only those whose every step a checker accepts; the toy "
-        "world has one: with small integer answers a wrong derivation often lands on the right "
-        "number) or 'auto' (steps where a checker exists, else outcome)")
+        "answer is verified: what a real run has), 'steps' (ABLATION: only those whose every step "
+        "the toy world's step checker accepts, an oracle; with small integer answers a wrong "
+        "derivation often lands on the right number) or 'auto' (steps where a checker exists, "
+        "else outcome)")
     sft_balance: str = option("none",
         "'length': repeat the verified solutions of rarer lengths (up to 8 times) so that each "
         "number of steps weighs about equally in SFT (a search verifies short solutions far more "

@@ -278,3 +278,59 @@ def test_grown_backbone_starts_as_the_original_and_trains_with_the_next_token_lo
     assert info["final_loss"] < info["first_loss"]
     new = dict(model.named_parameters())
     assert not torch.equal(old["backbone.layers.2.mlp.down_proj.weight"], new["backbone.layers.2.mlp.down_proj.weight"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The toy PRM and PPRM shipped in the package (python -m prm.toy build --ship [--pprm])
+
+
+@pytest.mark.parametrize("kind", ["prm", "pprm"])
+def test_the_shipped_toy_models_are_the_full_builds_intact(kind):
+    folder = toy.SHIPPED[kind]
+    assert toy.check_toy_folder(folder, kind) == []  # record, sha256 of every file, the code's full build
+    assert toy.shipped_toy(kind) == folder
+    assert (ensure_toy_prm if kind == "prm" else ensure_toy_pprm)(progress=False) == folder  # nothing to train
+    info = json.loads((folder / "train_info.json").read_text())
+    assert info["storage_dtype"] == "float16" and "+git." in info["code_version"]
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 4 * 2 ** 20
+
+
+def test_a_changed_shipped_file_or_build_is_not_the_shipped_model(tmp_path):
+    import shutil
+
+    folder = tmp_path / "toy-prm"
+    shutil.copytree(toy.SHIPPED["prm"], folder)
+    assert toy.check_toy_folder(folder, "prm") == []
+    (folder / "head.safetensors").write_bytes(b"not the head")
+    record = json.loads((folder / "train_info.json").read_text())
+    record["build"]["train"]["max_steps"] = 1
+    (folder / "train_info.json").write_text(json.dumps(record))
+    problems = toy.check_toy_folder(folder, "prm")
+    assert any("head.safetensors: sha256" in p for p in problems)
+    assert any("the recorded build is not the code's build config" in p for p in problems)
+
+
+def test_the_shipped_prm_scores_its_policys_own_traces():
+    """From its record: held-out step AUC on traces sampled (T=1) from the shipped policy on fresh
+    1-4 operation problems, the traces that a search with that policy scores. The build records
+    0.943 (first-error accuracy 0.656); the 0.95 asked for was not reached by this build (one
+    14000-step build, 6000 of the policy's own rollouts in its data), so this guards the measured
+    figure and its gain over the previous toy PRM (0.884 on the previous policy's traces), not the
+    wished one. The slow test below re-measures it."""
+    info = json.loads((toy.SHIPPED["prm"] / "train_info.json").read_text())
+    assert info["build"]["eval_policy_traces"] == 1000
+    assert info["eval"]["policy_step_auc"] >= 0.94 and info["eval"]["step_auc"] >= 0.98, info["eval"]
+
+
+@pytest.mark.slow
+def test_the_shipped_prm_still_measures_what_its_record_says():
+    import dataclasses as dc
+
+    info = json.loads((toy.SHIPPED["prm"] / "train_info.json").read_text())
+    prm = PRM.from_pretrained(toy.SHIPPED["prm"], device="cpu")
+    assert str(next(prm.parameters()).dtype) == "torch.float32"  # float16 on disk, float32 here
+    from prm.metrics import step_metrics
+
+    records = toy._eval_policy_records(dc.replace(toy.FULL_BUILD, eval_policy_traces=300))
+    auc = step_metrics(prm, records)["step_auc"]
+    assert abs(auc - info["eval"]["policy_step_auc"]) <= 0.03, (auc, info["eval"]["policy_step_auc"])

@@ -48,9 +48,9 @@ def make_parser() -> argparse.ArgumentParser:
     models.add_argument("--model", default="tiny", help="the policy: a local transformers model folder, "
                         "'tiny' (the toy world's tiny transformer, built on first use) or 'scripted' "
                         "(the toy world's scripted policy)")
-    models.add_argument("--prm", default="oracle", help="the scorer: a local PRM folder, 'tiny' (the toy "
-                        "world's trained PRM, built on first use: python -m prm.toy build) or 'oracle' (the toy "
-                        "world's oracle: it reads the gold answer; with --oracle-noise)")
+    models.add_argument("--prm", default="tiny", help="the scorer: a local PRM folder, 'tiny' (the toy "
+                        "world's trained PRM, shipped in the package) or 'oracle' (the toy world's oracle: it "
+                        "reads the gold answer, for tests of the search logic only; with --oracle-noise)")
     models.add_argument("--oracle-noise", type=float, default=0.1,
                         help="probability that the oracle PRM flips a step's score")
     models.add_argument("--pprm", default=None, help="a pairwise PPRM folder or 'tiny' (the toy world's, "

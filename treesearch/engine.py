@@ -82,7 +82,7 @@ class EngineSpec:
     """Everything a worker needs to build its engine; picklable (it is shipped to every actor)."""
 
     model: str = "tiny"  # 'scripted', 'tiny' or a local model folder (`load_proposer`)
-    prm: str = "oracle"  # 'oracle', 'tiny' or a local PRM folder (`load_scorer`)
+    prm: str = "tiny"  # 'tiny' (the shipped toy PRM), 'oracle' (tests only) or a PRM folder (`load_scorer`)
     backend: str = "hf"  # what runs `model`: 'hf' or 'vllm'
     device: str | None = None  # torch device; None: cuda when the worker sees one, else cpu
     seed: int = 0  # the run's seed: shard k's proposer is seeded with shard_seed(seed, k)
