@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(json.dumps(r))
     if args.plot:
-        plot(rows, args.plot)
-        print(f"plot: {Path(args.plot).resolve()}")
+        try:
+            plot(rows, args.plot)
+        except ImportError:  # matplotlib comes with the bench extra
+            print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        else:
+            print(f"plot: {Path(args.plot).resolve()}")
     return 0
 
 

@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(r))
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot(rows, args.plot)
-        print(f"plot: {args.plot}", file=sys.stderr)
+        try:
+            plot(rows, args.plot)
+        except ImportError:  # matplotlib comes with the bench extra
+            print("plot skipped: matplotlib is not installed (pip install -e '.[bench]')", file=sys.stderr)
+        else:
+            print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
 

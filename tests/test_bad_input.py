@@ -20,6 +20,9 @@ TOY = '{"problem": "1 + 2", "answer": 3}\n{"problem": "2 * 3", "answer": 6}\n'
 SEARCH = [sys.executable, "-m", "mcts.search"]
 FAST = ["--model", "scripted", "--prm", "oracle", "--simulations", "4"]
 EVAL = [sys.executable, "-m", "prm.eval"]
+SELFTRAIN = [sys.executable, "-m", "selftrain.cli", "run", "--runs-dir", "runs"]
+LAUGHS = "\n".join(['lol1: &lol1 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]'] + [
+    f"lol{i}: &lol{i} [{', '.join([f'*lol{i - 1}'] * 9)}]" for i in range(2, 10)]) + "\n"
 
 
 def _have_cuda() -> bool:
@@ -80,6 +83,16 @@ CASES = [
     ("a model folder that would run its own code", {"p.jsonl": TOY, "model": _remote_code_folder},
      [*SEARCH, "--problem-file", "p.jsonl", "--out", "r.jsonl", "--model", "model", "--prm", "oracle"], {},
      "--trust-remote-code"),
+    ("selftrain: --force on a folder it did not write", {"runs/victim/precious/data.txt": "irreplaceable"},
+     [*SELFTRAIN, "--name", "victim", "--force", "--policy", "nonexistent"], {}, "--policy"),
+    ("selftrain: --force on a folder it did not write, good inputs", {"runs/victim/precious/data.txt": "mine"},
+     [*SELFTRAIN, "--name", "victim", "--force"], {}, "is not a selftrain run folder"),
+    ("selftrain: a YAML alias bomb", {"bomb.yaml": LAUGHS},
+     [sys.executable, "-m", "selftrain.cli", "run", "--config", "bomb.yaml"], {}, "alias"),
+    ("selftrain: a corrupt run config", {"runs/r/config.json": '{"fingerprint": "ab'},
+     [*SELFTRAIN, "--name", "r"], {}, "config.json"),
+    ("selftrain: an unknown config key", {"c.yaml": "runs_dir: runs\nsimulatons: 3\n"},
+     [sys.executable, "-m", "selftrain.cli", "run", "--config", "c.yaml"], {}, "c.yaml:2"),
     ("prm.eval: a data file that is not UTF-8", {"d.jsonl": b'{"problem": "1", "steps": ["\xff"], "labels": [1]}\n'},
      [*EVAL, "--prm", "tiny", "--data", "d.jsonl"], {}, "d.jsonl:1"),
     ("prm.eval: deeply nested JSON data", {"d.jsonl": '{"problem": ' + "[" * 100000 + "]" * 100000 + "}\n"},
