@@ -251,12 +251,13 @@ def _search_problems(problems, spec, executor, batch, out, resume, trees_out, on
             written.update(r["id"] for r in fresh)
             new.extend(fresh)
             new.sort(key=lambda r: position[r["id"]])
-            if out is not None:
-                save([*done, *new])
+            # trees first: a results file never holds a record whose tree was not written
             if tree_dir is not None and result.trees is not None:
                 for record, tree in zip(result.records, result.trees):
                     if tree is not None and record["id"] in written_now:
                         write_tree(tree_dir, record["id"], tree)
+            if out is not None:
+                save([*done, *new])
             if on_record is not None:
                 for record in fresh:
                     on_record(record)
