@@ -18,7 +18,8 @@ from mcts.core.native import BACKENDS
 from mcts.policy.base import check_truncation
 from mcts.options import option, require
 
-__all__ = ["ALGORITHMS", "BASELINE_NAMES", "CANDIDATE_VALUES", "LEAF_VALUES", "PRIORS", "TREE_RULES", "WIDENING_FACTOR",
+__all__ = ["ALGORITHMS", "BASELINE_NAMES", "CANDIDATE_VALUES", "LEAF_VALUES", "PRIORS", "TREE_RULES", "UNSCORED",
+           "WIDENING_FACTOR",
            "SearchConfig", "TreeRules"]
 
 
@@ -38,6 +39,7 @@ TREE_RULES: dict[str, TreeRules] = {
     "uct": TreeRules(select="uct", backup="mean"),
     "puct": TreeRules(select="puct", backup="mean"),
 }
+UNSCORED = ("greedy", "self_consistency")  # the algorithms that never call the scorer
 BASELINE_NAMES = ("greedy", "best_of_n", "self_consistency", "weighted_self_consistency", "beam")
 ALGORITHMS = (*TREE_RULES, *BASELINE_NAMES)
 LEAF_VALUES = ("mean", "max")
@@ -179,6 +181,11 @@ class SearchConfig:
         """The sampling truncation set here (top_p, top_k, min_p), for `StepProposer.propose`."""
         return {k: v for k, v in (("top_p", self.top_p), ("top_k", self.top_k), ("min_p", self.min_p))
                 if v is not None}
+
+    @property
+    def needs_scorer(self) -> bool:
+        """Whether the algorithm calls the scorer at all (greedy and self-consistency never do)."""
+        return self.algorithm not in UNSCORED
 
     def over_budget(self, tokens: int) -> bool:
         return self.budget_tokens is not None and tokens >= self.budget_tokens

@@ -223,7 +223,7 @@ def run_cli(args: argparse.Namespace) -> int:
         raise CliError("--actors and --ray-address need --executor ray")
     check_outputs(args)
     check_environment(args, config)
-    oracle = args.prm == "oracle" and config.algorithm not in ("greedy", "self_consistency")
+    oracle = args.prm == "oracle" and config.needs_scorer
     try:
         problems = load_problems(args.problem_file, limit=args.limit, check=check_toy_gold if oracle else None)
     except ProblemFileError as err:

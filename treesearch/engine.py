@@ -33,8 +33,6 @@ from treesearch.loaders import check_toy, load_judge, load_proposer, load_scorer
 __all__ = ["Engine", "EngineLoadError", "EngineSpec", "SearchRunner", "Shard", "ShardResult", "make_shards",
            "shard_seed", "worker_name"]
 
-# Algorithms that never call the scorer: their workers load none.
-_UNSCORED = ("greedy", "self_consistency")
 
 
 def shard_seed(seed: int, index: int) -> int:
@@ -99,7 +97,8 @@ class EngineSpec:
 
     @property
     def needs_scorer(self) -> bool:
-        return self.config.algorithm not in _UNSCORED
+        """A spec whose algorithm never scores loads no scorer in its workers."""
+        return self.config.needs_scorer
 
     @property
     def algorithm(self) -> str:

@@ -39,9 +39,10 @@ def check_toy_gold(problem: Problem) -> None:
     """The toy oracle's need of a problem record: a toy expression with an integer gold answer (or none). Raises
     `RecordError` on field 'answer', which `load_problems(check=...)` reports with its line (and on
     field 'problem' for a problem that is not the toy world's)."""
-    if first_non_toy([problem.problem]) is not None:
-        raise RecordError("problem", f"--prm oracle only knows the toy arithmetic world, but {problem.problem[:60]!r} "
-                                     f"is not an arithmetic expression")
+    try:
+        check_toy([problem.problem], "--prm oracle")
+    except ValueError as err:
+        raise RecordError("problem", str(err)) from None
     if problem.answer is not None:
         try:
             gold_int(problem.answer)
