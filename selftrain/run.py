@@ -457,16 +457,15 @@ class RunContext:
 
         def work(folder: Path) -> dict:
             from selftrain.harvest import balance_by_length
-            from selftrain.train_stage import job_config, run_training
+            from selftrain.train_stage import TrainJob, run_training
 
             if not traces:
                 return {"skipped": "no verified solution to learn from"}
             start = self.models(0)[0] if self.config.sft_from == "base" else self.models(k - 1)[0]
             rows = balance_by_length(traces) if self.config.sft_balance == "length" else [dict(t) for t in traces]
-            return run_training({"kind": "sft", "start": str(start), "records": rows,
-                                 "sft": job_config(self.config.sft), "seed": self.config.seed + k,
-                                 "threads": self.config.threads, "progress": self.progress,
-                                 "device": "cpu" if self.config.device == "cpu" else "auto"}, folder)
+            return run_training(TrainJob("sft", str(start), rows, self.config.seed + k, sft=self.config.sft,
+                                         threads=self.config.threads, progress=self.progress,
+                                         device="cpu" if self.config.device == "cpu" else "auto"), folder)
 
         return self.stage(k, "policy", work)
 
@@ -476,16 +475,16 @@ class RunContext:
         pairs) trained from `start` (a model of that kind goes on; another folder gets a fresh head)."""
 
         def work(folder: Path) -> dict:
-            from selftrain.train_stage import job_config, run_training
+            from selftrain.train_stage import TrainJob, run_training
 
             if not records:
                 return {"skipped": "no data"}
             cfg = self.config.prm_train
             train = dataclasses.replace(cfg, seed=self.config.seed + k, num_threads=self.config.threads,
                                         device="cpu" if self.config.device == "cpu" else cfg.device)
-            return run_training({"kind": kind, "start": str(start), "records": [dict(r) for r in records],
-                                 "train": job_config(train), "target": target, "seed": self.config.seed + k,
-                                 "progress": self.progress, "desc": f"iter {k} {stage}"}, folder)
+            return run_training(TrainJob(kind, str(start), [dict(r) for r in records], self.config.seed + k,
+                                         train=train, target=target, progress=self.progress,
+                                         desc=f"iter {k} {stage}"), folder)
 
         return self.stage(k, stage, work)
 

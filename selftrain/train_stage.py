@@ -2,8 +2,9 @@
 when more than one GPU is present, through `accelerate launch` (one process per GPU, data
 parallel; `prm.train.train_rows` runs on accelerate either way).
 
-    run_training(job, folder)        a job dict: {"kind": "sft" | "prm" | "orm" | "pprm", ...}
-    python -m selftrain.train_stage JOB.json    what `accelerate launch` runs
+    TrainJob(kind, start, records, ...)   one stage's training: "sft" | "prm" | "orm" | "pprm"
+    run_training(job, folder)            runs it, writing the model to `folder`
+    python -m selftrain.train_stage JOB.json    what `accelerate launch` runs (`TrainJob.to_json`)
 
 TREESEARCH_TRAIN_LAUNCH=accelerate forces the launched path (e.g. to try it on one CPU);
 =inprocess forces the in-process one.
@@ -18,14 +19,66 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-__all__ = ["launch_mode", "run_training", "train_scorer_model"]
+if TYPE_CHECKING:  # annotations only: importing them loads torch and accelerate
+    from prm.train import TrainConfig
+    from selftrain.sft import SFTConfig
+
+__all__ = ["JOB_KINDS", "TrainJob", "launch_mode", "run_training", "train_scorer_model"]
 
 LAUNCH_ENV = "TREESEARCH_TRAIN_LAUNCH"
+JOB_KINDS = ("sft", "prm", "orm", "pprm")
 
 
-def train_scorer_model(kind: str, start: str | Path, records: Sequence[Mapping], out: str | Path, train: dict, *,
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One training stage's work, the same object in this process and (as JSON) in the processes
+    `accelerate launch` starts.
+
+    kind: "sft" (the policy, on solution records, with `sft`) or "prm" | "orm" | "pprm" (a scorer,
+        on step records' `target` or on pairs, with `train`); start: the model folder it starts from;
+    records: its training data; seed: the stage's seed; threads/device: where it trains (sft; a
+    scorer's are in `train`); progress, desc: its progress bar.
+    """
+
+    kind: str
+    start: str
+    records: list[dict]
+    seed: int
+    sft: "SFTConfig | None" = None
+    train: "TrainConfig | None" = None
+    target: str | None = None
+    threads: int | None = None
+    device: str = "auto"
+    progress: bool = True
+    desc: str = "training"
+
+    def __post_init__(self):
+        if self.kind not in JOB_KINDS:
+            raise ValueError(f"kind must be one of {JOB_KINDS}, got {self.kind!r}")
+        if (self.kind == "sft") != (self.sft is not None) or (self.kind != "sft") != (self.train is not None):
+            raise ValueError(f"a {self.kind!r} job needs {'sft' if self.kind == 'sft' else 'train'} (and not the other)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "sft": dataclasses.asdict(self.sft) if self.sft is not None else None,
+                "train": dataclasses.asdict(self.train) if self.train is not None else None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "TrainJob":
+        from prm.train import TrainConfig
+        from selftrain.sft import SFTConfig
+
+        def tuples(d: Mapping) -> dict:  # JSON has no tuples; the configs' sequence fields are tuples
+            return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+        return cls(**{**data, "sft": SFTConfig(**tuples(data["sft"])) if data.get("sft") else None,
+                      "train": TrainConfig(**tuples(data["train"])) if data.get("train") else None})
+
+
+def train_scorer_model(kind: str, start: str | Path, records: Sequence[Mapping], out: str | Path,
+                       config: "TrainConfig", *,
                        target: str | None, seed: int, progress: bool, desc: str) -> dict:
     """A PRM/ORM (step records' `target`) or PPRM (pairs) trained from `start` into `out`; a model
     of that kind goes on training, another folder gets a fresh head. Checkpoints in
@@ -33,10 +86,9 @@ def train_scorer_model(kind: str, start: str | Path, records: Sequence[Mapping],
     from accelerate import PartialState
 
     from prm.rows import encode_pair_rows, encode_step_rows
-    from prm.train import TrainConfig, load_model_for, save_atomic, train_rows
+    from prm.train import load_model_for, save_atomic, train_rows
 
     out = Path(out)
-    config = TrainConfig(**train)
     model = load_model_for(kind, start, seed=seed)
     limit = config.max_length or model.max_length
     if kind == "pprm":
@@ -55,18 +107,16 @@ def train_scorer_model(kind: str, start: str | Path, records: Sequence[Mapping],
             "processes": info["processes"]}
 
 
-def _run_job(job: Mapping) -> dict:
-    if job["kind"] == "sft":
-        from selftrain.sft import SFTConfig, sft_policy
+def _run_job(job: TrainJob, out: Path) -> dict:
+    if job.kind == "sft":
+        from selftrain.sft import sft_policy
 
-        config = SFTConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in job["sft"].items()})
-        info = sft_policy(job["start"], job["records"], job["out"], config, seed=job["seed"],
-                          num_threads=job.get("threads"), progress=job["progress"], device=job.get("device", "auto"))
-        return {"traces": len(job["records"]), "steps": info["steps"], "final_loss": info["final_loss"],
+        info = sft_policy(job.start, job.records, out, job.sft, seed=job.seed, num_threads=job.threads,
+                          progress=job.progress, device=job.device)
+        return {"traces": len(job.records), "steps": info["steps"], "final_loss": info["final_loss"],
                 "processes": info["processes"]}
-    return train_scorer_model(job["kind"], job["start"], job["records"], job["out"], job["train"],
-                              target=job.get("target"), seed=job["seed"], progress=job["progress"],
-                              desc=job.get("desc", "training"))
+    return train_scorer_model(job.kind, job.start, job.records, out, job.train, target=job.target, seed=job.seed,
+                              progress=job.progress, desc=job.desc)
 
 
 def launch_mode() -> str:
@@ -82,21 +132,20 @@ def launch_mode() -> str:
         return "inprocess"
 
 
-def run_training(job: dict, folder: Path) -> dict:
-    """Runs a training job for the stage that writes `folder` (job["out"]); returns its info.
+def run_training(job: TrainJob, folder: Path) -> dict:
+    """Runs a training job for the stage that writes `folder`; returns its info.
 
     In process on one device; otherwise the job (records included) is written to
     `<folder>.job.json` and run by `accelerate launch` with one process per GPU, and the main
     process's info is read back.
     """
-    job = {**job, "out": str(folder)}
     if launch_mode() == "inprocess":
-        return _run_job(job)
+        return _run_job(job, folder)
     import torch
 
     processes = max(1, torch.cuda.device_count())
     path = folder.parent / f"{folder.name}.job.json"
-    path.write_text(json.dumps(job), encoding="utf-8")
+    path.write_text(json.dumps({"job": job.to_json(), "out": str(folder)}), encoding="utf-8")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
                *(["--multi_gpu"] if processes > 1 else ["--cpu"]), "-m", "selftrain.train_stage", str(path)]
     subprocess.run(command, check=True)
@@ -111,17 +160,12 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     path = Path(argv[0])
-    job = json.loads(path.read_text(encoding="utf-8"))
-    info = _run_job(job)
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    out = Path(saved["out"])
+    info = _run_job(TrainJob.from_json(saved["job"]), out)
     if PartialState().is_main_process:
-        out = Path(job["out"])
         (out.parent / f"{out.name}.info.json").write_text(json.dumps(info), encoding="utf-8")
     return 0
-
-
-def job_config(config) -> dict:
-    """A dataclass as the plain dict a job carries."""
-    return dataclasses.asdict(config)
 
 
 if __name__ == "__main__":

@@ -257,14 +257,20 @@ def test_training_stage_runs_through_accelerate_launch(tmp_path, monkeypatch):
     """The path a multi-GPU machine takes (one process per GPU), forced here onto one CPU process."""
     from mcts.envs.tiny_models import ensure_toy_policy
     from prm.train import TrainConfig
-    from selftrain.train_stage import job_config, run_training
+    from selftrain.sft import SFTConfig
+    from selftrain.train_stage import TrainJob, run_training
 
     policy = ensure_toy_policy(quick=True, progress=False)
     monkeypatch.setenv("TREESEARCH_TRAIN_LAUNCH", "accelerate")
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
     records = harvest_tree(TREE, "7").prm
-    job = {"kind": "prm", "start": str(policy), "records": records, "target": "labels", "seed": 0,
-           "progress": False, "train": job_config(TrainConfig(epochs=1, batch_size=2, num_threads=1, device="cpu"))}
+    job = TrainJob("prm", str(policy), records, 0, target="labels", progress=False,
+                   train=TrainConfig(epochs=1, batch_size=2, num_threads=1, device="cpu"))
+    assert TrainJob.from_json(json.loads(json.dumps(job.to_json()))) == job  # what the launched processes read
+    sft = TrainJob("sft", str(policy), [], 0, sft=SFTConfig())
+    assert TrainJob.from_json(json.loads(json.dumps(sft.to_json()))) == sft
+    with pytest.raises(ValueError, match="needs train"):
+        TrainJob("prm", str(policy), records, 0, sft=SFTConfig())
     info = run_training(job, tmp_path / "prm")
     assert info["rows"] == 3 and info["steps"] >= 1 and info["processes"] == 1
     assert (tmp_path / "prm" / "prm_config.json").exists()

@@ -3,7 +3,6 @@
     make_traces(start, count, config)    training traces of a build, deterministic (`Trace`)
     encode_trace(tokenizer, trace)       token ids and labels, loss on the trained steps only
     train_toy_model(config)              a model trained in memory (AdamW, warmup then cosine)
-    default_threads()                    training threads: the CPUs other processes leave free
 
 Most traces are canonical solutions; a fraction is rolled out by the noisy `ScriptedPolicy`, whose
 slips stay in context without loss. Every draw is seeded from the config and training runs on a
@@ -14,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import time
 from typing import Iterator, Sequence
@@ -26,7 +24,7 @@ from mcts.envs.toy_config import FULL_CONFIG, ToyTrainConfig
 from mcts.envs.toy_tokenizer import build_char_tokenizer
 from mcts.policy.base import Prefix
 
-__all__ = ["IGNORE_INDEX", "Trace", "default_threads", "encode_trace", "make_traces", "train_toy_model"]
+__all__ = ["IGNORE_INDEX", "Trace", "encode_trace", "make_traces", "train_toy_model"]
 
 IGNORE_INDEX = -100
 
@@ -157,25 +155,6 @@ def _batches(tokenizer, config: ToyTrainConfig, pool_batches: int = 32) -> Itera
 # Training
 
 
-def _cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def default_threads() -> int:
-    """Training threads: the CPUs this process may use, less those other processes keep busy (the
-    1-minute load average). OpenMP threads that outnumber the free cores stall at every barrier:
-    on a busy 2-core machine 2 threads train 5 times slower than 1."""
-    cpus = _cpu_count()
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):  # no load average on this platform
-        busy = 0.0
-    return max(1, min(cpus, cpus - int(busy)))
-
-
 def _llama_config(config: ToyTrainConfig, tokenizer):
     from transformers import LlamaConfig
 
@@ -202,8 +181,9 @@ def train_toy_model(config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = Tr
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, LlamaForCausalLM
 
+    from mcts.policy.torch_utils import default_threads, torch_threads
+
     tokenizer = build_char_tokenizer(config.max_positions)
-    from mcts.policy.torch_utils import torch_threads
 
     threads = config.num_threads or default_threads()
     with torch_threads(threads):
