@@ -43,7 +43,8 @@ from prm.metrics import pairwise_metrics, step_metrics
 from prm.model import CONFIG_FILE, PRM, PRMConfig, read_config
 from prm.pairwise import PPRM
 from prm.rows import batch_order, collate, encode_pair_rows, encode_step_rows, masked_loss, pair_logits
-from mcts.options import option, require
+from mcts.options import add_flags, flag_message, flag_values, option, require
+from mcts.policy.torch_utils import default_threads
 
 # encode_step_rows and encode_pair_rows stay importable from here (self-training reads them).
 __all__ = [
@@ -115,20 +116,6 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------------
 # The loop
-
-
-def default_threads() -> int:
-    """CPU threads for training: the CPUs this process may use, less those the 1-minute load
-    average says are busy (threads that outnumber free cores stall at every barrier)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cpus = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        busy = 0.0
-    return max(1, min(cpus, cpus - int(busy)))
 
 
 def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
@@ -414,25 +401,18 @@ def make_parser() -> argparse.ArgumentParser:
 
 def add_config_arguments(group) -> None:
     """One option per `TrainConfig` field (`--batch-size`, ...), each defaulting to None (unset)."""
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kind = {"int | None": int, "float | None": float, "str | None": str}.get(f.type, type(f.default))
-        if f.name == "loss":
-            group.add_argument(flag, choices=LOSSES, default=None, help=f.metadata["help"])
-        else:
-            group.add_argument(flag, type=kind, default=None, help=f.metadata["help"])
+    add_flags(group, TrainConfig, choices={"loss": LOSSES}, unset=True)
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """`base` (default `TrainConfig()`) with the options of `add_config_arguments` that were set;
     a bad value raises TrainError."""
     base = base or TrainConfig()
-    changes = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-               if getattr(args, f.name) is not None}
+    changes = flag_values(TrainConfig, args, given=True)
     try:
         return dataclasses.replace(base, **changes)
     except ValueError as err:
-        raise TrainError(str(err)) from None
+        raise TrainError(flag_message(str(err), TrainConfig)) from None
 
 
 def summary_table(rows: Sequence[tuple[str, object]]) -> str:

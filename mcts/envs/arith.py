@@ -67,7 +67,7 @@ from mcts.envs.arith_steps import (
     step_value,
 )
 from mcts.policy.base import Prefix, Step
-from mcts.options import option
+from mcts.options import add_flags, flag_message, flag_values, option
 
 __all__ = [
     "MAX_OPS",
@@ -317,14 +317,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n", type=int, required=True, help="number of problems")
     parser.add_argument("--seed", type=int, default=0, help="seed")
     parser.add_argument("--out", required=True, help="output JSONL file")
-    for f in dataclasses.fields(ArithConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
-        elif f.name == "max_value":
-            parser.add_argument(flag, type=int, default=f.default, help=f.metadata["help"])
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default, help=f.metadata["help"])
+    add_flags(parser, ArithConfig)
     return parser
 
 
@@ -332,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
-        config = ArithConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ArithConfig)})
+        config = ArithConfig(**flag_values(ArithConfig, args))
     except (TypeError, ValueError) as err:
-        parser.error(str(err))
+        parser.error(flag_message(str(err), ArithConfig))
     path = write_problems(args.out, generate_problems(args.n, args.seed, config))
     print(f"wrote {args.n} problems to {path}")
     return 0
