@@ -97,24 +97,17 @@ from prm.model import IGNORE_INDEX, PRM, PRMConfig
 from prm.pairwise import PPRM
 from prm.rows import encode_pair_rows, encode_step_rows
 from prm.toy_training import AuxLMLoss, dense_labels, grow_backbone, lm_labels
-from prm.toy_traces import ToyDataConfig, branch_traces, single_step_traces, toy_problems, toy_records, toy_step_records
-from prm.train import (
-    TRAIN_INFO,
-    TrainConfig,
-    TrainError,
-    add_config_arguments,
-    config_from_args,
-    load_model_for,
-    save_atomic,
-    summary_table,
-    train_rows,
-)
+from prm.toy_traces import (ToyDataConfig, branch_traces, single_step_traces, solution_states, toy_problems, toy_records,
+                             toy_step_records)
+from prm.train import (TRAIN_INFO, TrainConfig, TrainError, add_config_arguments, config_from_args, load_model_for,
+                       save_atomic, summary_table, train_rows)
 from mcts.options import option
 
 __all__ = [
     "EVAL_SEED", "FORMAT_VERSION", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "ToyBuild",
     "SHIPPED", "build_toy_pprm", "build_toy_prm", "check_toy_folder", "ensure_toy_pprm", "ensure_toy_prm",
-    "load_toy_pprm", "load_toy_prm", "main", "make_parser", "shipped_toy", "toy_cache_dir",
+    "eval_policy_records", "load_toy_pprm", "load_toy_prm", "main", "make_parser", "shipped_toy", "toy_cache_dir",
+    "training_problems",
 ]
 
 FORMAT_VERSION = 5  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
@@ -240,13 +233,26 @@ QUICK_PPRM_BUILD = dataclasses.replace(QUICK_BUILD, init="prm", problems=40, sam
 # Data
 
 
-def _training_records(build: ToyBuild) -> list[dict]:
+def _training_configs(build: ToyBuild) -> tuple[ToyDataConfig, ToyDataConfig | None]:
+    """The data configs of the build's scripted rollouts and of its tiny-policy rollouts (None: none)."""
     config = ToyDataConfig(problems=max(1, build.problems), samples=build.samples, min_ops=build.min_ops,
                            max_ops=build.max_ops, max_operand=build.max_operand, max_value=build.max_value,
                            slip_rates=build.slip_rates, seed=build.data_seed)
+    tiny = (dataclasses.replace(config, problems=build.policy_problems, samples=1, seed=build.data_seed + 7919)
+            if build.policy_problems else None)
+    return config, tiny
+
+
+# Salts of the single-step draws (problems: seed data_seed + salt * 1009; their steps: data_seed + salt) and the
+# branch draw's offset: fixed, since the shipped builds were made with them.
+_FACT_SALT, _SINGLE_SALT, _BRANCH_OFFSET = 555, 556, 104729
+
+
+def _training_records(build: ToyBuild) -> list[dict]:
+    config, tiny = _training_configs(build)
     arith = (build.min_ops, build.max_ops, build.max_operand, build.max_value)
     records = toy_step_records(config) if build.problems else []
-    for count, salt, isolate in ((build.fact_problems, 555, True), (build.single_problems, 556, False)):
+    for count, salt, isolate in ((build.fact_problems, _FACT_SALT, True), (build.single_problems, _SINGLE_SALT, False)):
         if count:
             problems = [p["problem"] for p in toy_problems(count, build.data_seed + salt * 1009, *arith)]
             records += toy_records(single_step_traces(problems, seed=build.data_seed + salt, isolate=isolate,
@@ -255,13 +261,25 @@ def _training_records(build: ToyBuild) -> list[dict]:
                                                       negate_fraction=build.fact_negate_fraction,
                                                       max_value=build.max_value))
     if build.branch_problems:
-        problems = toy_problems(build.branch_problems, build.data_seed + 104729, *arith)
+        problems = toy_problems(build.branch_problems, build.data_seed + _BRANCH_OFFSET, *arith)
         records += toy_records(branch_traces([p["problem"] for p in problems], seed=build.data_seed))
     if build.policy_problems:
         policy = load_toy_policy(seed=build.data_seed, device="cpu", progress=False)
-        tiny = dataclasses.replace(config, problems=build.policy_problems, samples=1, seed=build.data_seed + 7919)
         records += toy_step_records(tiny, policy)
     return records
+
+
+def training_problems(build: ToyBuild) -> set[str]:
+    """The problems the build trains on, as a superset: every drawn problem, every state of its
+    canonical solution and every operation in it (the one-step traces start from those). Held-out
+    sets are fresh draws, and the toy world's small corners repeat in them: benchmarks/prm_heldout.py
+    splits the held-out figures by this set."""
+    config, tiny = _training_configs(build)
+    arith = (build.min_ops, build.max_ops, build.max_operand, build.max_value)
+    draws = [(build.problems and config.problems, config.seed), (build.branch_problems, build.data_seed + _BRANCH_OFFSET),
+             (build.fact_problems, build.data_seed + _FACT_SALT * 1009),
+             (build.single_problems, build.data_seed + _SINGLE_SALT * 1009), (tiny and tiny.problems, tiny and tiny.seed)]
+    return solution_states([p["problem"] for count, seed in draws if count for p in toy_problems(count, seed, *arith)])
 
 
 def _eval_records(build: ToyBuild) -> list[dict]:
@@ -271,7 +289,7 @@ def _eval_records(build: ToyBuild) -> list[dict]:
     return toy_step_records(config)[:build.eval_traces]
 
 
-def _eval_policy_records(build: ToyBuild) -> list[dict]:
+def eval_policy_records(build: ToyBuild) -> list[dict]:
     """Held-out traces of the tiny policy itself (T=1, fresh 1-4 operation problems)."""
     policy = load_toy_policy(seed=POLICY_EVAL_SEED, device="cpu", progress=False)
     config = ToyDataConfig(problems=build.eval_policy_traces, samples=1, min_ops=1, max_ops=4,
@@ -357,7 +375,7 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
                       seconds=build.seconds, desc="training the toy PRM", loss_fn=loss_fn)
     metrics = step_metrics(model, _eval_records(build)) if build.eval_traces else {}
     if build.eval_policy_traces:
-        metrics.update({f"policy_{k}": v for k, v in step_metrics(model, _eval_policy_records(build)).items()})
+        metrics.update({f"policy_{k}": v for k, v in step_metrics(model, eval_policy_records(build)).items()})
     data = {"traces": len(records), "steps": sum(len(r["steps"]) for r in records),
             "wrong_steps": sum(r["labels"].count(0) for r in records), "seconds": round(data_seconds, 1)}
     _save(out, model, build, "treesearch toy prm", data, info, metrics, replace, storage_dtype)

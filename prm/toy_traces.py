@@ -8,6 +8,7 @@ labelled by the oracle (`mcts.envs.arith.label_steps`), as canonical records (`p
     branch_traces                    canonical solutions that turn into a slip at a random step
     single_step_traces               one step from a state of a canonical solution (or one operation)
     copy_slip                        a near miss in the copied part of a step (what a small model writes)
+    solution_states(problems)        the problems and their canonical states: what traces from them start at
 
 The toy PRM's builds (`prm.toy`) mix these; the evaluations (`prm.eval`) sample fresh ones.
 """
@@ -26,8 +27,8 @@ from mcts.policy.base import Prefix, StepProposer
 from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig
 from prm.quality import trace_quality_values
 
-__all__ = ["ToyDataConfig", "branch_traces", "copy_slip", "rollout", "single_step_traces", "toy_problems",
-           "toy_records", "toy_step_records"]
+__all__ = ["ToyDataConfig", "branch_traces", "copy_slip", "rollout", "single_step_traces", "solution_states",
+           "toy_problems", "toy_records", "toy_step_records"]
 
 
 def rollout(policy: StepProposer, problems: Sequence[str], *, samples: int = 1, temperature: float = 1.0,
@@ -283,3 +284,17 @@ def single_step_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction
             step = slip or step
         traces.append((state, [step]))
     return traces
+
+
+def solution_states(problems: Sequence[str]) -> set[str]:
+    """The problems, every state of their canonical solutions and every operation in those: the
+    problem texts that traces drawn from `problems` can start from (`single_step_traces`' states)."""
+    states: set[str] = set()
+    for problem in problems:
+        expr = parse_expression(problem)
+        states.add(render(expr))
+        while (red := reduce_once(expr)) is not None:
+            states.add(f"{red.a} {red.op} {red.b}")
+            expr = red.after
+            states.add(render(expr))
+    return states

@@ -331,6 +331,31 @@ def test_the_shipped_prm_still_measures_what_its_record_says():
     assert str(next(prm.parameters()).dtype) == "torch.float32"  # float16 on disk, float32 here
     from prm.metrics import step_metrics
 
-    records = toy._eval_policy_records(dc.replace(toy.FULL_BUILD, eval_policy_traces=300))
+    records = toy.eval_policy_records(dc.replace(toy.FULL_BUILD, eval_policy_traces=300))
     auc = step_metrics(prm, records)["step_auc"]
     assert abs(auc - info["eval"]["policy_step_auc"]) <= 0.03, (auc, info["eval"]["policy_step_auc"])
+
+
+def test_training_problems_cover_every_problem_a_build_trains_on():
+    """The held-out split of benchmarks/prm_heldout.py rests on this set: it must hold the problem of
+    every training record (drawn problems, their solution states and the one-step facts)."""
+    build = dataclasses.replace(FULL_BUILD, problems=10, fact_problems=40, single_problems=40, branch_problems=10,
+                                policy_problems=0)
+    seen = toy.training_problems(build)
+    records = toy._training_records(build)
+    assert {r["problem"] for r in records} <= seen
+    fresh = toy.toy_problems(200, 987654, 3, 4, 10, 100)  # 3-4 operations: almost never drawn twice
+    assert sum(p["problem"] in seen for p in fresh) <= 2
+
+
+def test_prm_heldout_benchmark_splits_by_operations_and_training_overlap(capsys):
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "prm_heldout.py")
+    spec = importlib.util.spec_from_file_location("prm_heldout", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.num_ops("(1 + 2) * 3 - 4") == 3 and bench.num_ops("7") == 0
+    assert bench.main(["--traces", "24", "--bootstrap", "20", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| all | all | 24 |" in out and "in training" in out and "step AUC" in out
