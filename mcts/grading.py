@@ -6,9 +6,16 @@ values, sets, intervals, tuples and matrices. Cheap checks run first: a normalis
 exact arithmetic when both sides are plain numbers. math-verify is only reached when neither
 decides, and runs under its own timeouts (a pathological expression cannot stall a search).
 
+Before either, both answers are rewritten into the spelling math-verify reads (`rewrite`): repeating
+decimals as fractions, one-variable inequalities as intervals, Unicode symbols as LaTeX. A gold answer
+that is a multiple-choice letter accepts a prediction that states the same letter, with or without
+the option's text after it.
+
     extract_answer(text)    the last \\boxed{...}, else "The answer is X", else GSM8K "#### X"
     is_equivalent(pred, g)  True when the two answers have the same value
     grade(text, gold)       both at once; None when the gold answer is unknown
+    normalize(answer)       the canonical spelling the string comparisons use
+    rewrite(answer)         the spelling math-verify is given
 """
 
 from __future__ import annotations
@@ -18,10 +25,11 @@ import logging
 import re
 import threading
 from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["extract_answer", "last_boxed", "is_equivalent", "grade", "normalize"]
+__all__ = ["extract_answer", "last_boxed", "is_equivalent", "grade", "normalize", "rewrite"]
 
 # Longer answers skip math-verify: no real final answer is this long, and SymPy's cost grows with it.
 MAX_VERIFY_CHARS = 400
@@ -160,6 +168,110 @@ def _plain_number(s: str) -> Decimal | None:
         return None
 
 
+# ---------------------------------------------------------------------------------------------------
+# Rewriting: spellings that models write and math-verify does not read
+
+_UNICODE = {"\u2212": "-", "\u221e": "\\infty", "\u03c0": "\\pi", "\u2264": "\\le ", "\u2265": "\\ge "}
+# 0.\overline{3}, 1.2\overline{45}; longer cycles than this are not an answer anyone writes.
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\s*\{(\d{1,30})\}")
+_RELATION = re.compile(r"\\(?:le|ge)(?:q(?:slant)?)?(?![a-zA-Z])|\\[lg]t(?![a-zA-Z])|<=|>=|<|>")
+_OR = re.compile(r"\\(?:text|textrm|mbox|mathrm)\s*\{\s*or\s*\}|\\lor(?![a-zA-Z])|\\vee(?![a-zA-Z])|\bor\b")
+# The variable of an inequality: a Latin or Greek letter (not \\pi, a constant).
+_VARIABLE = re.compile(r"[a-zA-Z]|\\(?:alpha|beta|gamma|delta|epsilon|theta|lambda|mu|rho|sigma|tau|phi|varphi|psi|omega)")
+
+
+def _repeating_fraction(match: re.Match) -> str:
+    """`I.F\\overline{R}` as the exact fraction it denotes: (IFR - IF) / (10^|F| (10^|R| - 1))."""
+    sign, whole, fixed, cycle = match.groups()
+    value = Fraction(int(whole + fixed + cycle) - int(whole + fixed or "0"), 10 ** len(fixed) * (10 ** len(cycle) - 1))
+    text = str(value.numerator) if value.denominator == 1 else f"\\frac{{{value.numerator}}}{{{value.denominator}}}"
+    return sign + text
+
+
+def _strict(relation: str) -> bool:
+    return relation in ("<", ">", "\\lt", "\\gt")
+
+
+def _less(relation: str) -> bool:
+    return relation.startswith(("<", "\\l"))
+
+
+def _interval_of(piece: str) -> tuple[str, str] | None:
+    """(variable, interval) of one inequality in one variable: `x > a`, `a \\le x`, `a < x \\le b`."""
+    relations = _RELATION.findall(piece)
+    terms = [t.strip() for t in _RELATION.split(piece)]
+    if not relations or len(relations) > 2 or any(not t or "=" in t or "," in t for t in terms):
+        return None
+    if len(relations) == 2:  # a < x < b (or a > x > b)
+        low, variable, high = terms
+        if not _VARIABLE.fullmatch(variable) or _less(relations[0]) != _less(relations[1]):
+            return None
+        if not _less(relations[0]):
+            low, high, relations = high, low, relations[::-1]
+        return variable, ("(" if _strict(relations[0]) else "[") + f"{low}, {high}" + (
+            ")" if _strict(relations[1]) else "]")
+    left, right = terms
+    relation = relations[0]
+    if _VARIABLE.fullmatch(left) and _VARIABLE.fullmatch(right):
+        return None  # a < b: which one is the variable?
+    if _VARIABLE.fullmatch(left):
+        variable, bound, above = left, right, not _less(relation)  # x > a: the variable is above a
+    elif _VARIABLE.fullmatch(right):
+        variable, bound, above = right, left, _less(relation)  # a < x
+    else:
+        return None
+    if above:
+        return variable, ("(" if _strict(relation) else "[") + f"{bound}, \\infty)"
+    return variable, f"(-\\infty, {bound}" + (")" if _strict(relation) else "]")
+
+
+def _inequality_interval(answer: str) -> str | None:
+    """An answer made of inequalities in one variable, joined by 'or', as a union of intervals."""
+    if not _RELATION.search(answer):
+        return None
+    found = [_interval_of(piece) for piece in _OR.split(answer.strip().rstrip("."))]
+    if any(f is None for f in found) or len({variable for variable, _ in found}) != 1:
+        return None
+    return " \\cup ".join(interval for _, interval in found)
+
+
+def rewrite(answer: str) -> str:
+    """`answer` in the spelling math-verify reads: Unicode symbols (-, infinity, pi, <=, >=) as
+    LaTeX, repeating decimals (`0.1\\overline{6}`) as fractions, and inequalities in one variable
+    (`x > 2`, `1 \\le x < 5`, `x < -1 \\text{ or } x > 1`) as intervals (`[1, 5)`)."""
+    s = answer
+    for symbol, latex in _UNICODE.items():
+        s = s.replace(symbol, latex)
+    s = _REPEATING.sub(_repeating_fraction, s)
+    interval = _inequality_interval(s)
+    return s if interval is None else interval
+
+
+# A multiple-choice answer (`\text{(C)}` normalised), and a prediction that opens with a choice label.
+_CHOICE = re.compile(r"\(?([A-Z])\)?")
+_CHOICE_LABEL = re.compile(r"\(([A-Z])\)")
+_OPERATION = re.compile(r"[-+*/^_!=]|\\(?:cdot|times|div)(?![a-zA-Z])")
+
+
+def _same_choice(p: str, g: str) -> bool | None:
+    """For a gold answer that is a choice letter, whether the normalised prediction names the same
+    letter (`(B)`, `B`, or `(B)` followed by the option's text, `(B)12`); None when the gold is no
+    choice or the prediction names no letter. Several letters (a hedge), or a letter inside an
+    expression, are not the answer."""
+    gold = _CHOICE.fullmatch(g)
+    if gold is None:
+        return None
+    bare = _CHOICE.fullmatch(p)
+    if bare is not None:
+        return bare.group(1) == gold.group(1)
+    labels = _CHOICE_LABEL.findall(p)
+    if not labels:
+        return None
+    if len(labels) > 1 or not p.startswith("(") or _OPERATION.match(p, 3):
+        return False  # a hedge, or the letter inside an expression: '(C)+1' is no option of a choice
+    return labels[0] == gold.group(1)
+
+
 def _timeout() -> int | None:
     # math-verify's timeouts use signal.alarm, which only the main thread may set; elsewhere it
     # would raise, so there we go without and `_explosive` screens the input instead.
@@ -206,7 +318,9 @@ def _math_verify(pred: str, gold: str) -> bool:
 def is_equivalent(pred: str | None, gold: str | None) -> bool:
     """Whether a predicted answer has the gold answer's value.
 
-    Plain numbers (the toy world, GSM8K: `1,234`, `-7`, `+3`, `\\$18.90`) are compared exactly;
+    Both are first rewritten (`rewrite`: repeating decimals, inequalities, Unicode symbols). Plain
+    numbers (the toy world, GSM8K: `1,234`, `-7`, `+3`, `\\$18.90`) are compared exactly; a gold
+    choice letter (`\\text{(C)}`) against the letter the prediction states (`C`, `\\textbf{(C)} 12`);
     anything else by math-verify (fractions, radicals, tuples, intervals, sets, matrices,
     expressions, `x = 5` against `5`), after a normalised string comparison that settles the
     common case without it. Never raises on bad input; never hangs on the main thread.
@@ -220,12 +334,15 @@ def is_equivalent(pred: str | None, gold: str | None) -> bool:
     """
     if pred is None or gold is None:
         return False
-    pred, gold = str(pred), str(gold)  # tolerate the toy world's ints
+    pred, gold = rewrite(str(pred)), rewrite(str(gold))  # str: tolerate the toy world's ints
     p, g = normalize(pred), normalize(gold)
     if not p or not g:
         return False
     if p == g:
         return True
+    choice = _same_choice(p, g)
+    if choice is not None:
+        return choice
     p_num, g_num = _plain_number(p), _plain_number(g)
     if p_num is not None and g_num is not None:
         return p_num == g_num
