@@ -2,7 +2,8 @@
 
 Every model here is a backbone with a scalar head that reads chosen positions (`prm.model`); a
 training row is token ids plus one float label per position, `IGNORE_INDEX` everywhere but the
-positions that carry loss (rows, batches and losses: `prm.rows`). One loop trains them all:
+positions that carry loss (rows, batches and losses: `prm.rows`). One loop trains them all
+(`mcts.policy.training.train_loop`, the project's one training loop; `train_rows` feeds it rows):
 
     rows grouped by length into batches -> Accelerator (CPU, one GPU, or `accelerate launch`)
     gradient accumulation, AdamW, linear warmup then cosine decay, gradient clipping
@@ -34,17 +35,16 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import set_seed
-from tqdm.auto import tqdm
+from accelerate import PartialState
 
 from prm.data import StepDataError, load_pair_dataset, read_step_records
 from prm.metrics import pairwise_metrics, step_metrics
 from prm.model import CONFIG_FILE, PRM, PRMConfig, read_config
 from prm.pairwise import PPRM
 from prm.rows import batch_order, collate, encode_pair_rows, encode_step_rows, masked_loss, pair_logits
-from mcts.options import add_flags, flag_message, flag_values, option, require
+from mcts.options import add_flags, flag_message, flag_values
 from mcts.policy.torch_utils import default_threads
+from mcts.policy.training import LOSSES, TrainConfig, TrainError, train_loop
 
 # encode_step_rows and encode_pair_rows stay importable from here (self-training reads them).
 __all__ = [
@@ -54,84 +54,12 @@ __all__ = [
 ]
 
 KINDS = ("prm", "orm", "pprm")
-LOSSES = ("bce", "mse")
 TRAIN_INFO = "train_info.json"
 
 
 
-class TrainError(Exception):
-    """A bad argument or input: printed as one line by the CLI (exit status 2), nothing written."""
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings shared by the PRM, ORM and PPRM."""
-
-    loss: str | None = option(None,
-        "bce (hard 0/1 labels; soft ones work too) or mse (of the sigmoid, for soft values); "
-        "None: bce when training on labels, mse on values")
-    epochs: float = option(1.0, "passes over the data (fractions allowed)")
-    max_steps: int | None = option(None,
-        "stop after this many optimizer steps (None: the epochs decide)")
-    batch_size: int = option(16, "sequences per micro-batch (per process)")
-    grad_accum: int = option(1, "micro-batches per optimizer step")
-    lr: float = option(5e-5, "peak learning rate of the backbone (AdamW)")
-    head_lr: float | None = option(None,
-        "peak learning rate of the head (None: lr; with Adam much more makes the fresh head's logits jump)")
-    warmup_ratio: float = option(0.05, "fraction of the steps of linear warmup")
-    min_lr_ratio: float = option(0.1, "final LR as a fraction of the peak (cosine)")
-    weight_decay: float = option(0.01, "AdamW weight decay on matrices")
-    grad_clip: float = option(1.0, "gradient norm clip")
-    max_length: int | None = option(None,
-        "most tokens per sequence (longer ones lose their start); None: the backbone's limit")
-    seed: int = option(0, "seed of the head and the batch order")
-    save_every: int | None = option(None,
-        "checkpoint every this many optimizer steps (None: no checkpoints)")
-    num_threads: int | None = option(None,
-        "torch CPU threads (None: the CPUs not kept busy by other processes)")
-    device: str = option("auto",
-        "'auto' (what accelerate picks: the GPU when there is one), or 'cpu'")
-    mixed_precision: str = option("no",
-        "accelerate's mixed precision on GPU: 'no', 'bf16' or 'fp16'")
-
-    def __post_init__(self):
-        require(self.loss is None or self.loss in LOSSES, f"loss must be one of {LOSSES}, got {self.loss!r}")
-        require(math.isfinite(self.epochs) and self.epochs > 0, f"epochs must be > 0, got {self.epochs}")
-        require(self.max_steps is None or self.max_steps >= 1, f"max_steps must be None or >= 1, got {self.max_steps}")
-        require(self.batch_size >= 1 and self.grad_accum >= 1,
-             f"batch_size and grad_accum must be >= 1, got {self.batch_size}, {self.grad_accum}")
-        require(self.lr > 0 and (self.head_lr is None or self.head_lr > 0),
-             f"lr and head_lr must be > 0, got {self.lr}, {self.head_lr}")
-        require(0 <= self.warmup_ratio < 1 and 0 <= self.min_lr_ratio <= 1,
-             f"need 0 <= warmup_ratio < 1 and 0 <= min_lr_ratio <= 1, got {self.warmup_ratio}, {self.min_lr_ratio}")
-        require(self.weight_decay >= 0 and self.grad_clip > 0,
-             f"need weight_decay >= 0 and grad_clip > 0, got {self.weight_decay}, {self.grad_clip}")
-        require(self.max_length is None or self.max_length >= 2, f"max_length must be None or >= 2, got {self.max_length}")
-        require(self.save_every is None or self.save_every >= 1, f"save_every must be None or >= 1, got {self.save_every}")
-        require(self.num_threads is None or self.num_threads >= 1, f"num_threads must be None or >= 1, got {self.num_threads}")
-        require(self.device in ("auto", "cpu"), f"device must be 'auto' or 'cpu', got {self.device!r}")
-        require(self.mixed_precision in ("no", "bf16", "fp16"),
-             f"mixed_precision must be 'no', 'bf16' or 'fp16', got {self.mixed_precision!r}")
-
-
 # ---------------------------------------------------------------------------------------------------
 # The loop
-
-
-def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    return factor
-
-
-def _checkpoints(folder: Path | None) -> list[Path]:
-    if folder is None or not folder.is_dir():
-        return []
-    found = [p for p in folder.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
 def _fingerprint(config: TrainConfig, rows: Sequence[Mapping], loss: str) -> dict:
@@ -172,128 +100,24 @@ def train_rows(model: "torch.nn.Module", rows: Sequence[Mapping], config: TrainC
     """
     if not rows:
         raise ValueError("no training rows")
-    threads = config.num_threads or default_threads()
-    before_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        cpu = config.device == "cpu"
-        accelerator = Accelerator(gradient_accumulation_steps=config.grad_accum, cpu=cpu,
-                                  mixed_precision="no" if cpu else config.mixed_precision)
-        set_seed(config.seed)
-        batches = batch_order([len(r["input_ids"]) for r in rows], config.batch_size, config.epochs, config.seed)
-        loader = torch.utils.data.DataLoader(list(rows), batch_sampler=batches,
-                                             collate_fn=lambda b: collate(b, pad_id))
-        per_process = math.ceil(len(batches) / accelerator.num_processes)
-        total = max(1, per_process // config.grad_accum)
-        if config.max_steps is not None:
-            total = min(total, config.max_steps)
-        head = [p for n, p in model.named_parameters() if n.startswith("head.")]
-        body = [p for n, p in model.named_parameters() if not n.startswith("head.")]
-        groups = [{"params": [p for p in body if p.ndim >= 2], "weight_decay": config.weight_decay, "lr": config.lr},
-                  {"params": [p for p in body if p.ndim < 2], "weight_decay": 0.0, "lr": config.lr},
-                  {"params": head, "weight_decay": 0.0, "lr": config.head_lr or config.lr}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], betas=(0.9, 0.95), eps=1e-8)
-        schedule_total = [total]  # set from the measured speed when training for `seconds`
-        warmup = [int(config.warmup_ratio * total)]
 
-        def factor(tick: int) -> float:
-            step = tick // accelerator.num_processes  # the prepared scheduler ticks once per process
-            return _lr_lambda(schedule_total[0], warmup[0], config.min_lr_ratio)(step)
+    def batches(accelerator) -> tuple:
+        order = batch_order([len(r["input_ids"]) for r in rows], config.batch_size, config.epochs, config.seed)
+        loader = torch.utils.data.DataLoader(list(rows), batch_sampler=order, collate_fn=lambda b: collate(b, pad_id))
+        return loader, max(1, math.ceil(len(order) / accelerator.num_processes) // config.grad_accum)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        model.train()
-        model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    def head_loss(model, batch) -> torch.Tensor:
+        if "input_ids_b" in batch:  # Bradley-Terry pairs: the logistic loss of s(a) - s(b)
+            diff = pair_logits(model(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"],
+                               model(batch["input_ids_b"], batch["attention_mask_b"]), batch["attention_mask_b"])
+            rows_idx = torch.arange(diff.shape[0], device=diff.device)
+            target = batch["labels"][rows_idx, batch["attention_mask"].sum(1) - 1]
+            return masked_loss(diff[:, None], target[:, None], "bce")
+        return masked_loss(model(batch["input_ids"], batch["attention_mask"]), batch["labels"], loss, batch.get("weights"))
 
-        fingerprint = _fingerprint(config, rows, loss)
-        step, skip = 0, 0
-        if resume:
-            found = _checkpoints(checkpoint_dir)
-            if not found:
-                raise TrainError(f"--resume: no checkpoint in {checkpoint_dir}")
-            with open(found[-1] / "progress.json", encoding="utf-8") as handle:
-                saved = json.load(handle)
-            if saved["fingerprint"] != fingerprint:
-                raise TrainError(f"--resume: {found[-1]} was made with other data or settings "
-                                 f"({saved['fingerprint']} vs {fingerprint})")
-            accelerator.load_state(str(found[-1]))
-            step = saved["step"]
-            skip = step * config.grad_accum
-        loop_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-
-        losses: list[float] = []
-        window: list[float] = []
-        started = time.perf_counter()
-        calibrate_at = min(10, max(1, total // 10)) if seconds else None
-        bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True,
-                   disable=not progress or not accelerator.is_local_main_process)
-        for batch in loop_loader:
-            if step >= schedule_total[0]:
-                break
-            with accelerator.accumulate(model):
-                if loss_fn is not None:
-                    value = loss_fn(model, batch)
-                elif "input_ids_b" in batch:  # Bradley-Terry pairs: the logistic loss of s(a) - s(b)
-                    diff = pair_logits(model(batch["input_ids"], batch["attention_mask"]), batch["attention_mask"],
-                                       model(batch["input_ids_b"], batch["attention_mask_b"]), batch["attention_mask_b"])
-                    rows_idx = torch.arange(diff.shape[0], device=diff.device)
-                    target = batch["labels"][rows_idx, batch["attention_mask"].sum(1) - 1]
-                    value = masked_loss(diff[:, None], target[:, None], "bce")
-                else:
-                    logits = model(batch["input_ids"], batch["attention_mask"])
-                    value = masked_loss(logits, batch["labels"], loss, batch.get("weights"))
-                accelerator.backward(value)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            window.append(value.item())
-            if not accelerator.sync_gradients:
-                continue
-            losses.append(sum(window) / len(window))
-            window = []
-            step += 1
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.4f}")
-            if calibrate_at is not None and step == calibrate_at:
-                per_step = (time.perf_counter() - started) / step
-                schedule_total[0] = max(step + 1, min(total, int(seconds / per_step)))
-                warmup[0] = int(config.warmup_ratio * schedule_total[0])
-                bar.total = schedule_total[0]
-                bar.refresh()
-            if config.save_every and checkpoint_dir is not None and step % config.save_every == 0:
-                _save_checkpoint(accelerator, checkpoint_dir, step, fingerprint)
-        bar.close()
-        elapsed = time.perf_counter() - started
-        accelerator.wait_for_everyone()
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.eval()
-        accelerator.free_memory()
-    finally:
-        torch.set_num_threads(before_threads)
-    mean = lambda xs: round(sum(xs) / len(xs), 5) if xs else None  # noqa: E731
-    k = max(1, min(20, len(losses) // 5))  # the loss windows compared: up to 20 steps, never overlapping
-    return {"steps": step, "train_seconds": round(elapsed, 1), "threads": threads,
-            "processes": accelerator.num_processes, "rows": len(rows), "loss": loss,
-            "first_loss": mean(losses[:k]), "final_loss": mean(losses[-k:]),
-            "parameters": sum(p.numel() for p in unwrapped.parameters())}
-
-
-def _save_checkpoint(accelerator, folder: Path, step: int, fingerprint: dict) -> None:
-    """accelerate state (model, optimizer, scheduler, RNG) into folder/step-N, atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".step-{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        (tmp / "progress.json").write_text(json.dumps({"step": step, "fingerprint": fingerprint}), encoding="utf-8")
-        os.replace(tmp, folder / f"step-{step}")
-        for old in _checkpoints(folder)[:-2]:  # keep the two newest
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+    info = train_loop(model, config, batches, loss_fn=loss_fn or head_loss, fingerprint=_fingerprint(config, rows, loss),
+                      checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, seconds=seconds, desc=desc)
+    return {**info, "rows": len(rows), "loss": loss}
 
 
 def save_atomic(out: Path, write: Callable[[Path], None], *, overwrite: bool = False) -> Path:

@@ -2,7 +2,7 @@
 
     make_traces(start, count, config)    training traces of a build, deterministic (`Trace`)
     encode_trace(tokenizer, trace)       token ids and labels, loss on the trained steps only
-    train_toy_model(config)              a model trained in memory (AdamW, warmup then cosine)
+    train_toy_model(config)              a model trained in memory (`mcts.policy.training.train_loop`)
 
 Most traces are canonical solutions; a fraction is rolled out by the noisy `ScriptedPolicy`, whose
 slips stay in context without loss. Every draw is seeded from the config and training runs on a
@@ -12,9 +12,7 @@ fixed thread count, so a build is reproducible bit for bit (`mcts.envs.tiny_mode
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
-import time
 from typing import Iterator, Sequence
 
 from mcts.envs.arith import generate_problem
@@ -119,8 +117,8 @@ def encode_trace(tokenizer, trace: Trace) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
-def _batches(tokenizer, config: ToyTrainConfig, pool_batches: int = 32) -> Iterator[tuple]:
-    """Endless (input_ids, labels) batches, right-padded, of traces of similar lengths.
+def _batches(tokenizer, config: ToyTrainConfig, pool_batches: int = 32) -> Iterator[dict]:
+    """Endless {"input_ids", "labels"} batches, right-padded, of traces of similar lengths.
 
     Traces come in pools of `pool_batches` batches: each pool is sorted by length, cut into
     batches, and the batches shuffled (seeded), so that padding stays small.
@@ -148,7 +146,7 @@ def _batches(tokenizer, config: ToyTrainConfig, pool_batches: int = 32) -> Itera
             for r, (i, l) in enumerate(chunk):
                 ids[r, :min(len(i), width)] = torch.tensor(i[:width])
                 labels[r, :min(len(l), width)] = torch.tensor(l[:width])
-            yield ids, labels
+            yield {"input_ids": ids, "labels": labels}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -166,8 +164,14 @@ def _llama_config(config: ToyTrainConfig, tokenizer):
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True)
 
 
+def _lm_loss(model, batch):
+    # no attention mask: the padding is on the right, where no trained position attends
+    return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+
+
 def train_toy_model(config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = True):
-    """Trains a toy policy in memory.
+    """Trains a toy policy in memory, by the project's one training loop
+    (`mcts.policy.training.train_loop`) on an endless stream of fresh traces.
 
     Args:
         config: the build's settings.
@@ -175,72 +179,26 @@ def train_toy_model(config: ToyTrainConfig = FULL_CONFIG, *, progress: bool = Tr
 
     Returns:
         (model in eval mode, tokenizer, info): info records the steps run, the seconds spent, the
-        final loss (mean of the last 20 steps) and the parameter count.
+        first and final loss (means of up to 20 steps) and the parameter count.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import GenerationConfig, LlamaForCausalLM
 
     from mcts.policy.torch_utils import default_threads, torch_threads
+    from mcts.policy.training import TrainConfig, train_loop
 
     tokenizer = build_char_tokenizer(config.max_positions)
-
     threads = config.num_threads or default_threads()
     with torch_threads(threads):
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(_llama_config(config, tokenizer))
-        model.generation_config = GenerationConfig(
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id)
-        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}],
-                                      lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
-        total = [config.steps]  # set from the measured speed when training for `seconds`
-        calibrate_at = min(10, config.warmup_steps) if config.seconds else None
-
-        def lr_factor(step: int) -> float:
-            if step < config.warmup_steps:
-                return (step + 1) / config.warmup_steps
-            progress_ = min(1.0, (step - config.warmup_steps) / max(1, total[0] - config.warmup_steps))
-            return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress_))
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-        batches = _batches(tokenizer, config)
-        model.train()
-        losses: list[float] = []
-        started = time.perf_counter()
-        bar = tqdm(total=total[0], desc="training the toy policy", unit="step", disable=not progress,
-                   dynamic_ncols=True)
-        step = 0
-        while step < total[0]:
-            ids, labels = next(batches)
-            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            if calibrate_at is not None and step == calibrate_at:
-                per_step = (time.perf_counter() - started) / step
-                total[0] = max(step + 1, config.warmup_steps + 1, int(config.seconds / per_step))
-                bar.total = total[0]
-                bar.refresh()
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
-        bar.close()
-        seconds = time.perf_counter() - started
-        model.eval()
-    info = {
-        "steps": step,
-        "train_seconds": round(seconds, 1),
-        "threads": threads,
-        "final_loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "traces_seen": step * config.batch_size,
-    }
-    return model, tokenizer, info
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    train = TrainConfig(batch_size=config.batch_size, lr=config.lr, min_lr_ratio=config.min_lr_ratio,
+                        weight_decay=config.weight_decay, grad_clip=config.grad_clip, seed=config.seed,
+                        num_threads=threads, device="cpu")
+    # A stream has no end: `steps` bounds it (or, training for `seconds`, the speed of the first steps does).
+    stream = lambda accelerator: (_batches(tokenizer, config), config.steps if config.seconds is None else 10**9)  # noqa: E731
+    info = train_loop(model, train, stream, loss_fn=_lm_loss, warmup=lambda total: config.warmup_steps,
+                      progress=progress, seconds=config.seconds, desc="training the toy policy")
+    return model, tokenizer, {**info, "traces_seen": info["steps"] * config.batch_size}
