@@ -133,3 +133,20 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     assert all(0 <= r["greedy_acc"] <= 1 and r["prm_auc"] is not None for r in rows)
     assert (tmp_path / "runs" / "rest_mcts" / "iter_1" / "metrics.json").exists()
     assert png is None or png.stat().st_size > 0
+
+
+def test_prm_throughput_incremental_reads_each_token_once(capsys):
+    spec = importlib.util.spec_from_file_location("prm_throughput", SCRIPT.parent / "prm_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--quick", "--depths", "1,6", "--problems", "2", "--width", "2", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
+    assert [(r["depth"], r["mode"]) for r in rows] == [(d, m) for d in (1, 6) for m in module.MODES]
+    for r in rows:
+        assert r["steps"] == 2 * 2 * r["depth"] and r["steps_per_s"] > 0
+        if r["mode"] == "full":  # the path's prefixes again and again
+            assert r["read_per_unique"] > (1.5 if r["depth"] == 6 else 1.0)
+        else:  # the head once, every step once
+            assert r["tokens_read"] == r["unique_tokens"]
+    assert "read/unique" in captured.err
