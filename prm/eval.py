@@ -28,6 +28,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from mcts.answers import Candidate, aggregate_step_values, choose_answer
@@ -38,6 +39,7 @@ from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig
 from prm.data import StepDataError, load_pair_dataset, pair_records, read_step_records
 from prm.ebc import ebc_select
 from prm.metrics import pairwise_metrics, step_metrics
+from prm.adapters import PRM_FORMATS, detect_format, load_adapter
 from prm.model import PRM, PRMLoadError
 from prm.pairwise import PPRM
 from prm.toy_traces import ToyDataConfig, rollout, toy_problems, toy_step_records
@@ -184,6 +186,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m prm.eval",
                                      description="Evaluate a PRM (and a PPRM) on labelled steps or toy problems.")
     parser.add_argument("--prm", help="a PRM folder (python -m prm.train), or 'tiny': the toy world's (built on first use)")
+    parser.add_argument("--prm-format", default="auto", choices=("auto", *PRM_FORMATS),
+                        help="how the --prm folder is read: treesearch (this project's own) or an open reward "
+                        "model's recipe (prm/adapters.py); auto: what the folder's files say")
     parser.add_argument("--pprm", help="a PPRM folder, for pairwise accuracy and EBC, or 'tiny'")
     parser.add_argument("--data", help="a step-labelled file (JSONL/Parquet, PRM800K, Math-Shepherd) "
                         "or, with only --pprm, a pair file")
@@ -249,6 +254,17 @@ def _bad_flag(args: argparse.Namespace) -> str | None:
     return next((message for ok, message in checks if not ok), None)
 
 
+def _load_prm(folder: str, prm_format: str, device: str | None, overrides: dict):
+    """The --prm folder as this project's PRM or, by --prm-format (or detected), an open PRM's adapter."""
+    fmt = detect_format(folder) if prm_format == "auto" and Path(folder).is_dir() else prm_format
+    if fmt in ("auto", "treesearch"):
+        return PRM.from_pretrained(folder, device=device, **overrides)
+    options = {"trust_remote_code": overrides["trust_remote_code"]}
+    if "num_threads" in overrides:
+        options["num_threads"] = overrides["num_threads"]
+    return load_adapter(folder, fmt, device=device, **options)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     args = parser.parse_args(argv)
@@ -271,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         args.prm = str(ensure_toy_prm()) if args.prm == "tiny" else args.prm
         args.pprm = str(ensure_toy_pprm()) if args.pprm == "tiny" else args.pprm
     try:
-        prm = PRM.from_pretrained(args.prm, device=args.device, **overrides) if args.prm else None
+        prm = _load_prm(args.prm, args.prm_format, args.device, overrides) if args.prm else None
         pprm = PPRM.from_pretrained(args.pprm, device=args.device, **overrides) if args.pprm else None
     except (PRMLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -2,7 +2,7 @@
 it searches with them.
 
     EngineSpec      what every worker builds: the policy (`model`, `backend`, `device`,
-                    `max_new_tokens`, `delimiter`), the scorer (`prm`, `oracle_noise`, `golds`,
+                    `max_new_tokens`, `delimiter`), the scorer (`prm`, `prm_format`, `oracle_noise`, `golds`,
                     the answer judge (`pprm`, `ebc_alpha`), `seed`, the `SearchConfig`, and
                     optionally a `runner` (a search of its own, `SearchRunner`). Frozen and picklable; `spec.check(texts)`
                     validates problems up front, `spec.build()` returns an `Engine`.
@@ -81,12 +81,16 @@ class EngineSpec:
 
     model: str = "tiny"  # 'scripted', 'tiny' or a local model folder (`load_proposer`)
     prm: str = "tiny"  # 'tiny' (the shipped toy PRM), 'oracle' (tests only) or a PRM folder (`load_scorer`)
+    prm_format: str = "auto"  # how a --prm folder is read: 'auto' (detected) or a `PRM_FORMATS` name
+    prm_backend: str = "hf"  # what runs the --prm folder: 'hf' (transformers) or 'vllm' (a pooling engine)
+    prm_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # its vLLM engine options
     backend: str = "hf"  # what runs `model`: 'hf' or 'vllm'
     device: str | None = None  # torch device; None: cuda when the worker sees one, else cpu
     seed: int = 0  # the run's seed: shard k's proposer is seeded with shard_seed(seed, k)
     oracle_noise: float = 0.1  # flip probability of the oracle PRM
     max_new_tokens: int | None = None  # most tokens in one step (None: the policy's default)
     delimiter: str | None = None  # step delimiter of a model folder (None: what it declares)
+    preset: str | None = None  # the policy's prompt and step settings (`mcts.policy.presets`)
     config: SearchConfig = dataclasses.field(default_factory=SearchConfig)
     golds: Mapping[str, str] | None = None  # problem text -> gold answer, for the oracle
     pprm: str | None = None  # the PPRM of the `ebc` answer rule: 'tiny' or a folder (`load_judge`)
@@ -141,7 +145,7 @@ class Engine:
             self.proposer = load_proposer(spec.model, backend=spec.backend, seed=spec.seed, device=spec.device,
                                           max_new_tokens=spec.max_new_tokens, delimiter=spec.delimiter,
                                           engine_options=dict(spec.proposer_options),
-                                          trust_remote_code=spec.trust_remote_code)
+                                          trust_remote_code=spec.trust_remote_code, preset=spec.preset)
         except (OSError, ValueError, ImportError) as err:  # ImportError: an optional backend not installed
             raise EngineLoadError("model", spec.model, str(err)) from err
         self.scorer = None
@@ -149,7 +153,9 @@ class Engine:
             golds = dict(spec.golds) if spec.golds is not None else None
             try:
                 self.scorer = load_scorer(spec.prm, golds=golds, oracle_noise=spec.oracle_noise, seed=spec.seed,
-                                          device=spec.device, trust_remote_code=spec.trust_remote_code)
+                                          device=spec.device, trust_remote_code=spec.trust_remote_code,
+                                          prm_format=spec.prm_format, prm_backend=spec.prm_backend,
+                                          prm_engine_options=dict(spec.prm_options))
             except (OSError, ValueError, ImportError) as err:
                 raise EngineLoadError("prm", spec.prm, str(err)) from err
         self.judge = None

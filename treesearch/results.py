@@ -88,7 +88,11 @@ def run_manifest(problem_file: str | os.PathLike, spec: EngineSpec) -> dict:
     """What a results file is made from: compared field by field on --resume."""
     digest = hashlib.sha256(Path(problem_file).read_bytes()).hexdigest()
     return {"format": MANIFEST_FORMAT, "problem_file": str(Path(problem_file).resolve()), "problem_file_sha256": digest,
-            "model": spec.model, "prm": spec.prm if spec.needs_scorer else None, "backend": spec.backend,
+            "model": spec.model, "preset": spec.preset, "prm": spec.prm if spec.needs_scorer else None,
+            "backend": spec.backend,
+            # None when at their defaults, so that a results file from before these fields still resumes
+            "prm_format": spec.prm_format if spec.needs_scorer and spec.prm_format != "auto" else None,
+            "prm_backend": spec.prm_backend if spec.needs_scorer and spec.prm_backend != "hf" else None,
             "seed": spec.seed, "oracle_noise": spec.oracle_noise if spec.prm == "oracle" else None,
             "pprm": spec.pprm, "ebc_alpha": spec.ebc_alpha if spec.pprm else None, "algorithm": spec.algorithm,
             "search": json.loads(json.dumps(dataclasses.asdict(spec.config)))}
