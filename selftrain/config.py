@@ -147,6 +147,9 @@ class RunConfig:
     weak_traces: int | None = option(None,
         "distinct solutions the weak toy policy is trained on, over and over (None: a fresh one every "
         "time, weak_steps * 32 in all)")
+    preset: str | None = option(None,
+        "the policy family's prompt and step settings (mcts.policy.presets: qwen2.5-math, "
+        "llama-3.1-instruct, ...) for a policy folder, in its searches and its fine-tuning alike")
     prm: str = option("tiny",
         "starting PRM: 'tiny' (the toy world's trained PRM, shipped in the package), 'fresh' (a new "
         "head on the starting policy's backbone: it knows nothing) or a PRM folder")

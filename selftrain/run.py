@@ -152,6 +152,15 @@ def check_models(config: RunConfig) -> None:
             raise RunError(f"--policy {config.policy}: not 'weak', 'tiny' or a model folder (no such folder)")
         if not (policy / "config.json").is_file():
             raise RunError(f"--policy {config.policy}: not a model folder (it has no config.json)")
+    elif config.preset not in (None, "toy"):
+        raise RunError(f"--preset {config.preset}: the toy policy ('{config.policy}') takes no preset but 'toy'")
+    if config.preset is not None:
+        from mcts.policy.presets import get_preset
+
+        try:
+            get_preset(config.preset)
+        except ValueError as err:
+            raise RunError(str(err)) from None
     if config.prm not in ("fresh", "tiny"):
         prm = Path(config.prm)
         if not prm.is_dir():
@@ -357,7 +366,8 @@ class RunContext:
     def load_policy(self, folder: Path, seed: int):
         from treesearch.loaders import load_proposer
 
-        return load_proposer(str(folder), backend=self.config.backend, seed=seed, device=self.config.device)
+        return load_proposer(str(folder), backend=self.config.backend, seed=seed, device=self.config.device,
+                             preset=self.config.preset)
 
     def load_prm(self, folder: Path):
         from treesearch.loaders import load_scorer
@@ -389,7 +399,7 @@ class RunContext:
             shards = make_shards(problems, self.config.batch, by_id, trees=True)
             spec = EngineSpec(model=str(policy), prm=str(prm) if prm is not None else "oracle",
                               backend=self.config.backend, device=self.config.device, seed=seed, config=search,
-                              runner=runner)
+                              preset=self.config.preset, runner=runner)
             bar = tqdm(total=len(problems), initial=len(by_id), desc=f"iter {k} {name}", unit="problem",
                        disable=not self.progress)
             started = [time.perf_counter()]
@@ -464,7 +474,7 @@ class RunContext:
             start = self.models(0)[0] if self.config.sft_from == "base" else self.models(k - 1)[0]
             rows = balance_by_length(traces) if self.config.sft_balance == "length" else [dict(t) for t in traces]
             return run_training(TrainJob("sft", str(start), rows, self.config.seed + k, sft=self.config.sft,
-                                         threads=self.config.threads, progress=self.progress,
+                                         preset=self.config.preset, threads=self.config.threads, progress=self.progress,
                                          device="cpu" if self.config.device == "cpu" else "auto"), folder)
 
         return self.stage(k, "policy", work)

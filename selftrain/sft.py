@@ -104,7 +104,7 @@ def _wrap_lora(model, config: SFTConfig):
 
 def sft_policy(base: str | Path, traces: Sequence[Mapping], out: str | Path, config: SFTConfig = SFTConfig(), *,
                seed: int = 0, num_threads: int | None = None, progress: bool = True, resume: bool = True,
-               device: str = "auto") -> dict:
+               device: str = "auto", preset: str | None = None) -> dict:
     """Fine-tunes the policy folder `base` on `traces` and saves it to `out` (atomically).
 
     Checkpoints go to `<out>.checkpoints` every `config.save_every` steps; with `resume` an
@@ -121,7 +121,12 @@ def sft_policy(base: str | Path, traces: Sequence[Mapping], out: str | Path, con
     base, out = Path(base), Path(out)
     if not traces:
         raise ValueError("no solutions to fine-tune on")
-    policy = HFPolicy.from_pretrained(base, HFPolicyConfig(device="cpu", dtype="float32"))
+    options = {"device": "cpu", "dtype": "float32"}
+    if preset is not None:  # render the prompts as the searches that found the solutions did
+        from mcts.policy.presets import preset_fields
+
+        options = preset_fields(preset, **options)
+    policy = HFPolicy.from_pretrained(base, HFPolicyConfig(**options))
     model = policy.model
     rows = encode_sft_rows(policy, traces, config.max_length or policy.max_context)
     torch.manual_seed(seed)

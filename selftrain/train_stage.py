@@ -38,8 +38,9 @@ class TrainJob:
 
     kind: "sft" (the policy, on solution records, with `sft`) or "prm" | "orm" | "pprm" (a scorer,
         on step records' `target` or on pairs, with `train`); start: the model folder it starts from;
-    records: its training data; seed: the stage's seed; threads/device: where it trains (sft; a
-    scorer's are in `train`); progress, desc: its progress bar.
+    records: its training data; seed: the stage's seed; preset: the policy family's prompt settings
+    (sft: the rows are rendered as the search renders the prompt); threads/device: where it trains
+    (sft; a scorer's are in `train`); progress, desc: its progress bar.
     """
 
     kind: str
@@ -49,6 +50,7 @@ class TrainJob:
     sft: "SFTConfig | None" = None
     train: "TrainConfig | None" = None
     target: str | None = None
+    preset: str | None = None
     threads: int | None = None
     device: str = "auto"
     progress: bool = True
@@ -112,7 +114,7 @@ def _run_job(job: TrainJob, out: Path) -> dict:
         from selftrain.sft import sft_policy
 
         info = sft_policy(job.start, job.records, out, job.sft, seed=job.seed, num_threads=job.threads,
-                          progress=job.progress, device=job.device)
+                          progress=job.progress, device=job.device, preset=job.preset)
         return {"traces": len(job.records), "steps": info["steps"], "final_loss": info["final_loss"],
                 "processes": info["processes"]}
     return train_scorer_model(job.kind, job.start, job.records, out, job.train, target=job.target, seed=job.seed,

@@ -318,3 +318,17 @@ def test_every_loop_name_has_a_loop():
 
     # RunConfig validates names against ALGORITHMS; the loops import the config, not the other way.
     assert set(LOOPS) == set(ALGORITHMS)
+
+
+def test_a_preset_is_checked_before_anything_runs(tmp_path):
+    from selftrain.run import check_models
+
+    check_models(RunConfig(preset="toy"))
+    with pytest.raises(RunError, match="takes no preset but 'toy'"):
+        check_models(RunConfig(preset="qwen2.5-math"))  # the toy policy writes no chat
+    folder = tmp_path / "policy"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    check_models(RunConfig(policy=str(folder), preset="qwen2.5-math"))
+    with pytest.raises(RunError, match="unknown preset 'nope'; the presets are"):
+        check_models(RunConfig(policy=str(folder), preset="nope"))

@@ -19,9 +19,10 @@ from typing import Sequence
 from mcts.core.native import available_backends, num_threads
 from mcts.problems import ProblemFileError, load_problems
 from mcts.config import ALGORITHMS, SearchConfig
+from mcts.policy.presets import PRESET_NAMES, get_preset
 from treesearch.engine import EngineLoadError, EngineSpec
 from treesearch.executor import ExecutorError, make_executor
-from treesearch.loaders import POLICY_BACKENDS, check_toy_gold
+from treesearch.loaders import POLICY_BACKENDS, PRM_BACKENDS, PRM_FORMAT_CHOICES, check_toy_gold
 from treesearch.results import ResultsFileError, run_manifest, search_problems
 
 __all__ = ["CliError", "main", "make_parser", "run_cli", "summarize"]
@@ -51,6 +52,16 @@ def make_parser() -> argparse.ArgumentParser:
     models.add_argument("--prm", default="tiny", help="the scorer: a local PRM folder, 'tiny' (the toy "
                         "world's trained PRM, shipped in the package) or 'oracle' (the toy world's oracle: it "
                         "reads the gold answer, for tests of the search logic only; with --oracle-noise)")
+    models.add_argument("--prm-format", default="auto", choices=PRM_FORMAT_CHOICES,
+                        help="how a --prm folder is read: treesearch (this project's own), math_shepherd, qwen_prm, "
+                        "rlhflow, value_head, generative (the open reward models' recipes, prm/adapters.py), or auto "
+                        "(what the folder's files say; rlhflow and generative folders must be named)")
+    models.add_argument("--prm-backend", default="hf", choices=PRM_BACKENDS,
+                        help="what runs a --prm folder: hf (transformers) or vllm (a vLLM pooling engine; "
+                        "--prm-format qwen_prm)")
+    models.add_argument("--prm-gpu-memory-utilization", type=float, default=None,
+                        help="--prm-backend vllm: fraction of the GPU's memory the PRM's engine may take (beside "
+                        "the policy's --gpu-memory-utilization on the same GPU)")
     models.add_argument("--oracle-noise", type=float, default=0.1,
                         help="probability that the oracle PRM flips a step's score")
     models.add_argument("--pprm", default=None, help="a pairwise PPRM folder or 'tiny' (the toy world's, "
@@ -73,6 +84,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "(auto_map). Off by default: such a folder is refused, and nothing of it runs")
     models.add_argument("--delimiter", default=None, help="the step delimiter of --model DIR, as a Python "
                         "string literal (default: what the folder declares, else '\\n\\n')")
+    models.add_argument("--preset", default=None, metavar="NAME", help="the prompt and step settings of a "
+                        f"policy family ({', '.join(PRESET_NAMES)}): system prompt, answer instruction, delimiter, "
+                        "stop tokens, chat template (mcts/policy/presets.py); --delimiter still wins")
     search = parser.add_argument_group("search (shared by every algorithm, for equal budgets)")
     for field in dataclasses.fields(SearchConfig):
         flag = "--" + field.name.replace("_", "-")
@@ -233,9 +247,20 @@ def run_cli(args: argparse.Namespace) -> int:
                        "only read by --answer-selection ebc")
     if not 0.0 <= args.ebc_alpha <= 1.0:
         raise CliError(f"--ebc-alpha must be in [0, 1], got {args.ebc_alpha}")
-    spec = EngineSpec(model=args.model, prm=args.prm, backend=args.backend, device=args.device, seed=args.seed,
+    if args.preset is not None:
+        try:
+            get_preset(args.preset)
+        except ValueError as err:
+            raise CliError(f"--preset: {err}") from None
+    if args.prm_backend != "vllm" and args.prm_gpu_memory_utilization is not None:
+        raise CliError("--prm-gpu-memory-utilization needs --prm-backend vllm")
+    spec = EngineSpec(model=args.model, prm=args.prm, prm_format=args.prm_format, backend=args.backend,
+                      prm_backend=args.prm_backend,
+                      prm_options={"gpu_memory_utilization": args.prm_gpu_memory_utilization},
+                      device=args.device, seed=args.seed,
                       oracle_noise=args.oracle_noise, max_new_tokens=args.max_new_tokens,
-                      delimiter=_delimiter(args.delimiter), config=config, pprm=args.pprm, ebc_alpha=args.ebc_alpha,
+                      delimiter=_delimiter(args.delimiter), preset=args.preset, config=config, pprm=args.pprm,
+                      ebc_alpha=args.ebc_alpha,
                       trust_remote_code=args.trust_remote_code,
                       proposer_options={"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
                                         "gpu_memory_utilization": args.gpu_memory_utilization})

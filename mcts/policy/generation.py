@@ -6,8 +6,10 @@ build on it, so that the same config gives the same prompts, the same step bound
 
     PolicyGenerationConfig   the settings both backends' configs share (a frozen, keyword-only base
                              dataclass, validated): max_new_tokens, delimiter, chat_template,
-                             system_prompt, top_k, top_p, min_p, seed, trust_remote_code
+                             system_prompt, top_k, top_p, min_p, seed, trust_remote_code,
+                             answer_instruction, stop_tokens
     plain_prompt, ChatPrompt the two prompt layouts, pure Prefix -> str
+    user_message             the problem as the user states it (with the answer instruction)
     resolve_prompt           the backends' choice of layout (and of special tokens)
     prompt_token_ids         prompts as token ids, as both backends tokenise them
     prompt_requests          which prefixes get a request (not a finished one, not one too long)
@@ -15,6 +17,7 @@ build on it, so that the same config gives the same prompts, the same step bound
                              and the `finished` rule
     request_seed             the seed of a policy's k-th draw since it was seeded
     token_id_list            an EOS/pad id setting (None, an id or ids) as a list
+    stop_token_ids           the ids of `stop_tokens` in a tokenizer (ValueError for one it lacks)
     PolicyStats              the running totals both backends keep
 
 This module imports neither torch nor vLLM.
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_DELIMITER", "DEFAULT_MAX_NEW_TOKENS", "REQUEST_SEED_MODULUS", "STOP_REASONS", "ChatPrompt",
            "PolicyGenerationConfig", "PolicyStats", "PromptFn", "finish_step", "plain_prompt", "prompt_requests",
-           "prompt_token_ids", "request_seed", "resolve_prompt", "token_id_list"]
+           "prompt_token_ids", "request_seed", "resolve_prompt", "stop_token_ids", "token_id_list", "user_message"]
 
 PromptFn = Callable[[Prefix], str]
 
@@ -79,6 +82,12 @@ class PolicyGenerationConfig:
     trust_remote_code: bool = option(False,
         "let a model folder run its own Python code (the auto_map of its config.json): only for a "
         "folder you trust; off, such a folder is refused (a model folder cannot declare it)")
+    answer_instruction: str | None = option(None,
+        "said after the problem, on a line of its own, in the user's message (e.g. 'Please reason step by "
+        "step, and put your final answer within \\boxed{}.'), for models told so in the user turn; None: nothing")
+    stop_tokens: tuple[str, ...] | None = option(None,
+        "tokens that end a step as EOS does, besides the model's own EOS ids (e.g. '<|im_end|>'); each must "
+        "be one token of the tokenizer. None: none")
 
     def __post_init__(self):
         if self.max_new_tokens is not None and not _positive_int(self.max_new_tokens):
@@ -89,6 +98,14 @@ class PolicyGenerationConfig:
             raise ValueError(f"chat_template must be None, True or False, got {self.chat_template!r}")
         if self.system_prompt is not None and not isinstance(self.system_prompt, str):
             raise ValueError(f"system_prompt must be None or a string, got {self.system_prompt!r}")
+        if self.answer_instruction is not None and (not isinstance(self.answer_instruction, str)
+                                                    or not self.answer_instruction.strip()):
+            raise ValueError(f"answer_instruction must be None or a non-empty string, got {self.answer_instruction!r}")
+        if self.stop_tokens is not None:
+            if (isinstance(self.stop_tokens, str) or not isinstance(self.stop_tokens, (list, tuple))
+                    or not all(isinstance(t, str) and t for t in self.stop_tokens)):
+                raise ValueError(f"stop_tokens must be None or a list of non-empty strings, got {self.stop_tokens!r}")
+            object.__setattr__(self, "stop_tokens", tuple(self.stop_tokens))  # a folder's JSON gives a list
         self.truncation  # noqa: B018 - validates top_k, top_p, min_p
         if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
             raise ValueError(f"seed must be None or an int, got {self.seed!r}")
@@ -105,28 +122,36 @@ class PolicyGenerationConfig:
 # Prompts: pure functions Prefix -> str, and their tokens
 
 
-def plain_prompt(prefix: Prefix, delimiter: str) -> str:
-    """The prompt of a model without a chat template (the toy world's): `problem + delimiter + steps`.
+def user_message(problem: str, answer_instruction: str | None = None) -> str:
+    """What the user says: the problem, then the answer instruction (if any) on a line of its own."""
+    return problem if answer_instruction is None else f"{problem}\n{answer_instruction}"
+
+
+def plain_prompt(prefix: Prefix, delimiter: str, answer_instruction: str | None = None) -> str:
+    """The prompt of a model without a chat template (the toy world's): `problem + delimiter + steps`
+    (the problem followed by its answer instruction, if any).
 
     Each step already ends with its delimiter, so the steps are joined as they are.
     """
-    return prefix.problem + delimiter + "".join(prefix.steps)
+    return user_message(prefix.problem, answer_instruction) + delimiter + "".join(prefix.steps)
 
 
 class ChatPrompt:
     """Prefix -> prompt through the tokenizer's chat template.
 
-    The problem is the user's message and the generation prompt is added; the template is rendered
+    The problem (`user_message`: with the answer instruction, if any) is the user's message, after
+    the system prompt if there is one, and the generation prompt is added; the template is rendered
     once per problem (an LRU cache: a problem appears in every prefix of its tree), and the steps
     so far follow it as they are, as the assistant's partial answer.
     """
 
     def __init__(self, tokenizer: "PreTrainedTokenizerBase", system_prompt: str | None = None,
-                 cache_size: int = 4096):
+                 cache_size: int = 4096, answer_instruction: str | None = None):
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("ChatPrompt: the tokenizer has no chat template; use plain_prompt")
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
+        self.answer_instruction = answer_instruction
         self.cache_size = cache_size
         self._heads: OrderedDict[str, str] = OrderedDict()
 
@@ -134,7 +159,7 @@ class ChatPrompt:
         """The rendered template of a problem, up to where the assistant's answer starts."""
         head = self._heads.get(problem)
         if head is None:
-            messages = [{"role": "user", "content": problem}]
+            messages = [{"role": "user", "content": user_message(problem, self.answer_instruction)}]
             if self.system_prompt is not None:
                 messages.insert(0, {"role": "system", "content": self.system_prompt})
             head = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -156,7 +181,8 @@ def resolve_prompt(tokenizer: "PreTrainedTokenizerBase", config: PolicyGeneratio
     The chat template is used when `config.chat_template` says so, or, left at None, when the
     tokenizer has one (ValueError, naming `owner`, when it is asked for and there is none).
     `prompt_fn` (the caller's own) wins; else `ChatPrompt` with the config's system prompt, or
-    `plain_prompt` with the config's delimiter (which must be resolved). A rendered chat template
+    `plain_prompt` with the config's delimiter (which must be resolved); both with its answer
+    instruction. A rendered chat template
     carries its own BOS, so add_special_tokens is False then; a plain prompt gets the tokenizer's.
     """
     has_template = getattr(tokenizer, "chat_template", None) is not None
@@ -165,11 +191,12 @@ def resolve_prompt(tokenizer: "PreTrainedTokenizerBase", config: PolicyGeneratio
         raise ValueError(f"{owner}: chat_template=True but the tokenizer has no chat template")
     if prompt_fn is None:
         if use_chat:
-            prompt_fn = ChatPrompt(tokenizer, config.system_prompt)
+            prompt_fn = ChatPrompt(tokenizer, config.system_prompt, answer_instruction=config.answer_instruction)
         else:
             if config.delimiter is None:
                 raise ValueError(f"{owner}: the delimiter must be resolved before the prompt")
-            prompt_fn = functools.partial(plain_prompt, delimiter=config.delimiter)
+            prompt_fn = functools.partial(plain_prompt, delimiter=config.delimiter,
+                                          answer_instruction=config.answer_instruction)
     return prompt_fn, not use_chat
 
 
@@ -261,6 +288,18 @@ def token_id_list(value) -> list[int]:
     if isinstance(value, int):
         return [value]
     return [int(v) for v in value]
+
+
+def stop_token_ids(tokenizer: "PreTrainedTokenizerBase", tokens: Sequence[str] | None) -> list[int]:
+    """The ids of `tokens` (a config's `stop_tokens`) in `tokenizer`. Raises ValueError naming a
+    token that is not one token of it (a stop token of another model family: the wrong preset)."""
+    ids = []
+    for token in tokens or ():
+        token_id = tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or (token_id == tokenizer.unk_token_id and token != tokenizer.unk_token):
+            raise ValueError(f"stop_tokens: {token!r} is not a token of this model's tokenizer")
+        ids.append(int(token_id))
+    return ids
 
 
 @dataclasses.dataclass

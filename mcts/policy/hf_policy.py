@@ -47,6 +47,7 @@ from mcts.policy.generation import (
     prompt_token_ids,
     request_seed,
     resolve_prompt,
+    stop_token_ids,
     token_id_list,
 )
 from mcts.policy.remote_code import check_remote_code
@@ -76,8 +77,9 @@ _UNDECLARABLE = ("trust_remote_code",)
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class HFPolicyConfig(PolicyGenerationConfig):
     """How the transformers policy generates steps: the settings shared with the vLLM backend
-    (`PolicyGenerationConfig`: max_new_tokens, delimiter, chat_template, system_prompt, top_k,
-    top_p, min_p, seed, trust_remote_code), and those of transformers below. `seed` must be an int."""
+    (`PolicyGenerationConfig`: max_new_tokens, delimiter, chat_template, system_prompt,
+    top_k, top_p, min_p, seed, trust_remote_code, answer_instruction, stop_tokens), and those of
+    transformers below. `seed` must be an int."""
 
     batch_size: int | None = option(None,
         "sequences (prompts x samples) per generate call; None: what the model folder declares, else 32")
@@ -268,7 +270,8 @@ class HFPolicy:
         self.prompt_fn, self._add_special_tokens = resolve_prompt(tokenizer, config, prompt_fn, owner="HFPolicy")
 
         gen_config = model.generation_config
-        self.eos_ids = sorted(set(token_id_list(gen_config.eos_token_id)) | set(token_id_list(tokenizer.eos_token_id)))
+        self.eos_ids = sorted(set(token_id_list(gen_config.eos_token_id)) | set(token_id_list(tokenizer.eos_token_id))
+                              | set(stop_token_ids(tokenizer, config.stop_tokens)))
         pad = tokenizer.pad_token_id
         if pad is None:
             pad = token_id_list(gen_config.pad_token_id)[0] if gen_config.pad_token_id is not None else None

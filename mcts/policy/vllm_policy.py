@@ -65,6 +65,7 @@ from mcts.policy.generation import (
     prompt_token_ids,
     request_seed,
     resolve_prompt,
+    stop_token_ids,
     token_id_list,
 )
 from mcts.policy.hf_policy import read_policy_defaults
@@ -100,7 +101,8 @@ def _import_vllm():
 class VLLMPolicyConfig(PolicyGenerationConfig):
     """How the vLLM policy generates steps, and how its engine is started: the settings shared with
     the transformers backend (`PolicyGenerationConfig`: max_new_tokens, delimiter, chat_template,
-    system_prompt, top_k, top_p, min_p, seed, trust_remote_code), and the engine's below. Here
+    system_prompt, top_k, top_p, min_p, seed, trust_remote_code, answer_instruction, stop_tokens), and
+    the engine's below. Here
     max_new_tokens is an int (default 256, not read from the folder) and seed may be None."""
 
     max_new_tokens: int = option(DEFAULT_MAX_NEW_TOKENS,
@@ -310,7 +312,7 @@ class VLLMPolicy:
         # A rendered chat template carries its own BOS; a plain prompt gets the tokenizer's.
         self.prompt_fn, self._add_special_tokens = resolve_prompt(tokenizer, config, prompt_fn, owner="VLLMPolicy")
         eos = token_id_list(tokenizer.eos_token_id if eos_token_ids is None else eos_token_ids)
-        self.eos_ids = sorted(set(eos))
+        self.eos_ids = sorted(set(eos) | set(stop_token_ids(tokenizer, config.stop_tokens)))
         self.max_context = config.max_model_len or _engine_max_model_len(llm)
         self._sampling_params_cls = sampling_params_cls
         self.stats = VLLMPolicyStats()
