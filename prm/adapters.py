@@ -25,6 +25,9 @@ each step's read position, and a reading (softmax or sigmoid) that makes a score
                                     score_outcomes(prefixes) -> [P]; and, for the key/value cache,
                                     head_ids(problem), piece_ids(step, index), backbone,
                                     read_hidden(hidden [N, H]) -> [N] scores
+
+`score` reads through the incremental key/value cache of prm/kv_cache.py by default
+(`AdapterConfig.incremental`), as the project's own PRM does: a step costs its own tokens only.
     AdapterConfig                   batch_size, num_threads, max_length, system_prompt
 
 An LM head is read as a linear map of the last hidden state (two of its rows), so a model whose
@@ -47,6 +50,7 @@ from mcts.options import option, require
 from mcts.policy.base import Prefix, Step
 from mcts.policy.remote_code import TRUST_REMOTE_CODE_FLAG, remote_code_files
 from mcts.policy.torch_utils import torch_threads
+from prm.kv_cache import KVCache, refreshed_cache, score_pairs
 from prm.model import CONFIG_FILE, PRMLoadError, pad_right, quiet_transformers, resolve_device
 from prm.recipes import RECIPES, PieceError, check_pieces, encode_trace
 
@@ -70,6 +74,10 @@ class AdapterConfig:
         "most tokens read per sequence (longer ones lose their start; a step cut off reads NaN); None: "
         "the backbone's max_position_embeddings")
     system_prompt: str | None = option(None, "qwen_prm: the system prompt (None: the model card's)")
+    incremental: bool = option(True,
+        "score a step from its parent's cached keys and values (prm/kv_cache.py, as PRMConfig.incremental), "
+        "reading only the step's tokens; scores equal a full reading. Off: every step rereads its prefix")
+    cache_bytes: int = option(1 << 30, "byte budget of the incremental cache (an LRU over tree nodes)")
 
     def __post_init__(self):
         require(isinstance(self.batch_size, int) and self.batch_size >= 1,
@@ -78,6 +86,8 @@ class AdapterConfig:
                 f"num_threads must be None or an int >= 1, got {self.num_threads!r}")
         require(self.max_length is None or (isinstance(self.max_length, int) and self.max_length >= 2),
                 f"max_length must be None or an int >= 2, got {self.max_length!r}")
+        require(isinstance(self.cache_bytes, int) and self.cache_bytes >= 0,
+                f"cache_bytes must be an int >= 0, got {self.cache_bytes!r}")
 
 
 class AdapterPRM(nn.Module):
@@ -103,6 +113,7 @@ class AdapterPRM(nn.Module):
         self.pad_id = int(pad if pad is not None else 0)
         self.max_length = self.config.max_length or getattr(backbone.config, "max_position_embeddings", None)
         self._heads: OrderedDict[str, list[int]] = OrderedDict()
+        self._kv: KVCache | None = None
 
     @property
     def device(self) -> torch.device:
@@ -151,6 +162,20 @@ class AdapterPRM(nn.Module):
             return torch.sigmoid(out[:, 0])
         return torch.softmax(out, dim=-1)[:, reading.index]
 
+    def read(self, outputs: torch.Tensor) -> list[float]:
+        """The piece contract's reading (prm/kv_cache.py): scores of [N, H] hidden states at read offsets."""
+        return self.read_hidden(outputs).cpu().tolist()
+
+    @property
+    def kv_cache(self) -> KVCache | None:
+        """The cache `score` reads through: None when `config.incremental` is off or the base model's
+        attention cannot be extended piece by piece; emptied whenever the weights changed."""
+        if not self.config.incremental:
+            return None
+        self._kv = refreshed_cache(self._kv, self.backbone, self, max_bytes=self.config.cache_bytes,
+                                   batch_size=self.config.batch_size)
+        return self._kv
+
     @torch.inference_mode()
     def _scores(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
         """Scores at the given positions of each row, batched over right-padded chunks of similar lengths."""
@@ -177,6 +202,15 @@ class AdapterPRM(nn.Module):
         """The `StepScorer` protocol: [P] scores of the last step of each (prefix, step) pair."""
         if len(prefixes) != len(steps):
             raise ValueError(f"got {len(prefixes)} prefixes and {len(steps)} steps")
+        cache = self.kv_cache
+        if cache is not None and prefixes:
+            with torch.inference_mode(), torch_threads(self.config.num_threads):
+                return score_pairs(cache, self, prefixes, steps, max_length=self.max_length,
+                                   full=lambda idx: self._full_scores([prefixes[i] for i in idx], [steps[i] for i in idx]))
+        return self._full_scores(prefixes, steps)
+
+    def _full_scores(self, prefixes: Sequence[Prefix], steps: Sequence[Step | str]) -> list[float]:
+        """`score` by reading every trace whole (its start cut off beyond `max_length`)."""
         rows = []
         for prefix, step in zip(prefixes, steps):
             text = step.text if isinstance(step, Step) else step

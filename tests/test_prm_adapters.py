@@ -442,3 +442,32 @@ def test_max_length_cuts_the_start_and_reads_nan_for_lost_steps(folders):
     short = load_adapter(folders["value_head"], "value_head", device="cpu", max_length=keep)
     got = short.score_traces([Prefix(problem, tuple(steps))])[0]
     assert math.isnan(got[0]) and all(not math.isnan(v) for v in got[1:])
+
+
+@pytest.mark.parametrize("fmt", list(BUILDERS))
+def test_incremental_scoring_reads_each_token_once_and_equals_a_full_reading(folders, fmt):
+    """Every adapter reads through the KV cache by default (prm/kv_cache.py): a tree grown round by
+    round scores as a full rereading does, at every depth, while reading only the new steps' tokens."""
+    import random
+
+    from prm.adapters import load_adapter
+
+    incremental = load_adapter(folders[fmt], fmt, device="cpu", batch_size=3)
+    full = load_adapter(folders[fmt], fmt, device="cpu", batch_size=3, incremental=False)
+    assert incremental.kv_cache is not None and full.kv_cache is None
+    rng = random.Random(0)
+    pool = ["Add them: 3 + 4 = 7.", "So the total is 7.", "Then 7 * 2 = 14.", "Check: 14 / 2 = 7.",
+            "Hence x = 5.", "Wrong: 3 + 4 = 8.", "The answer is \\boxed{14}."]
+    problem = MATH_PROBLEMS[0][0]
+    frontier = [()]
+    for depth in range(1, 9):
+        prefixes = [Prefix(problem, s) for s in frontier for _ in range(2)]
+        steps = [Step(rng.choice(pool)) for _ in prefixes]
+        before = incremental.kv_cache.stats.tokens_read
+        got = incremental.score(prefixes, steps)
+        read = incremental.kv_cache.stats.tokens_read - before
+        assert got == pytest.approx(full.score(prefixes, steps), abs=1e-5), depth
+        new_tokens = sum(len(incremental.piece_ids(s.text, depth - 1)[0]) for s in steps)
+        heads = len(incremental.head_ids(problem)) if depth == 1 else 0
+        assert read <= new_tokens + heads, (depth, read, new_tokens)  # never the prefix again
+        frontier = [(*p.steps, s.text) for p, s in zip(prefixes, steps)][:3]
