@@ -10,7 +10,6 @@ the two never drift apart. Bad input is one line on stderr and exit status 2, be
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Sequence
 from mcts.core.native import available_backends, num_threads
 from mcts.problems import ProblemFileError, load_problems
 from mcts.config import ALGORITHMS, SearchConfig
+from mcts.options import add_flags, flag_message, flag_values
 from mcts.policy.presets import PRESET_NAMES, get_preset
 from treesearch.engine import EngineLoadError, EngineSpec
 from treesearch.executor import ExecutorError, make_executor
@@ -88,17 +88,9 @@ def make_parser() -> argparse.ArgumentParser:
                         f"policy family ({', '.join(PRESET_NAMES)}): system prompt, answer instruction, delimiter, "
                         "stop tokens, chat template (mcts/policy/presets.py); --delimiter still wins")
     search = parser.add_argument_group("search (shared by every algorithm, for equal budgets)")
-    for field in dataclasses.fields(SearchConfig):
-        flag = "--" + field.name.replace("_", "-")
-        if field.name == "algorithm":
-            search.add_argument(flag, default=field.default, choices=ALGORITHMS, help=field.metadata["help"])
-        elif field.type in ("bool", bool):
-            search.add_argument(flag, action=argparse.BooleanOptionalAction, default=field.default,
-                                help=field.metadata["help"])
-        else:
-            kind = {"int | None": int, "float | None": float, "str | None": str}.get(
-                field.type, type(field.default))
-            search.add_argument(flag, type=kind, default=field.default, help=field.metadata["help"])
+    # The config refuses a bad value with a one-line error naming the flag; argparse checks only the
+    # algorithm's name (its usage message lists them).
+    add_flags(search, SearchConfig, choices={"algorithm": ALGORITHMS})
     search.add_argument("--batch", type=int, default=16, help="problems searched together (trees per forest)")
     search.add_argument("--seed", type=int, default=0, help="seed of the run: batch k's policy sampling is "
                         "seeded from (seed, k), the oracle's noise from seed")
@@ -118,15 +110,10 @@ class CliError(Exception):
 
 
 def _config_from_args(args: argparse.Namespace) -> SearchConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SearchConfig)}
     try:
-        return SearchConfig(**values)
+        return SearchConfig(**flag_values(SearchConfig, args))
     except ValueError as err:
-        message = str(err)
-        for name in values:  # name the flag, not the field
-            message = message.replace(f"{name}=", f"--{name.replace('_', '-')}=").replace(
-                f"{name} must", f"--{name.replace('_', '-')} must")
-        raise CliError(message) from None
+        raise CliError(flag_message(str(err), SearchConfig)) from None
 
 
 def _delimiter(text: str | None) -> str | None:
