@@ -17,20 +17,19 @@ steps/s is the scored steps per second of a whole tree: the median of --repeats 
 lowest and highest. The steps are scripted toy steps (seeded random arithmetic in the toy policy's
 step layout, "a + b = c, so n"), the problems the toy world's.
 
-Backends: transformers only. There is no vLLM scorer in this install yet (issue 18 part 2); its
-prefix-caching measurement belongs with it.
+Backends: transformers only. The vLLM scorer (`--prm-backend vllm`, qwen_prm) leaves the caching to
+vLLM's own prefix cache, which this benchmark does not measure yet.
 
     python benchmarks/prm_throughput.py                     # the toy PRM on CPU, depths 1-16
     python benchmarks/prm_throughput.py --quick             # depths 1, 4, 16; 4 trees; 1 repeat
-    python benchmarks/prm_throughput.py --prm DIR           # any PRM folder (--prm-format NAME once
-                                                            # the installed load_scorer takes it)
+    python benchmarks/prm_throughput.py --prm DIR           # any PRM folder (--prm-format NAME for an
+                                                            # open PRM: prm/adapters.py)
     python benchmarks/prm_throughput.py --json              # JSON lines on stdout, the table on stderr
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -114,14 +113,12 @@ def measure(scorer, mode: str, rounds, repeats: int) -> dict[str, Any]:
 
 
 def load(args: argparse.Namespace):
-    """The scorer named by --prm through treesearch.loaders.load_scorer (with --prm-format where it
-    takes one); it must offer `with_config(incremental=...)`, as prm.model.PRM does."""
+    """The scorer named by --prm (and --prm-format) through treesearch.loaders.load_scorer; it must
+    offer `with_config(incremental=...)`, as prm.model.PRM and prm.adapters.AdapterPRM do."""
     from treesearch.loaders import load_scorer
 
     options: dict[str, Any] = {"device": args.device, "progress": False}
     if args.prm_format:
-        if "prm_format" not in inspect.signature(load_scorer).parameters:
-            raise SystemExit("--prm-format: this install's treesearch.loaders.load_scorer takes no prm_format")
         options["prm_format"] = args.prm_format
     try:
         scorer = load_scorer(args.prm, **options)
@@ -183,7 +180,7 @@ def header(scorer, args: argparse.Namespace) -> str:
     return "\n".join([
         f"PRM throughput: --prm {args.prm} ({type(scorer).__name__}) on {device} ({cores} cores, "
         f"{platform.processor() or platform.machine()}, {args.threads} torch threads); torch {torch.__version__}, "
-        f"transformers {transformers.__version__}; backend: transformers (no vLLM scorer installed)",
+        f"transformers {transformers.__version__}; backend: transformers (the vLLM scorer caches in vLLM itself: not measured here)",
         f"trees: {args.problems} toy problems, a spine of depth D with {args.width} children per level, "
         f"one scoring call per level; steps/s: median [min, max] of {args.repeats} trees after a warm-up",
     ])

@@ -162,6 +162,12 @@ class AdapterPRM(nn.Module):
             return torch.sigmoid(out[:, 0])
         return torch.softmax(out, dim=-1)[:, reading.index]
 
+    def with_config(self, **changes) -> "AdapterPRM":
+        """An adapter on this one's weights and recipe with `AdapterConfig` fields replaced (e.g.
+        incremental=False), in eval mode, with a cache of its own."""
+        return type(self)(self.format, self.backbone, self.tokenizer, self.recipe, self.head,
+                          dataclasses.replace(self.config, **changes)).eval()
+
     def read(self, outputs: torch.Tensor) -> list[float]:
         """The piece contract's reading (prm/kv_cache.py): scores of [N, H] hidden states at read offsets."""
         return self.read_hidden(outputs).cpu().tolist()
