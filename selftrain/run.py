@@ -73,7 +73,7 @@ def read_json(path: Path, what: str) -> Any:
 
 # What a run writes at the top of its folder (`is_run_folder`): RUN_FILES, iter_<k>/ folders, and the
 # temporaries of write_json_atomic / write_jsonl_atomic (".<name>.tmp", ".<name>.<random>.tmp").
-RUN_FILES = ("config.json", "summary.json", "prm_eval_traces.jsonl")
+RUN_FILES = ("config.json", "summary.json", "prm_eval_traces.jsonl", "report.html")
 
 
 def _is_run_entry(entry: Path) -> bool:
