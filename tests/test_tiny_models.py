@@ -349,3 +349,17 @@ def test_the_shipped_policy_still_measures_what_its_record_says():
     recorded = {r["ops"]: r["greedy_accuracy"] for r in info["accuracy"]}
     for row in rows:  # greedy decoding: equal up to float rounding across CPUs
         assert abs(row["greedy_accuracy"] - recorded[row["ops"]]) <= 0.03, (row, recorded[row["ops"]])
+
+
+def test_mcts_toy_is_the_one_door_to_the_toy_models(tmp_path, capsys):
+    """`mcts toy build|check policy|prm|pprm` routes to each model's build; the shipped folders check clean."""
+    from treesearch.commands import main
+
+    for model in ("policy", "prm", "pprm"):
+        assert main(["toy", "check", model]) == 0
+    assert "every file matches" in capsys.readouterr().out
+    out = tmp_path / "policy"
+    assert main(["toy", "build", "policy", "--quick", "--out", str(out), "--no-progress"]) == 0
+    assert (out / "model.safetensors").exists()
+    assert main(["toy", "check", "prm", str(out)]) == 1  # a policy folder is no toy PRM
+    assert main(["toy", "evaluate", "prm"]) == 2
