@@ -24,7 +24,7 @@ each step's read position, and a reading (softmax or sigmoid) that makes a score
     AdapterPRM                      score(prefixes, steps) -> [P], score_traces(prefixes) -> [P][K],
                                     score_outcomes(prefixes) -> [P]; and, for the key/value cache,
                                     head_ids(problem), piece_ids(step, index), backbone,
-                                    read_hidden(hidden [N, H]) -> [N] scores
+                                    reading(hidden [N, H]) -> [N] scores (prm.reader.PieceReader)
 
 `score` reads through the incremental key/value cache of prm/kv_cache.py by default
 (`AdapterConfig.incremental`), as the project's own PRM does: a step costs its own tokens only.
@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -47,11 +45,9 @@ import torch
 from torch import nn
 
 from mcts.options import option, require
-from mcts.policy.base import Prefix, Step
 from mcts.policy.remote_code import TRUST_REMOTE_CODE_FLAG, remote_code_files
-from mcts.policy.torch_utils import torch_threads
-from prm.kv_cache import KVCache, refreshed_cache, score_pairs
-from prm.model import CONFIG_FILE, PRMLoadError, pad_right, quiet_transformers, resolve_device
+from prm.model import CONFIG_FILE, PRMLoadError, quiet_transformers, resolve_device
+from prm.reader import PieceReader
 from prm.recipes import RECIPES, PieceError, check_pieces, encode_trace
 
 __all__ = ["ADAPTER_FORMATS", "AdapterConfig", "AdapterPRM", "PRM_FORMATS", "detect_format", "load_adapter"]
@@ -90,8 +86,9 @@ class AdapterConfig:
                 f"cache_bytes must be an int >= 0, got {self.cache_bytes!r}")
 
 
-class AdapterPRM(nn.Module):
-    """A base model, a head on its last hidden states and a recipe; implements `StepScorer`.
+class AdapterPRM(PieceReader):
+    """A base model, a head on its last hidden states and a recipe; implements `StepScorer` (the
+    reading and scoring calls are `prm.reader.PieceReader`'s).
 
     Attributes:
         format: the format name.
@@ -112,26 +109,12 @@ class AdapterPRM(nn.Module):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.max_length = self.config.max_length or getattr(backbone.config, "max_position_embeddings", None)
-        self._heads: OrderedDict[str, list[int]] = OrderedDict()
-        self._kv: KVCache | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.head.parameters()).device
 
     # -------------------------------------------------------------------------------------------
     # Encoding (the piece contract: head + one independently tokenised piece per step)
 
-    def head_ids(self, problem: str) -> list[int]:
-        """The ids before the first step; cached per problem (the search scores many prefixes of one)."""
-        ids = self._heads.get(problem)
-        if ids is None:
-            ids = self._heads[problem] = self.recipe.head_ids(problem)
-            if len(self._heads) > 4096:
-                self._heads.popitem(last=False)
-        else:
-            self._heads.move_to_end(problem)
-        return ids
+    def _head_ids(self, problem: str) -> list[int]:
+        return self.recipe.head_ids(problem)
 
     def piece_ids(self, step: str, index: int) -> tuple[list[int], int]:
         """(ids of step `index`, the offset inside them where its score is read)."""
@@ -141,20 +124,10 @@ class AdapterPRM(nn.Module):
         """(ids, read positions) of a trace."""
         return encode_trace(self.recipe, problem, steps, head=self.head_ids(problem))
 
-    def _truncate(self, ids: list[int], reads: list[int]) -> tuple[list[int], list[int]]:
-        if self.max_length is None or len(ids) <= self.max_length:
-            return ids, reads
-        cut = len(ids) - self.max_length
-        return ids[cut:], [r - cut for r in reads]  # reads < 0 fell off
-
     # -------------------------------------------------------------------------------------------
-    # Forward and reading
+    # Reading
 
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, H] last hidden states of the base model (after its final norm)."""
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-
-    def read_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+    def reading(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N] scores in [0, 1] from [N, H] hidden states at read positions."""
         out = self.head(hidden.float())
         reading = self.recipe.reading
@@ -167,73 +140,6 @@ class AdapterPRM(nn.Module):
         incremental=False), in eval mode, with a cache of its own."""
         return type(self)(self.format, self.backbone, self.tokenizer, self.recipe, self.head,
                           dataclasses.replace(self.config, **changes)).eval()
-
-    def read(self, outputs: torch.Tensor) -> list[float]:
-        """The piece contract's reading (prm/kv_cache.py): scores of [N, H] hidden states at read offsets."""
-        return self.read_hidden(outputs).cpu().tolist()
-
-    @property
-    def kv_cache(self) -> KVCache | None:
-        """The cache `score` reads through: None when `config.incremental` is off or the base model's
-        attention cannot be extended piece by piece; emptied whenever the weights changed."""
-        if not self.config.incremental:
-            return None
-        self._kv = refreshed_cache(self._kv, self.backbone, self, max_bytes=self.config.cache_bytes,
-                                   batch_size=self.config.batch_size)
-        return self._kv
-
-    @torch.inference_mode()
-    def _scores(self, rows: Sequence[tuple[list[int], list[int]]]) -> list[list[float]]:
-        """Scores at the given positions of each row, batched over right-padded chunks of similar lengths."""
-        out: list[list[float]] = [[] for _ in rows]
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
-        size = self.config.batch_size
-        with torch_threads(self.config.num_threads):
-            for start in range(0, len(order), size):
-                chunk = order[start:start + size]
-                ids, mask = pad_right([rows[i][0] for i in chunk], self.pad_id)
-                hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
-                r_idx = [r for r, i in enumerate(chunk) for p in rows[i][1] if p >= 0]
-                t_idx = [p for i in chunk for p in rows[i][1] if p >= 0]
-                picked = hidden[torch.tensor(r_idx, device=self.device), torch.tensor(t_idx, device=self.device)]
-                values = iter(self.read_hidden(picked).cpu().tolist())
-                for i in chunk:
-                    out[i] = [next(values) if p >= 0 else math.nan for p in rows[i][1]]
-        return out
-
-    # -------------------------------------------------------------------------------------------
-    # Scoring
-
-    def score(self, prefixes: Sequence[Prefix], steps: Sequence[Step | str]) -> list[float]:
-        """The `StepScorer` protocol: [P] scores of the last step of each (prefix, step) pair."""
-        if len(prefixes) != len(steps):
-            raise ValueError(f"got {len(prefixes)} prefixes and {len(steps)} steps")
-        cache = self.kv_cache
-        if cache is not None and prefixes:
-            with torch.inference_mode(), torch_threads(self.config.num_threads):
-                return score_pairs(cache, self, prefixes, steps, max_length=self.max_length,
-                                   full=lambda idx: self._full_scores([prefixes[i] for i in idx], [steps[i] for i in idx]))
-        return self._full_scores(prefixes, steps)
-
-    def _full_scores(self, prefixes: Sequence[Prefix], steps: Sequence[Step | str]) -> list[float]:
-        """`score` by reading every trace whole (its start cut off beyond `max_length`)."""
-        rows = []
-        for prefix, step in zip(prefixes, steps):
-            text = step.text if isinstance(step, Step) else step
-            ids, reads = self._truncate(*self.encode(prefix.problem, (*prefix.steps, text)))
-            rows.append((ids, reads[-1:]))
-        return [v[0] for v in self._scores(rows)]
-
-    def score_traces(self, prefixes: Sequence[Prefix]) -> list[list[float]]:
-        """[P][len(steps)] scores of every step of each trace, one pass per trace (value k equals
-        `score` of (steps[:k], steps[k])); a step cut off by `max_length` reads NaN."""
-        return self._scores([self._truncate(*self.encode(p.problem, p.steps)) for p in prefixes])
-
-    def score_outcomes(self, prefixes: Sequence[Prefix]) -> list[float]:
-        """The score of each trace's last step (NaN for a trace without steps)."""
-        rows = [self._truncate(*self.encode(p.problem, p.steps)) for p in prefixes]
-        values = self._scores([(ids, reads[-1:]) for ids, reads in rows])
-        return [v[0] if v else math.nan for v in values]
 
 
 # ---------------------------------------------------------------------------------------------------

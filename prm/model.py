@@ -47,10 +47,8 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
-from mcts.policy.base import Prefix, Step
-from prm.kv_cache import KVCache, refreshed_cache, score_pairs
+from prm.reader import PieceReader, pad_right
 from mcts.policy.remote_code import check_remote_code
-from mcts.policy.torch_utils import torch_threads
 from mcts.options import option
 
 if TYPE_CHECKING:  # for annotations only: importing them loads transformers' modeling code (seconds)
@@ -234,23 +232,13 @@ def load_backbone(folder: Path, dtype: torch.dtype, *, trust_remote_code: bool =
     return backbone, tokenizer
 
 
-def pad_right(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, T] right-padded ids and their attention mask."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
-    return ids, mask
-
-
 # ---------------------------------------------------------------------------------------------------
 # The model
 
 
-class PRM(nn.Module):
-    """A causal LM backbone + a linear head on the last hidden state; implements `StepScorer`.
+class PRM(PieceReader):
+    """A causal LM backbone + a linear head on the last hidden state; implements `StepScorer`
+    (the reading and scoring calls are `prm.reader.PieceReader`'s).
 
     Attributes:
         backbone: a transformers base model (`AutoModel`); a causal LM given here is replaced by
@@ -285,9 +273,7 @@ class PRM(nn.Module):
         limit = getattr(backbone.config, "max_position_embeddings", None)
         self.max_length = self.config.max_length or limit
         self._special = _special_head(tokenizer)
-        self._heads: OrderedDict[str, list[int]] = OrderedDict()
         self._pieces: OrderedDict[str, list[int]] = OrderedDict()
-        self._kv: KVCache | None = None
 
     # -------------------------------------------------------------------------------------------
     # Construction, saving and loading
@@ -373,30 +359,16 @@ class PRM(nn.Module):
         model = cls(backbone, tokenizer, config, head=head)
         return model.to(dev).eval()
 
-    @property
-    def device(self) -> torch.device:
-        return self.head.weight.device
-
     # -------------------------------------------------------------------------------------------
     # Encoding
 
-    def head_ids(self, problem: str) -> list[int]:
-        """The ids before the first step: BOS + `problem + delimiter` (or the chat template's
-        rendering of the problem). Cached per problem: the search scores many prefixes of one."""
-        ids = self._heads.get(problem)
-        if ids is None:
-            if self.config.chat_template:
-                text = self.tokenizer.apply_chat_template([{"role": "user", "content": problem}],
-                                                          tokenize=False, add_generation_prompt=True)
-                ids = encode_pieces(self.tokenizer, [], [text])[0]
-            else:
-                ids = encode_pieces(self.tokenizer, self._special, [problem + self.config.delimiter])[0]
-            self._heads[problem] = ids
-            if len(self._heads) > 4096:
-                self._heads.popitem(last=False)
-        else:
-            self._heads.move_to_end(problem)
-        return ids
+    def _head_ids(self, problem: str) -> list[int]:
+        """BOS + `problem + delimiter`, or the chat template's rendering of the problem."""
+        if self.config.chat_template:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": problem}],
+                                                      tokenize=False, add_generation_prompt=True)
+            return encode_pieces(self.tokenizer, [], [text])[0]
+        return encode_pieces(self.tokenizer, self._special, [problem + self.config.delimiter])[0]
 
     def encode(self, problem: str, steps: Sequence[str]) -> tuple[list[int], list[int]]:
         """(ids, step-end indices) of a trace, as the PRM reads it (see `encode_pieces`)."""
@@ -416,134 +388,26 @@ class PRM(nn.Module):
             self._pieces.move_to_end(step)
         return ids, -1
 
-    def _truncate(self, ids: list[int], ends: list[int]) -> tuple[list[int], list[int]]:
-        if self.max_length is None or len(ids) <= self.max_length:
-            return ids, ends
-        cut = len(ids) - self.max_length
-        return ids[cut:], [e - cut for e in ends]  # ends < 0 fell off
-
     # -------------------------------------------------------------------------------------------
-    # Forward
-
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[B, T, H] last hidden states of the backbone (after its final norm)."""
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    # Forward and reading
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] logits of the value at every position (sigmoid gives the value)."""
-        hidden = self.hidden_states(input_ids, attention_mask)
+        return self.head_logits(self.hidden_states(input_ids, attention_mask))
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[...] logits of the value of [..., H] hidden states."""
         return self.head(hidden.float()).squeeze(-1)
 
-    @contextlib.contextmanager
-    def _reading(self):
-        """Eval mode, no autograd and the configured CPU threads for a block (the mode restored after)."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode(), torch_threads(self.config.num_threads):
-                yield
-        finally:
-            self.train(was_training)
-
-    def read(self, outputs: torch.Tensor) -> list[float]:
-        """[N] values in [0, 1] of [N, H] last hidden states at step ends (the piece contract's read)."""
-        return torch.sigmoid(self.head(outputs.float()).squeeze(-1)).cpu().tolist()
-
-    @property
-    def kv_cache(self) -> KVCache | None:
-        """The cache `score` reads through: None when `config.incremental` is off or the backbone's
-        attention cannot be extended piece by piece (a sliding window, recurrent layers). Emptied
-        whenever the weights changed since the last call (training, loading, `.to()`)."""
-        if not self.config.incremental:
-            return None
-        self._kv = refreshed_cache(self._kv, self.backbone, self, max_bytes=self.config.cache_bytes,
-                                   batch_size=self.config.batch_size)
-        return self._kv
+    def reading(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N] values in [0, 1] of [N, H] last hidden states at step ends."""
+        return torch.sigmoid(self.head_logits(hidden))
 
     def with_config(self, **changes) -> "PRM":
         """A PRM on this one's backbone, tokenizer and head with `PRMConfig` fields replaced (e.g.
         incremental=False), in eval mode, with a cache of its own."""
         return type(self)(self.backbone, self.tokenizer, dataclasses.replace(self.config, **changes),
                           head=self.head).eval()
-
-    def _values(self, rows: Sequence[tuple[list[int], list[int]]], logits: bool = False) -> list[list[float]]:
-        """Values at the given positions of each row, batched over right-padded chunks.
-
-        Args:
-            rows: [R] (ids, positions to read); a negative position reads NaN (cut off).
-            logits: return the head's logits instead of their sigmoid.
-
-        Returns:
-            [R][len(positions)] values in [0, 1] (logits: reals).
-        """
-        out: list[list[float]] = [[] for _ in rows]
-        order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))  # similar lengths together
-        size = self.config.batch_size
-        with self._reading():
-            for start in range(0, len(order), size):
-                chunk = order[start:start + size]
-                ids, mask = pad_right([rows[i][0] for i in chunk], self.pad_id)
-                hidden = self.hidden_states(ids.to(self.device), mask.to(self.device))
-                r_idx = [r for r, i in enumerate(chunk) for p in rows[i][1] if p >= 0]
-                t_idx = [p for i in chunk for p in rows[i][1] if p >= 0]
-                picked = hidden[torch.tensor(r_idx, device=self.device), torch.tensor(t_idx, device=self.device)]
-                values = self.head(picked.float()).squeeze(-1)
-                values = (values if logits else torch.sigmoid(values)).cpu().tolist()
-                it = iter(values)
-                for i in chunk:
-                    out[i] = [next(it) if p >= 0 else math.nan for p in rows[i][1]]
-        return out
-
-    # -------------------------------------------------------------------------------------------
-    # Scoring
-
-    def score(self, prefixes: Sequence[Prefix], steps: Sequence[Step | str]) -> list[float]:
-        """Scores the last step of each (prefix, step) pair: the `StepScorer` protocol.
-
-        Args:
-            prefixes: [P] problem + steps so far.
-            steps: [P] the step after each prefix (a `Step` or its text).
-
-        Returns:
-            [P] values in [0, 1], the head's reading at the end of prefix + step; through `kv_cache`
-            when there is one (equal within float tolerance).
-        """
-        if len(prefixes) != len(steps):
-            raise ValueError(f"got {len(prefixes)} prefixes and {len(steps)} steps")
-        cache = self.kv_cache
-        if cache is None or not prefixes:
-            return self._full_scores(prefixes, steps)
-        with self._reading():
-            return score_pairs(cache, self, prefixes, steps, max_length=self.max_length,
-                               full=lambda idx: self._full_scores([prefixes[i] for i in idx], [steps[i] for i in idx]))
-
-    def _full_scores(self, prefixes: Sequence[Prefix], steps: Sequence[Step | str]) -> list[float]:
-        """`score` by reading every trace whole (its start cut off beyond `max_length`)."""
-        rows = []
-        for prefix, step in zip(prefixes, steps):
-            text = step.text if isinstance(step, Step) else step
-            ids, ends = self._truncate(*self.encode(prefix.problem, (*prefix.steps, text)))
-            rows.append((ids, ends[-1:]))
-        return [v[0] for v in self._values(rows)]
-
-    def score_traces(self, prefixes: Sequence[Prefix]) -> list[list[float]]:
-        """Every step value of each trace, one pass per trace.
-
-        Args:
-            prefixes: [P] traces (problem + steps).
-
-        Returns:
-            [P][len(steps)] values in [0, 1]; value k equals `score` of (steps[:k], steps[k]). A
-            step whose end was cut off by `max_length` reads NaN.
-        """
-        rows = [self._truncate(*self.encode(p.problem, p.steps)) for p in prefixes]
-        return self._values(rows)
-
-    def score_outcomes(self, prefixes: Sequence[Prefix]) -> list[float]:
-        """The value at the end of each whole trace (how an ORM scores; NaN for a trace without steps)."""
-        rows = [self._truncate(*self.encode(p.problem, p.steps)) for p in prefixes]
-        values = self._values([(ids, ends[-1:]) for ids, ends in rows])
-        return [v[0] if v else math.nan for v in values]
 
 
 # ---------------------------------------------------------------------------------------------------

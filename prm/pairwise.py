@@ -95,7 +95,7 @@ class PPRM(PRM):
         for problem, steps in items:
             ids = self.encode_solution(problem, steps)
             rows.append((ids, [len(ids) - 1]))
-        return [v[0] for v in self._values(rows, logits=True)]
+        return [v[0] for v in self._values(rows, reading=self.head_logits)]
 
     def compare(self, pairs: Sequence[tuple[str, Sequence[str], Sequence[str]]]) -> list[float]:
         """One-order readings p(a, b) of (problem, a_steps, b_steps) triples, in one batched pass
