@@ -120,7 +120,6 @@ POLICY_EVAL_SEED = 4343  # held-out problems of the on-policy evaluation (eval_p
 EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
 
 
-
 @dataclasses.dataclass(frozen=True)
 class ToyBuild:
     """The data, model and training of a toy PRM or PPRM build."""
@@ -243,25 +242,29 @@ def _training_configs(build: ToyBuild) -> tuple[ToyDataConfig, ToyDataConfig | N
     return config, tiny
 
 
-# Salts of the single-step draws (problems: seed data_seed + salt * 1009; their steps: data_seed + salt) and the
-# branch draw's offset: fixed, since the shipped builds were made with them.
-_FACT_SALT, _SINGLE_SALT, _BRANCH_OFFSET = 555, 556, 104729
+_FACT_SALT, _SINGLE_SALT, _BRANCH_OFFSET = 555, 556, 104729  # the shipped builds' seeds: fixed
+
+
+def _problem_draws(build: ToyBuild) -> dict[str, tuple[int, int]]:
+    """{source: (problems, seed)} of the one-step and branch draws (one-step steps: seed data_seed + salt)."""
+    return {"fact": (build.fact_problems, build.data_seed + _FACT_SALT * 1009),
+            "single": (build.single_problems, build.data_seed + _SINGLE_SALT * 1009),
+            "branch": (build.branch_problems, build.data_seed + _BRANCH_OFFSET)}
 
 
 def _training_records(build: ToyBuild) -> list[dict]:
     config, tiny = _training_configs(build)
+    draws = _problem_draws(build)
     arith = (build.min_ops, build.max_ops, build.max_operand, build.max_value)
     records = toy_step_records(config) if build.problems else []
-    for count, salt, isolate in ((build.fact_problems, _FACT_SALT, True), (build.single_problems, _SINGLE_SALT, False)):
-        if count:
-            problems = [p["problem"] for p in toy_problems(count, build.data_seed + salt * 1009, *arith)]
-            records += toy_records(single_step_traces(problems, seed=build.data_seed + salt, isolate=isolate,
-                                                      wrong_fraction=build.wrong_fraction,
-                                                      copy_fraction=build.copy_fraction,
-                                                      negate_fraction=build.fact_negate_fraction,
-                                                      max_value=build.max_value))
+    for source, salt, isolate in (("fact", _FACT_SALT, True), ("single", _SINGLE_SALT, False)):
+        if draws[source][0]:
+            problems = [p["problem"] for p in toy_problems(*draws[source], *arith)]
+            records += toy_records(single_step_traces(
+                problems, seed=build.data_seed + salt, isolate=isolate, wrong_fraction=build.wrong_fraction,
+                copy_fraction=build.copy_fraction, negate_fraction=build.fact_negate_fraction, max_value=build.max_value))
     if build.branch_problems:
-        problems = toy_problems(build.branch_problems, build.data_seed + _BRANCH_OFFSET, *arith)
+        problems = toy_problems(*draws["branch"], *arith)
         records += toy_records(branch_traces([p["problem"] for p in problems], seed=build.data_seed))
     if build.policy_problems:
         policy = load_toy_policy(seed=build.data_seed, device="cpu", progress=False)
@@ -270,16 +273,13 @@ def _training_records(build: ToyBuild) -> list[dict]:
 
 
 def training_problems(build: ToyBuild) -> set[str]:
-    """The problems the build trains on, as a superset: every drawn problem, every state of its
-    canonical solution and every operation in it (the one-step traces start from those). Held-out
-    sets are fresh draws, and the toy world's small corners repeat in them: benchmarks/prm_heldout.py
-    splits the held-out figures by this set."""
+    """A superset of the problems the build trains on: every drawn problem, its canonical states and
+    operations (where one-step traces start); benchmarks/prm_heldout.py splits held-out figures by it."""
     config, tiny = _training_configs(build)
+    draws = [(build.problems and config.problems, config.seed), (tiny and tiny.problems, tiny and tiny.seed),
+             *_problem_draws(build).values()]
     arith = (build.min_ops, build.max_ops, build.max_operand, build.max_value)
-    draws = [(build.problems and config.problems, config.seed), (build.branch_problems, build.data_seed + _BRANCH_OFFSET),
-             (build.fact_problems, build.data_seed + _FACT_SALT * 1009),
-             (build.single_problems, build.data_seed + _SINGLE_SALT * 1009), (tiny and tiny.problems, tiny and tiny.seed)]
-    return solution_states([p["problem"] for count, seed in draws if count for p in toy_problems(count, seed, *arith)])
+    return solution_states([p["problem"] for n, seed in draws if n for p in toy_problems(n, seed, *arith)])
 
 
 def _eval_records(build: ToyBuild) -> list[dict]:
