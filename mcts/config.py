@@ -92,6 +92,10 @@ class SearchConfig:
     min_p: float | None = option(None,
         "keep the tokens at least this fraction as likely as the most likely one (0: off); None: the "
         "policy's own setting (off by default)")
+    greedy_child: bool = option(False,
+        "tree search: every expanded node also gets the policy's greedy step as a child (one more "
+        "greedy decoding per expansion, its tokens charged), so the greedy solution stays in the tree "
+        "however the samples fall")
     max_depth: int = option(16,
         "most steps in a solution; a step at this depth that gives no answer ends its branch")
     stop_value: float | None = option(None,
@@ -172,9 +176,20 @@ class SearchConfig:
     def children_per_node(self) -> int:
         """The most children a node of a tree search can get (with widening, its slot block)."""
         if self.max_children is not None:
-            return self.max_children
+            return max(self.max_children, self.first_children)
         # Greedy decoding has one step per prefix: widening would only draw it again.
-        return self.width if self.temperature == 0 else WIDENING_FACTOR * self.width
+        return self.width if self.temperature == 0 else WIDENING_FACTOR * self.width + self.first_children - self.width
+
+    @property
+    def first_children(self) -> int:
+        """The most children a tree search's expansion gives a node: `width` samples, and the greedy
+        step with `greedy_child`."""
+        return self.width + int(self.greedy_child and self.temperature > 0)
+
+    @property
+    def widens(self) -> bool:
+        """Whether a tree search's nodes may get children after their expansion (progressive widening)."""
+        return self.children_per_node > self.first_children
 
     @property
     def truncation(self) -> dict[str, float | int]:

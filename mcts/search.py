@@ -182,12 +182,20 @@ class TreeSearch:
         n = 1 if cfg.temperature == 0 else cfg.width
         proposals = propose(self.proposer, prefixes, n, cfg.temperature, cfg.truncation)
         self.counters.charge_policy([a.tree for a in asked], proposals)
+        expanding = [i for i, a in enumerate(asked) if not a.widen]
+        if cfg.greedy_child and cfg.temperature > 0 and expanding:
+            # A node's first children include its greedy step (ahead of the samples, so the width
+            # cap below keeps it); widening adds samples only, the greedy step being already there.
+            greedy = propose(self.proposer, [prefixes[i] for i in expanding], 1, 0.0)
+            self.counters.charge_policy([asked[i].tree for i in expanding], greedy)
+            for i, steps in zip(expanding, greedy):
+                proposals[i] = [*steps, *proposals[i]]
         distinct = []
         for steps in proposals:
             seen: dict[str, Step] = {}
             for step in steps:
                 seen.setdefault(step.text, step)
-            distinct.append(list(seen.values())[: self.config.width])
+            distinct.append(list(seen.values())[: cfg.first_children])
         return distinct
 
     def _score(self, asked: Sequence[Leaf], prefixes: Sequence[Prefix], children: list[list[Step]]) -> list[list[float]]:
@@ -235,7 +243,7 @@ class TreeSearch:
             child_depth = int(f.depth[b, leaf]) + 1
             expand_leaves[b, slot] = leaf
             # Children at the depth limit end their branch: nothing to widen.
-            counts[b, slot] = K if K > cfg.width and child_depth < cfg.max_depth else k
+            counts[b, slot] = K if cfg.widens and child_depth < cfg.max_depth else k
             p = self._priors(steps)
             priors[b, slot, :k] = p
             reward_block[b, slot, :k] = r

@@ -343,3 +343,34 @@ def test_every_algorithm_name_has_a_runner():
 
     # SearchConfig validates names against mcts.search.ALGORITHMS; it cannot import the baselines.
     assert set(ALGORITHMS) == {*TREE_RULES, *BASELINES}
+
+
+class GreedyRightPolicy(BanditPolicy):
+    """'good' is the greedy first step, but a sample is always 'bad' (its mass is spread over
+    many tokens, say): only the greedy step leads to the answer 1."""
+
+    def propose(self, prefixes, n, temperature=1.0):
+        out = super().propose(prefixes, 2, temperature)
+        first = "good\n" if temperature == 0 else "bad\n"
+        return [[s for s in steps if s.text == first][:1] * (1 if temperature == 0 else n) if not p.steps else steps
+                for p, steps in zip(prefixes, out)]
+
+
+@pytest.mark.parametrize("algorithm", list(TREE_RULES))
+def test_greedy_child_keeps_the_greedy_step_among_a_nodes_children(algorithm):
+    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2)
+    with_greedy = dataclasses.replace(plain, greedy_child=True)
+    assert (plain.first_children, with_greedy.first_children) == (2, 3)
+    assert with_greedy.children_per_node == plain.children_per_node + 1
+    a = TreeSearch(["bandit"], GreedyRightPolicy(), BanditScorer(), plain)
+    b = TreeSearch(["bandit"], GreedyRightPolicy(), BanditScorer(), with_greedy)
+    [ra], [rb] = a.run(), b.run()
+    assert ra.answer == "2" and rb.answer == "1"
+    first_steps = [n["step"] for n in b.to_json(0)["nodes"] if n["parent"] == 0]
+    assert first_steps[0] == "good\n" and "bad\n" in first_steps  # greedy first, then the samples
+    root_tokens = {"good\n": 5, "bad\n": 4}
+    # the greedy decoding is charged: 5 tokens at the root beside the two samples of 'bad' (4 each)
+    assert rb.tokens - ra.tokens >= root_tokens["good\n"]
+    # greedy decoding has one step per prefix already: the option adds nothing there
+    greedy_decoding = dataclasses.replace(with_greedy, temperature=0.0)
+    assert greedy_decoding.first_children == 2
