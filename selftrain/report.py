@@ -31,7 +31,7 @@ __all__ = ["PLOTS", "line_chart", "write_run_report"]
 
 # One plot per group of metrics (metrics.json keys), and the range of its y axis (None: from the data).
 PLOTS: tuple[tuple[str, tuple[str, ...], tuple[float, float] | None], ...] = (
-    ("held-out accuracy", ("greedy_acc", "search_acc"), (0.0, 1.0)),
+    ("held-out accuracy", ("greedy_acc", "search_acc", "greedy_subset_acc"), (0.0, 1.0)),
     ("PRM step AUC (toy oracle labels)", ("prm_auc",), (0.0, 1.0)),
     ("harvested", ("harvested_traces", "harvested_values"), None),
     ("tokens", ("tokens",), None),

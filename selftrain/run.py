@@ -6,7 +6,7 @@
     runs/NAME/iter_k/stages.json   the finished stages of iteration k, with their seconds and figures
     runs/NAME/iter_k/<stage>/      what each stage wrote: search results and trees, harvested data
                                    (Parquet + manifest), the fine-tuned policy, the PRM
-    runs/NAME/iter_k/metrics.json  greedy_acc, search_acc, prm_auc, harvested_traces,
+    runs/NAME/iter_k/metrics.json  greedy_acc, search_acc, greedy_subset_acc, prm_auc, harvested_traces,
                                    harvested_values, tokens, seconds
 
 Resumption: a stage is recorded in `stages.json` only once everything it wrote is in place (files
@@ -46,7 +46,7 @@ from selftrain.config import RunConfig, config_fingerprint, fingerprint_of, to_d
 
 __all__ = ["RunContext", "RunError", "check_models", "crash_point", "is_run_folder", "summary_table"]
 
-METRIC_KEYS = ("greedy_acc", "search_acc", "prm_auc", "harvested_traces", "harvested_values", "tokens", "seconds")
+METRIC_KEYS = ("greedy_acc", "search_acc", "greedy_subset_acc", "prm_auc", "harvested_traces", "harvested_values", "tokens", "seconds")
 CRASH_ENV = "SELFTRAIN_CRASH_AT"
 
 
@@ -535,7 +535,7 @@ class RunContext:
             greedy = run_algorithm(texts, proposer, None, SearchConfig(algorithm="greedy", max_depth=self.config.search.max_depth))
             greedy_acc = sum(is_equivalent(r.answer, p.answer) for r, p in zip(greedy, self.eval)) / max(1, len(self.eval))
             subset = self.eval[:self.config.eval_search_problems]
-            search_acc = None
+            search_acc = greedy_subset_acc = None
             if subset:
                 if search_eval is not None:
                     answers = search_eval(subset, policy_dir, prm_dir)
@@ -545,18 +545,22 @@ class RunContext:
                     results = run_algorithm([p.problem for p in subset], proposer, self.load_prm(prm_dir), self.config.search)
                     answers = [r.answer for r in results]
                 search_acc = sum(is_equivalent(a, p.answer) for a, p in zip(answers, subset)) / len(subset)
+                # greedy on the same problems: search_acc's fair comparison (greedy_acc reads all of them)
+                greedy_subset_acc = sum(is_equivalent(r.answer, p.answer) for r, p in zip(greedy, subset)) / len(subset)
             prm_auc = None
             if self.toy:
                 from prm.metrics import step_metrics
 
                 prm_auc = step_metrics(self.load_prm(prm_dir), self.prm_eval_records())["step_auc"]
-            return {"greedy_acc": greedy_acc, "search_acc": search_acc, "prm_auc": prm_auc}
+            return {"greedy_acc": greedy_acc, "search_acc": search_acc, "greedy_subset_acc": greedy_subset_acc,
+                    "prm_auc": prm_auc}
 
         info = self.stage(k, "evaluate", work)
         stages = self.stages(k)
         harvest = next((s for s in stages.values() if "sft_traces" in s), {})
         metrics = {
             "iteration": k, "greedy_acc": info["greedy_acc"], "search_acc": info["search_acc"],
+            "greedy_subset_acc": info.get("greedy_subset_acc"),
             "prm_auc": info["prm_auc"], "harvested_traces": harvest.get("sft_traces", 0),
             "harvested_values": harvest.get("prm_values", 0),
             "tokens": sum(int(s.get("tokens", 0)) for s in stages.values()),

@@ -285,8 +285,8 @@ def test_selftrain_report_plots_the_metrics_and_links_each_search(runs, tmp_path
     points = re.findall(r'data-series="([a-z_]+)" data-x="(\d+)" data-y="([0-9.]+)"', page)
     metrics = [json.loads((tmp_path / "toy" / f"iter_{k}" / "metrics.json").read_text()) for k in range(3)]
     expected = {(key, str(m["iteration"]), str(m[key])) for m in metrics for key in
-                ("greedy_acc", "search_acc", "prm_auc", "harvested_traces", "harvested_values", "tokens", "seconds")
-                if m[key] is not None}
+                ("greedy_acc", "search_acc", "greedy_subset_acc", "prm_auc", "harvested_traces", "harvested_values",
+                 "tokens", "seconds") if m.get(key) is not None}
     assert set(points) == expected
     assert "<td>search</td><td>3.25</td>" in page and "sft_traces 12" in page
 
