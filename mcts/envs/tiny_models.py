@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -295,9 +296,11 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-operand", type=int, help="largest operand (default: the model's training problems')")
     ev.add_argument("--max-value", type=int,
                     help="bound on intermediate values (default: the model's training problems')")
-    ev.add_argument("--samples", type=int, default=4, help="samples per prefix for the T=1 step rates")
+    ev.add_argument("--samples", type=int, default=4, help="samples per prefix for the sampled step rates")
     ev.add_argument("--pass-k", type=int, default=16,
-                    help="whole solutions sampled per problem at T=1 for pass@k (0: skip)")
+                    help="whole solutions sampled per problem for pass@k (0: skip)")
+    ev.add_argument("--temperature", type=float, default=1.0,
+                    help="sampling temperature of pass@k and the sampled step rates (the search's: 1)")
     ev.add_argument("--seed", type=int, default=EVAL_SEED, help="seed of the problems")
     ev.add_argument("--batch-size", type=int, default=128, help="sequences per generate call")
     ev.add_argument("--json", help="also write the rows to this JSON file")
@@ -343,6 +346,10 @@ def train_config_of(folder: str | os.PathLike) -> ToyTrainConfig | None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        print(f"error: --temperature must be a number > 0 (the samples of pass@k), got {args.temperature}",
+              file=sys.stderr)
+        return 2
     folder = Path(args.model) if args.model else ensure_toy_policy(quick=args.quick)
     problems = (train_config_of(folder) or FULL_CONFIG).arith()
     if args.max_operand is not None:
@@ -352,9 +359,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     policy = load_toy_policy(model_dir=folder, batch_size=args.batch_size, device="cpu")
     started = time.perf_counter()
     rows = evaluate_toy_policy(policy, per_ops=args.n, ops=range(1, args.max_ops + 1), seed=args.seed,
-                               problems=problems, samples=args.samples, pass_k=args.pass_k)
+                               problems=problems, samples=args.samples, pass_k=args.pass_k,
+                               temperature=args.temperature)
     print(f"{folder}: operands {problems.min_operand}-{problems.max_operand}, "
-          f"|values| <= {problems.max_value}, {args.n} problems per number of operations")
+          f"|values| <= {problems.max_value}, {args.n} problems per number of operations, "
+          f"sampled at T={args.temperature:g}")
     print(format_table(rows))
     print(f"({time.perf_counter() - started:.0f} s, {policy.stats.generated_tokens} tokens generated)")
     if args.json:
