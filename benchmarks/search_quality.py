@@ -74,6 +74,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=_ints, default=[2, 4, 8, 16], help="sampling baselines' N")
     p.add_argument("--beam-widths", type=_ints, default=[2, 4])
     p.add_argument("--width", type=int, default=4, help="steps sampled per expanded leaf")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="sampling temperature of every algorithm but greedy (SearchConfig.temperature)")
     p.add_argument("--tree-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also run every tree algorithm with these SearchConfig fields changed, labelled NAME, "
                         "e.g. 'fixed:max_children=4,revisit_terminals=true' (repeatable)")
@@ -105,20 +107,21 @@ def _variant(text: str) -> tuple[str, dict]:
 def _settings(args) -> list[tuple[str, str, SearchConfig]]:
     """(algorithm, budget label, config) for every run of one policy and difficulty."""
     out = []
+    t = {"temperature": args.temperature}
     for algorithm in args.algorithms.split(","):
         if algorithm == "greedy":
             out.append((algorithm, "1", SearchConfig(algorithm=algorithm)))
         elif algorithm in SAMPLING:
-            out += [(algorithm, f"N={n}", SearchConfig(algorithm=algorithm, simulations=n, width=min(n, 8)))
+            out += [(algorithm, f"N={n}", SearchConfig(algorithm=algorithm, simulations=n, width=min(n, 8), **t))
                     for n in args.samples]
         elif algorithm == "beam":
-            out += [(algorithm, f"k={k}", SearchConfig(algorithm=algorithm, width=k)) for k in args.beam_widths]
+            out += [(algorithm, f"k={k}", SearchConfig(algorithm=algorithm, width=k, **t)) for k in args.beam_widths]
         elif algorithm in TREE_RULES:
-            out += [(algorithm, f"sims={s}", SearchConfig(algorithm=algorithm, simulations=s, width=args.width))
+            out += [(algorithm, f"sims={s}", SearchConfig(algorithm=algorithm, simulations=s, width=args.width, **t))
                     for s in args.simulations]
             for name, fields in map(_variant, args.tree_variant):
                 out += [(f"{algorithm} ({name})", f"sims={s}",
-                         SearchConfig(algorithm=algorithm, simulations=s, **{"width": args.width, **fields}))
+                         SearchConfig(algorithm=algorithm, simulations=s, **{"width": args.width, **t, **fields}))
                         for s in args.simulations]
         else:
             raise SystemExit(f"unknown algorithm {algorithm!r}")
@@ -184,7 +187,7 @@ def run(args) -> list[dict]:
                 rows.append({
                     "policy": policy_name, "ops": f"{lo}-{hi}", "algorithm": algorithm, "budget": budget,
                     "scorer": scorer_label(args.prm, args.oracle_noise),
-                    "seeds": len(args.seeds), "problems": len(problems),
+                    "seeds": len(args.seeds), "problems": len(problems), "temperature": config.temperature,
                     "accuracy": float(hits.mean()), "ci_low": low, "ci_high": high,
                     "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},
                     "pass_at_k": float(np.mean(found)),
@@ -200,7 +203,9 @@ def table(rows: list[dict]) -> str:
     scorers = sorted({r["scorer"] for r in rows})
     head = (f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'95% CI':>13} "
             f"{'by ops':<24} {'pass@k':>6} {'tokens/problem':>14} {'cands/problem':>13} {'seconds':>8}")
-    lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}", head, "-" * len(head)]
+    temperatures = sorted({r["temperature"] for r in rows if r["algorithm"] != "greedy"})
+    lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; sampling temperature: "
+             f"{', '.join(f'{t:g}' for t in temperatures) or '-'}", head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         by = " ".join(f"{v:.2f}" for v in r["accuracy_by_ops"].values()) if len(r["accuracy_by_ops"]) > 1 else ""

@@ -93,6 +93,24 @@ def test_search_quality_tree_variants_may_change_any_field(capsys):
     assert [r["algorithm"] for r in rows] == ["mcts_star", "mcts_star (wide)"]
 
 
+def test_search_quality_temperature_reaches_every_sampled_algorithm(capsys):
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.make_parser().parse_args(["--algorithms", "greedy,best_of_n,beam,mcts_star", "--temperature", "0.7",
+                                            "--simulations", "4", "--samples", "2", "--beam-widths", "2",
+                                            "--tree-variant", "g:greedy_child=true"])
+    temps = {name: config.temperature for name, _, config in module._settings(args)}
+    assert temps == {"greedy": 1.0, "best_of_n": 0.7, "beam": 0.7, "mcts_star": 0.7, "mcts_star (g)": 0.7}
+    assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-2", "--problems", "3",
+                        "--simulations", "4", "--samples", "2", "--algorithms", "greedy,best_of_n",
+                        "--temperature", "0.5", "--plot", "", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "sampling temperature: 0.5" in out
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert [r["temperature"] for r in rows] == [1.0, 0.5]
+
+
 def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
     from prm.model import PRM
 

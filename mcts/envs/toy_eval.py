@@ -86,7 +86,7 @@ def evaluate_toy_policy(policy, *, per_ops: int = 100, ops: Sequence[int] = rang
 
     Returns:
         One dict per k: {ops, problems, greedy_accuracy, pass_k, pass_at_k, sampled_step_correct,
-        sampled_parse_rate}.
+        sampled_parse_rate, temperature}.
     """
     base = toy_problem_config() if problems is None else problems
     rows = []
@@ -98,7 +98,7 @@ def evaluate_toy_policy(policy, *, per_ops: int = 100, ops: Sequence[int] = rang
         row = {"ops": k, "problems": len(texts),
                "greedy_accuracy": sum(map(_answers, greedy, golds)) / max(1, len(texts)),
                "pass_k": pass_k or None, "pass_at_k": None, "sampled_step_correct": None,
-               "sampled_parse_rate": None}
+               "sampled_parse_rate": None, "temperature": temperature}
         if pass_k:
             runs = solve(policy, texts, samples=pass_k, temperature=temperature, max_steps=k + 4)
             hits = [any(_answers(trace, gold) for trace in traces) for traces, gold in zip(runs, golds)]
@@ -126,7 +126,10 @@ def format_table(rows: Sequence[dict]) -> str:
         return f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
 
     k = next((r.get("pass_k") for r in rows if r.get("pass_k")), None)
-    lines = [f"ops  problems  greedy acc  {f'pass@{k}' if k else 'pass@k':>8}  T=1 step correct  T=1 parse rate"]
+    # rows made before the temperature was recorded were sampled at T=1
+    t = next((r["temperature"] for r in rows if r.get("temperature") is not None), 1.0)
+    lines = [f"ops  problems  greedy acc  {f'pass@{k}' if k else 'pass@k':>8}  {f'T={t:g} step correct':>16}  "
+             f"{f'T={t:g} parse rate':>14}"]
     for r in rows:
         lines.append(f"{r['ops']:>3}  {r['problems']:>8}  {cell(r['greedy_accuracy'], 10)}  "
                      f"{cell(r.get('pass_at_k'), 8)}  {cell(r['sampled_step_correct'], 16)}  "
