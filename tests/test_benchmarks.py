@@ -138,6 +138,25 @@ def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
     assert png is None or png.stat().st_size > 0
 
 
+def test_prm_benchmarks_never_report_on_the_seed_the_toy_prm_was_designed_on(capsys):
+    """The toy PRM's design was chosen on DESIGN_SEED's problems: the benchmarks' default seeds
+    differ from it, and a reserved seed is refused with one line."""
+    from prm import toy
+
+    spec = importlib.util.spec_from_file_location("prm_best_of_n", SCRIPT.parent / "prm_best_of_n.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = module.make_parser().parse_args([])
+    used = {args.seed, args.seed + module.DEV_SEED_OFFSET}
+    assert not used & set(toy.RESERVED_SEEDS.values()), used
+    for seed in toy.RESERVED_SEEDS.values():
+        assert module.main(["--seed", str(seed), "--plot", ""]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"--seed {seed} is the seed of" in err
+    # search_quality draws its problems from seeds 1000 * a + b (a-b operations)
+    assert not {1000 * a + b for a in range(1, 9) for b in range(a, 9)} & set(toy.RESERVED_SEEDS.values())
+
+
 def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("selftrain_curve", SCRIPT.parent / "selftrain_curve.py")
     module = importlib.util.module_from_spec(spec)

@@ -340,10 +340,16 @@ def test_training_problems_cover_every_problem_a_build_trains_on():
     """The held-out split of benchmarks/prm_heldout.py rests on this set: it must hold the problem of
     every training record (drawn problems, their solution states and the one-step facts)."""
     build = dataclasses.replace(FULL_BUILD, problems=10, fact_problems=40, single_problems=40, branch_problems=10,
-                                policy_problems=0)
+                                policy_problems=3, policy_focus_problems=4, policy_focus_samples=2)
     seen = toy.training_problems(build)
     records = toy._training_records(build)
     assert {r["problem"] for r in records} <= seen
+    focused = records[-8:]  # the focused draw comes last: 4 problems of 3-4 operations, 2 traces each
+    assert all(3 <= len(r["problem"].split()) // 2 <= 4 for r in focused)
+    assert len({r["problem"] for r in focused}) == 4
+    # adding the focused draw leaves the records before it as they were
+    without = toy._training_records(dataclasses.replace(build, policy_focus_problems=0))
+    assert without == records[:-8]
     fresh = toy.toy_problems(200, 987654, 3, 4, 10, 100)  # 3-4 operations: almost never drawn twice
     assert sum(p["problem"] in seen for p in fresh) <= 2
 
