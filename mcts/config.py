@@ -183,7 +183,7 @@ class SearchConfig:
         if self.max_children is not None:
             return max(self.max_children, self.first_children)
         # Greedy decoding has one step per prefix: widening would only draw it again.
-        return self.width if self.temperature == 0 else WIDENING_FACTOR * self.width + self.first_children - self.width
+        return self.width if self.temperature == 0 else WIDENING_FACTOR * self.width + int(self.greedy_child)
 
     @property
     def first_children(self) -> int:
