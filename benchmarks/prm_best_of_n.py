@@ -76,7 +76,7 @@ def _load(args):
 
 
 def check_seeds(args) -> None:
-    """The test and development seeds are none the toy PRM was designed or evaluated on."""
+    """The test and development seeds are not the one the toy PRM was designed on."""
     from prm.toy import check_report_seed
 
     check_report_seed(args.seed)

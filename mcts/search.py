@@ -183,7 +183,7 @@ class TreeSearch:
         proposals = propose(self.proposer, prefixes, n, cfg.temperature, cfg.truncation)
         self.counters.charge_policy([a.tree for a in asked], proposals)
         expanding = [i for i, a in enumerate(asked) if not a.widen]
-        if cfg.greedy_child and cfg.temperature > 0 and expanding:
+        if cfg.first_children > cfg.width and expanding:  # greedy_child, where sampling leaves room for it
             # A node's first children include its greedy step (ahead of the samples, so the width
             # cap below keeps it); widening adds samples only, the greedy step being already there.
             greedy = propose(self.proposer, [prefixes[i] for i in expanding], 1, 0.0)

@@ -46,6 +46,11 @@ from selftrain.config import RunConfig, config_fingerprint, fingerprint_of, to_d
 
 __all__ = ["RunContext", "RunError", "check_models", "crash_point", "is_run_folder", "summary_table"]
 
+def _accuracy(answers, problems) -> float:
+    """The share of `problems` whose answer in `answers` (in order) is equivalent to the gold."""
+    return sum(is_equivalent(a, p.answer) for a, p in zip(answers, problems)) / max(1, len(problems))
+
+
 METRIC_KEYS = ("greedy_acc", "search_acc", "greedy_subset_acc", "prm_auc", "harvested_traces", "harvested_values", "tokens", "seconds")
 CRASH_ENV = "SELFTRAIN_CRASH_AT"
 
@@ -533,7 +538,7 @@ class RunContext:
             texts = [p.problem for p in self.eval]
             proposer = self.load_policy(policy_dir, self.config.seed)
             greedy = run_algorithm(texts, proposer, None, SearchConfig(algorithm="greedy", max_depth=self.config.search.max_depth))
-            greedy_acc = sum(is_equivalent(r.answer, p.answer) for r, p in zip(greedy, self.eval)) / max(1, len(self.eval))
+            greedy_acc = _accuracy([r.answer for r in greedy], self.eval)
             subset = self.eval[:self.config.eval_search_problems]
             search_acc = greedy_subset_acc = None
             if subset:
@@ -544,9 +549,9 @@ class RunContext:
                         proposer.reseed(self.config.seed)
                     results = run_algorithm([p.problem for p in subset], proposer, self.load_prm(prm_dir), self.config.search)
                     answers = [r.answer for r in results]
-                search_acc = sum(is_equivalent(a, p.answer) for a, p in zip(answers, subset)) / len(subset)
+                search_acc = _accuracy(answers, subset)
                 # greedy on the same problems: search_acc's fair comparison (greedy_acc reads all of them)
-                greedy_subset_acc = sum(is_equivalent(r.answer, p.answer) for r, p in zip(greedy, subset)) / len(subset)
+                greedy_subset_acc = _accuracy([r.answer for r in greedy], subset)
             prm_auc = None
             if self.toy:
                 from prm.metrics import step_metrics
