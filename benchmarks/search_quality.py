@@ -56,6 +56,9 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+PROBLEM_SET_STRIDE = 100_000  # apart from every 1000 * a + b of set 0, and from prm.toy's reserved seeds
+
+
 def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--policies", default="scripted,tiny", help="comma list: scripted, tiny, or model folders")
@@ -84,6 +87,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--oracle-noise", type=float, default=0.1)
     p.add_argument("--batch", type=int, default=64, help="problems searched together")
     p.add_argument("--seeds", type=_ints, default=[0], help="comma list: every run is repeated per seed")
+    p.add_argument("--problem-seed", type=int, default=0,
+                   help="which problems are drawn (--seeds vary only the sampling): 0 is the set the README's "
+                        "tables report; choose settings on another one, then report them on 0")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of the confidence interval")
     p.add_argument("--quick", action="store_true", help="a small sweep for a smoke run")
     p.add_argument("--json", action="store_true", help="also print one JSON object per row")
@@ -128,10 +134,17 @@ def _settings(args) -> list[tuple[str, str, SearchConfig]]:
     return out
 
 
+def problem_draw_seed(min_ops: int, max_ops: int, problem_seed: int) -> int:
+    """The generator seed of the a-b operation problems of one problem set (set 0 keeps the draws
+    the README's tables were measured on)."""
+    return 1000 * min_ops + max_ops + PROBLEM_SET_STRIDE * problem_seed
+
+
 def _problems(lo: int, hi: int, args) -> list[dict]:
     def draw(n: int, a: int, b: int) -> list[dict]:
         config = ArithConfig(min_ops=a, max_ops=b, max_operand=args.max_operand, max_value=args.max_value)
-        return [dict(p, ops=len(p["problem"].split()) // 2) for p in generate_problems(n, 1000 * a + b, config)]
+        return [dict(p, ops=len(p["problem"].split()) // 2)
+                for p in generate_problems(n, problem_draw_seed(a, b, args.problem_seed), config)]
 
     if not args.per_ops:
         return draw(args.problems, lo, hi)
@@ -187,7 +200,8 @@ def run(args) -> list[dict]:
                 rows.append({
                     "policy": policy_name, "ops": f"{lo}-{hi}", "algorithm": algorithm, "budget": budget,
                     "scorer": scorer_label(args.prm, args.oracle_noise),
-                    "seeds": len(args.seeds), "problems": len(problems), "temperature": config.temperature,
+                    "seeds": len(args.seeds), "problem_seed": args.problem_seed, "problems": len(problems),
+                    "temperature": config.temperature,
                     "accuracy": float(hits.mean()), "ci_low": low, "ci_high": high,
                     "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},
                     "pass_at_k": float(np.mean(found)),
@@ -204,7 +218,8 @@ def table(rows: list[dict]) -> str:
     head = (f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'95% CI':>13} "
             f"{'by ops':<24} {'pass@k':>6} {'tokens/problem':>14} {'cands/problem':>13} {'seconds':>8}")
     temperatures = sorted({r["temperature"] for r in rows if r["algorithm"] != "greedy"})
-    lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; sampling temperature: "
+    lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; "
+             f"problem set: {rows[0]['problem_seed'] if rows else 0}; sampling temperature: "
              f"{', '.join(f'{t:g}' for t in temperatures) or '-'}", head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
@@ -242,6 +257,9 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    if args.problem_seed < 0:
+        print(f"search_quality: --problem-seed must be >= 0, got {args.problem_seed}", file=sys.stderr)
+        return 2
     if args.quick:
         args.problems, args.ops, args.seeds = min(args.problems, 16), "1-2,3-4", args.seeds[:1]
         args.simulations, args.samples, args.beam_widths = [4, 16], [4, 16], [4]

@@ -153,8 +153,33 @@ def test_prm_benchmarks_never_report_on_the_seed_the_toy_prm_was_designed_on(cap
         assert module.main(["--seed", str(seed), "--plot", ""]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"--seed {seed} is the seed of" in err
-    # search_quality draws its problems from seeds 1000 * a + b (a-b operations)
-    assert not {1000 * a + b for a in range(1, 9) for b in range(a, 9)} & set(toy.RESERVED_SEEDS.values())
+    # search_quality draws its problems from seeds 1000 * a + b (a-b operations) of each problem set
+    quality = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
+    sq = importlib.util.module_from_spec(quality)
+    quality.loader.exec_module(sq)
+    draws = {sq.problem_draw_seed(a, b, s) for a in range(1, 9) for b in range(a, 9) for s in range(10)}
+    assert not draws & set(toy.RESERVED_SEEDS.values())
+    assert len(draws) == 36 * 10  # no two problem sets share a draw
+
+
+def test_search_quality_problem_sets_hold_different_problems(capsys):
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def problems(*extra):
+        args = module.make_parser().parse_args(["--problems", "8", "--per-ops", *extra])
+        return [p["problem"] for p in module._problems(1, 4, args)]
+
+    assert problems() == problems("--problem-seed", "0")
+    assert len(set(problems()) & set(problems("--problem-seed", "1"))) <= 2  # 1-op problems may repeat by chance
+    assert module.main(["--problem-seed", "-1", "--plot", ""]) == 2
+    assert "--problem-seed must be >= 0" in capsys.readouterr().err
+    assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-2", "--problems", "2",
+                        "--algorithms", "greedy", "--problem-seed", "3", "--plot", "", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "problem set: 3" in out
+    assert [json.loads(x)["problem_seed"] for x in out.splitlines() if x.startswith("{")] == [3]
 
 
 def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
