@@ -24,18 +24,11 @@ import warnings
 import numpy as np
 from tqdm import tqdm
 
-from mcts.envs.arith import parse_expression
+from mcts.envs.arith import count_ops
 from mcts.policy.base import Prefix
 from prm.metrics import first_error_accuracy, step_auc
 from prm.toy import FULL_BUILD, eval_policy_records, training_problems
 from treesearch.loaders import load_scorer
-
-
-def num_ops(problem: str) -> int:
-    """Binary operations in a toy expression."""
-    def count(node) -> int:
-        return 0 if isinstance(node, int) else 1 + count(node.left) + count(node.right)
-    return count(parse_expression(problem))
 
 
 def cell(values: list[list[float]], labels: list[list[int]], resamples: int, rng: np.random.Generator) -> dict:
@@ -68,7 +61,7 @@ def run(args) -> list[dict]:
         values += prm.score_traces([Prefix(r["problem"], tuple(r["steps"])) for r in chunk])
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(records):
-        k = num_ops(r["problem"])
+        k = count_ops(r["problem"])
         for key in ((k, r["problem"] in seen), (k, None), ("all", r["problem"] in seen), ("all", None)):
             groups.setdefault(key, []).append(i)
     rng = np.random.default_rng(args.seed)

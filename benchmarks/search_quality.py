@@ -42,7 +42,7 @@ import numpy as np
 
 from tqdm import tqdm
 
-from mcts.envs.arith import ArithConfig, generate_problems
+from mcts.envs.arith import ArithConfig, count_ops, generate_problems
 from mcts.grading import is_equivalent
 from mcts.algorithms import run_algorithm
 from mcts.config import SearchConfig, TREE_RULES
@@ -143,7 +143,7 @@ def problem_draw_seed(min_ops: int, max_ops: int, problem_seed: int) -> int:
 def _problems(lo: int, hi: int, args) -> list[dict]:
     def draw(n: int, a: int, b: int) -> list[dict]:
         config = ArithConfig(min_ops=a, max_ops=b, max_operand=args.max_operand, max_value=args.max_value)
-        return [dict(p, ops=len(p["problem"].split()) // 2)
+        return [dict(p, ops=count_ops(p["problem"]))
                 for p in generate_problems(n, problem_draw_seed(a, b, args.problem_seed), config)]
 
     if not args.per_ops:

@@ -193,6 +193,14 @@ def test_parser_round_trips_random_trees():
         assert evaluate(tree) == eval(text)  # Python as an independent oracle
 
 
+def test_count_ops_is_the_number_of_operations_a_problem_was_drawn_with():
+    for n in range(1, 6):
+        config = ArithConfig(min_ops=n, max_ops=n, max_operand=30)
+        assert {arith.count_ops(r["problem"]) for r in generate_problems(50, seed=n, config=config)} == {n}
+    assert arith.count_ops("7") == 0 and arith.count_ops("-3 * (2 - -4)") == 2
+    assert arith.count_ops(parse_expression("(1 + 2) * (3 - 4)")) == 3
+
+
 # ---------------------------------------------------------------------------------------------------
 # Canonical solutions and the oracle labeller
 

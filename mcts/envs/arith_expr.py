@@ -3,6 +3,7 @@
     BinOp, Expr                     the expression tree (a literal is a plain int)
     parse_expression(text)          text to tree, `ArithParseError` on anything else
     evaluate(expr) / apply_op       the integer value of a tree / of one operation
+    count_ops(expr)                 its binary operations (a problem's difficulty)
     render(expr)                    the canonical text: minimal parentheses, single spaces
     needs_parens / max_abs          where `render` puts parentheses; the largest value a tree holds
 
@@ -26,6 +27,7 @@ __all__ = [
     "BinOp",
     "Expr",
     "apply_op",
+    "count_ops",
     "first_non_toy",
     "is_toy",
     "evaluate",
@@ -191,6 +193,13 @@ def evaluate(expr: Expr) -> int:
     if isinstance(expr, int):
         return expr
     return apply_op(expr.op, evaluate(expr.left), evaluate(expr.right))
+
+
+def count_ops(expr: Expr | str) -> int:
+    """The binary operations of an expression (a problem's difficulty), from its tree or its text."""
+    if isinstance(expr, str):
+        expr = parse_expression(expr)
+    return 0 if isinstance(expr, int) else 1 + count_ops(expr.left) + count_ops(expr.right)
 
 
 def needs_parens(child: Expr, parent_op: str, is_right: bool) -> bool:
