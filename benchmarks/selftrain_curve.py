@@ -4,11 +4,16 @@ generated tokens as the no-search baseline.
 
 Each loop is a `selftrain run` (its own run folder under --runs-dir, so a stopped benchmark resumes
 where it was); the table has one row per loop and iteration (greedy_acc, search_acc, prm_auc,
-harvested traces and values, tokens, seconds) and the plot one panel per accuracy.
+harvested traces and values, tokens, seconds) and the plot one panel per accuracy. A second table
+splits each iteration's harvest by the training problems' number of operations: tokens, verified
+solutions, the sound ones (those the toy world's step checker accepts) per million tokens, and how
+often the harvested PRM labels agree with the oracle's. The checker and the oracle labels read the
+gold answer; that table is a diagnostic of why one loop learns more than another, and says so.
 
     python benchmarks/selftrain_curve.py                          # every loop, 3 iterations (long)
     python benchmarks/selftrain_curve.py --loops rest_mcts,rest_em --iterations 3
     python benchmarks/selftrain_curve.py --quick                  # tiny sizes, a smoke run
+    python benchmarks/selftrain_curve.py --runs runs/a,runs/b     # tables of finished run folders
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from pathlib import Path
 
 from selftrain.config import ALGORITHMS, load_config
 from selftrain.loops import execute
-from selftrain.run import METRIC_KEYS
+from selftrain.report import harvest_by_ops
+from selftrain.run import METRIC_KEYS, RunError, read_json
 
 QUICK = ["train_problems=16", "eval_problems=16", "eval_search_problems=4", "prm_eval_traces=24", "batch=8",
          "search.simulations=4", "search.width=2", "max_ops=1", "weak_steps=60", "weak_traces=50",
@@ -31,6 +37,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--loops", default="rest_mcts,rest_em,alphallm,llama_berry",
                    help=f"comma list of {', '.join(ALGORITHMS)}")
+    p.add_argument("--runs", help="comma list of existing run folders: read their tables, run nothing")
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--runs-dir", default="runs/selftrain_curve", help="one run folder per loop here")
     p.add_argument("--config", help="a YAML RunConfig every loop starts from")
@@ -44,8 +51,12 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-def table(rows: list[dict]) -> str:
-    keys = ["loop", "iteration", *METRIC_KEYS]
+HARVEST_KEYS = ["loop", "iteration", "ops", "problems", "tokens", "solved", "solutions", "sound",
+                "solutions_per_mtok", "sound_per_mtok", "label_agreement"]
+
+
+def table(rows: list[dict], keys: list[str] | None = None) -> str:
+    keys = keys or ["loop", "iteration", *METRIC_KEYS]
 
     def cell(v) -> str:
         if v is None:
@@ -78,19 +89,48 @@ def plot(rows: list[dict], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def read_run(folder: Path) -> tuple[str, list[dict]]:
+    """A finished (or stopped) run folder's loop and its iterations' metrics, in order."""
+    saved = read_json(folder / "config.json", "run configuration") if (folder / "config.json").exists() else None
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise RunError(f"{folder}: not a selftrain run folder (no run config.json)")
+    metrics = []
+    for path in sorted(folder.glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:])):
+        metrics.append(read_json(path, "metrics"))
+    algorithm = str(saved["config"].get("algorithm", "?"))
+    return (algorithm if folder.name == algorithm else f"{algorithm} ({folder.name})"), metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     rows: list[dict] = []
-    for loop in args.loops.split(","):
+    folders: list[tuple[str, Path]] = []
+    if args.runs:
+        try:
+            for folder in map(Path, args.runs.split(",")):
+                loop, metrics = read_run(folder)
+                folders.append((loop, folder))
+                rows += [{"loop": loop, **{k: m.get(k) for k in ("iteration", *METRIC_KEYS)}} for m in metrics]
+        except RunError as err:
+            print(f"selftrain_curve: {err}", file=sys.stderr)
+            return 2
+    for loop in ([] if args.runs else args.loops.split(",")):
         sets = (QUICK if args.quick else []) + args.set
         config = load_config(args.config, {"algorithm": loop, "iterations": args.iterations, "seed": args.seed,
                                            "name": loop, "runs_dir": args.runs_dir}, sets)
         print(f"== {loop}: {config.folder}", file=sys.stderr)
         for metrics in execute(config, force=args.force, progress=not args.no_progress):
             rows.append({"loop": loop, **{k: metrics.get(k) for k in ("iteration", *METRIC_KEYS)}})
+        folders.append((loop, config.folder))
     print(table(rows))
+    harvest = [{"loop": loop, **r} for loop, folder in folders for r in harvest_by_ops(folder)]
+    if harvest:
+        print("\nharvest by number of operations (sound: accepted by the toy world's step checker; "
+              "label_agreement: harvested PRM labels against the oracle's; both read the gold answer, "
+              "a diagnostic only)")
+        print(table(harvest, HARVEST_KEYS))
     if args.json:
-        for r in rows:
+        for r in rows + [dict(r, table="harvest") for r in harvest]:
             print(json.dumps(r))
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from treesearch.report.cli import write_search_report
 from treesearch.report.page import cards, esc, html_table, number, rate, render_page
 from treesearch.report.runs import ReportError
 
-__all__ = ["PLOTS", "line_chart", "write_run_report"]
+__all__ = ["PLOTS", "harvest_by_ops", "line_chart", "write_run_report"]
 
 # One plot per group of metrics (metrics.json keys), and the range of its y axis (None: from the data).
 PLOTS: tuple[tuple[str, tuple[str, ...], tuple[float, float] | None], ...] = (
@@ -137,6 +137,61 @@ def _scorer(algorithm: str, k: int, metrics: Mapping[int, Mapping], stages: Mapp
     prm = (metrics.get(k - 1) or {}).get("prm") or (stages.get(k - 1, {}).get("models") or {}).get("prm") \
         or (stages.get(0, {}).get("base") or {}).get("prm")
     return f"the PRM of iteration {k - 1}: {prm}" if prm else f"the PRM of iteration {k - 1}"
+
+
+def harvest_by_ops(folder: str | os.PathLike) -> list[dict]:
+    """What each iteration's search harvested, per number of operations of the toy training
+    problems: the problems, the tokens generated on them, the verified solutions the policy learns
+    from, how many of those the toy world's step checker accepts (`sound`), each per million tokens,
+    and how often the harvested PRM step labels agree with the oracle's (`label_agreement`).
+
+    The checker and the oracle labels read the gold answer: this is a diagnostic of a finished run
+    (why one loop learns more than another), never something a loop trains on. [] for a run on
+    problems that are not toy expressions.
+    """
+    from mcts.envs.arith import count_ops, is_toy, label_steps
+    from selftrain.harvest import read_harvest
+    from selftrain.rest_mcts import toy_steps_sound
+    from selftrain.run import read_jsonl
+
+    folder = Path(folder)
+    rows: list[dict] = []
+    for k in _iterations(folder):
+        results, harvested = folder / f"iter_{k}" / "search" / "results.jsonl", folder / f"iter_{k}" / "harvest"
+        if not (results.exists() and (harvested / "manifest.json").exists()):
+            continue
+        records = read_jsonl(results)
+        if not is_toy([r["problem"] for r in records]):
+            return []
+        harvest = read_harvest(harvested)
+        groups: dict[int, dict] = {}
+
+        def group(problem: str) -> dict:
+            return groups.setdefault(count_ops(problem), {"problems": 0, "tokens": 0, "solutions": 0, "sound": 0,
+                                                          "solved": set(), "labels": 0, "agree": 0})
+
+        golds = {r["problem"]: r.get("gold") for r in records}
+        for r in records:
+            g = group(r["problem"])
+            g["problems"] += 1
+            g["tokens"] += int(r.get("tokens", 0))
+        for trace in harvest.sft:
+            g = group(trace["problem"])
+            g["solutions"] += 1
+            g["sound"] += toy_steps_sound(trace["problem"], trace["steps"])
+            g["solved"].add(trace["problem"])
+        for trace in harvest.prm:
+            g = group(trace["problem"])
+            oracle = label_steps(trace["problem"], trace["steps"], golds.get(trace["problem"]))
+            g["labels"] += len(oracle)
+            g["agree"] += sum(int(round(a)) == b for a, b in zip(trace["labels"], oracle))
+        for ops, g in sorted(groups.items()):
+            per_million = 1e6 / g["tokens"] if g["tokens"] else float("nan")
+            rows.append({"iteration": k, "ops": ops, "problems": g["problems"], "tokens": g["tokens"],
+                         "solved": len(g["solved"]), "solutions": g["solutions"], "sound": g["sound"],
+                         "solutions_per_mtok": g["solutions"] * per_million, "sound_per_mtok": g["sound"] * per_million,
+                         "label_agreement": g["agree"] / g["labels"] if g["labels"] else None})
+    return rows
 
 
 def write_run_report(folder: str | os.PathLike, out: str | os.PathLike | None = None, *,

@@ -190,11 +190,24 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     argv = ["--loops", "rest_mcts", "--iterations", "1", "--quick", "--runs-dir", str(tmp_path / "runs"),
             "--plot", str(png or ""), "--json", "--no-progress", "--set", "threads=1"]
     assert module.main(argv) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+    def printed() -> tuple[list[dict], list[dict]]:
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        return [r for r in lines if "table" not in r], [r for r in lines if r.get("table") == "harvest"]
+
+    rows, harvest = printed()
     assert [(r["loop"], r["iteration"]) for r in rows] == [("rest_mcts", 0), ("rest_mcts", 1)]
     assert all(0 <= r["greedy_acc"] <= 1 and r["prm_auc"] is not None for r in rows)
     assert (tmp_path / "runs" / "rest_mcts" / "iter_1" / "metrics.json").exists()
     assert png is None or png.stat().st_size > 0
+    # the harvest of iteration 1, split by operations: the quick run's 16 one-operation problems
+    assert [(r["iteration"], r["ops"], r["problems"]) for r in harvest] == [(1, 1, 16)]
+    assert harvest[0]["sound"] <= harvest[0]["solved"] <= harvest[0]["solutions"] and harvest[0]["tokens"] > 0
+    # a finished run folder is read back, nothing run again
+    assert module.main(["--runs", str(tmp_path / "runs" / "rest_mcts"), "--json", "--plot", ""]) == 0
+    assert printed() == (rows, harvest)
+    assert module.main(["--runs", str(tmp_path / "nothing")]) == 2
+    assert "not a selftrain run folder" in capsys.readouterr().err
 
 
 def test_prm_throughput_incremental_reads_each_token_once(capsys):

@@ -292,6 +292,29 @@ def test_step_checker_keeps_lucky_guesses_out_of_the_sft_data():
     assert len(harvest_tree(tree, "12", check_steps=toy_steps_sound).prm) == 2  # the PRM still sees both
 
 
+def test_harvest_by_ops_counts_sound_solutions_per_million_tokens(tmp_path):
+    from selftrain.report import harvest_by_ops
+
+    lucky = ["8 + 6 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
+    sound = ["6 + 6 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"algorithm": "rest_mcts"}}))
+    search = tmp_path / "iter_1" / "search"
+    search.mkdir(parents=True)
+    records = [{"problem": "6 + 6", "gold": "12", "tokens": 100}, {"problem": "3 * 3", "gold": "9", "tokens": 100},
+               {"problem": "1 + 2 * 3", "gold": "7", "tokens": 300}]
+    (search / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    tree = harvest_tree(TREE, "7")  # one sound solution of a 2-operation problem; its 8 PRM labels are right
+    wrong_label = {"problem": "6 + 6", "steps": sound, "labels": [0.0, 1.0], "values": [0.5, 1.0], "outcome": 1.0}
+    write_harvest(Harvest(sft=[{"problem": "6 + 6", "steps": lucky}, {"problem": "6 + 6", "steps": sound}, *tree.sft],
+                          prm=[*tree.prm, wrong_label]), tmp_path / "iter_1" / "harvest", iteration=1)
+    one, two = harvest_by_ops(tmp_path)
+    assert one == {"iteration": 1, "ops": 1, "problems": 2, "tokens": 200, "solved": 1, "solutions": 2, "sound": 1,
+                   "solutions_per_mtok": 10_000.0, "sound_per_mtok": 5_000.0, "label_agreement": 0.5}
+    assert (two["ops"], two["problems"], two["solutions"], two["sound"], two["label_agreement"]) == (2, 1, 1, 1, 1.0)
+    (search / "results.jsonl").write_text(json.dumps({"problem": "What is 2 + 2?", "gold": "4", "tokens": 9}) + "\n")
+    assert harvest_by_ops(tmp_path) == []  # not the toy world: no checker, no table
+
+
 @pytest.mark.parametrize("sft_filter, toy, checks", [("auto", True, True), ("auto", False, False),
                                                       ("outcome", True, False), ("steps", True, True)])
 def test_sft_filter_picks_the_step_checker(sft_filter, toy, checks):
