@@ -12,7 +12,9 @@ Every run is repeated over --seeds (the policy's sampling and the oracle's noise
 accuracy with a 95% confidence interval (bootstrap over problems, the seeds averaged inside each
 resample), tokens the policy actually generated per problem (the budget really spent), finished
 candidates per problem, and pass@k: the share of problems where some finished candidate states the
-gold answer, the ceiling a perfect answer selector would reach. The scorer is the toy world's
+gold answer, the ceiling a perfect answer selector would reach. Where greedy is among the
+algorithms, every row also gives its difference from greedy on the same problems, with a paired
+bootstrap interval (the comparison the intervals of two separate accuracies blur). The scorer is the toy world's
 trained PRM shipped in the package (--prm tiny, the default), a trained PRM folder, or, for tests
 of the search logic, the oracle PRM with label noise (--prm oracle --oracle-noise; it reads the gold
 answer, and the table says so). The table goes to stdout (and JSON lines with --json); the plot (one
@@ -162,6 +164,17 @@ def bootstrap_ci(correct: np.ndarray, resamples: int, seed: int = 0) -> tuple[fl
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
+def paired_difference(correct: np.ndarray, reference: np.ndarray, resamples: int,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean accuracy difference of two methods on the same problems and its 95% interval, problems
+    resampled with replacement (each side [seeds, problems], averaged over its seeds per problem)."""
+    per_problem = correct.mean(axis=0) - reference.mean(axis=0)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_problem), size=(resamples, len(per_problem)))
+    means = per_problem[idx].mean(axis=1)
+    return float(per_problem.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
 def run(args) -> list[dict]:
     rows = []
     difficulties = [tuple(int(x) for x in d.split("-")) if "-" in d else (int(d), int(d)) for d in args.ops.split(",")]
@@ -174,7 +187,8 @@ def run(args) -> list[dict]:
             problems = _problems(lo, hi, args)
             texts = [p["problem"] for p in problems]
             golds = {p["problem"]: str(p["answer"]) for p in problems}
-            for algorithm, budget, config in settings:
+            greedy = None  # its hits, once run: the reference of the paired differences
+            for algorithm, budget, config in sorted(settings, key=lambda s: s[0] != "greedy"):
                 correct, found, tokens, candidates, seconds = [], [], [], [], 0.0
                 for seed in args.seeds:
                     # fresh models per run, so every run sees the same random streams
@@ -194,6 +208,8 @@ def run(args) -> list[dict]:
                     bar.update()
                 hits = np.array(correct, np.float64)
                 low, high = bootstrap_ci(hits, args.bootstrap)
+                greedy = hits if algorithm == "greedy" else greedy
+                diff = paired_difference(hits, greedy, args.bootstrap) if greedy is not None else (None,) * 3
                 by_ops = collections.defaultdict(list)
                 for j, p in enumerate(problems):
                     by_ops[p["ops"]].append(hits[:, j].mean())
@@ -203,6 +219,7 @@ def run(args) -> list[dict]:
                     "seeds": len(args.seeds), "problem_seed": args.problem_seed, "problems": len(problems),
                     "temperature": config.temperature,
                     "accuracy": float(hits.mean()), "ci_low": low, "ci_high": high,
+                    "vs_greedy": diff[0], "vs_greedy_low": diff[1], "vs_greedy_high": diff[2],
                     "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},
                     "pass_at_k": float(np.mean(found)),
                     "tokens_per_problem": float(np.mean(tokens)),
@@ -216,7 +233,8 @@ def run(args) -> list[dict]:
 def table(rows: list[dict]) -> str:
     scorers = sorted({r["scorer"] for r in rows})
     head = (f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'95% CI':>13} "
-            f"{'by ops':<24} {'pass@k':>6} {'tokens/problem':>14} {'cands/problem':>13} {'seconds':>8}")
+            f"{'by ops':<24} {'vs greedy (paired 95% CI)':<27} {'pass@k':>6} {'tokens/problem':>14} "
+            f"{'cands/problem':>13} {'seconds':>8}")
     temperatures = sorted({r["temperature"] for r in rows if r["algorithm"] != "greedy"})
     lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; "
              f"problem set: {rows[0]['problem_seed'] if rows else 0}; sampling temperature: "
@@ -224,8 +242,10 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         by = " ".join(f"{v:.2f}" for v in r["accuracy_by_ops"].values()) if len(r["accuracy_by_ops"]) > 1 else ""
+        vs = ("" if r["vs_greedy"] is None or r["algorithm"] == "greedy" else
+              f"{r['vs_greedy']:+.3f} [{r['vs_greedy_low']:+.3f}, {r['vs_greedy_high']:+.3f}]")
         lines.append(f"{r['policy'][:10]:<10} {r['ops']:<5} {r['algorithm']:<26} {r['budget']:<8} "
-                     f"{r['accuracy']:>8.3f} {ci:>13} {by:<24} "
+                     f"{r['accuracy']:>8.3f} {ci:>13} {by:<24} {vs:<27} "
                      f"{r['pass_at_k']:>6.3f} {r['tokens_per_problem']:>14.1f} {r['candidates_per_problem']:>13.1f} "
                      f"{r['seconds']:>8.1f}")
     return "\n".join(lines)

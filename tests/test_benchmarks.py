@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mcts.core import BYTES_PER_NODE, native
@@ -78,8 +79,27 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert {r["algorithm"] for r in rows} == {"greedy", "best_of_n", "self_consistency",
                                                "weighted_self_consistency", "beam", "mcts_star", "uct", "puct"}
+    greedy = next(r for r in rows if r["algorithm"] == "greedy")
     for r in rows:
         assert 0 <= r["accuracy"] <= 1 and r["tokens_per_problem"] > 0
+        # the paired difference from greedy, on the same problems
+        assert r["vs_greedy"] == pytest.approx(r["accuracy"] - greedy["accuracy"])
+        assert r["vs_greedy_low"] <= r["vs_greedy"] + 1e-12 and r["vs_greedy"] <= r["vs_greedy_high"] + 1e-12
+
+
+def test_paired_difference_resamples_problems_not_methods():
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reference = np.array([[1, 0] * 50], np.float64)  # one seed, right on half of 100 problems
+    assert module.paired_difference(reference, reference, 500) == (0.0, 0.0, 0.0)
+    better = np.ones((2, 100))  # two seeds, right everywhere
+    diff, low, high = module.paired_difference(better, reference, 2000)
+    assert diff == 0.5 and 0.39 < low < 0.5 < high < 0.61  # sd of the mean of 100 Bernoulli(0.5): 0.05
+    # the same accuracies on disjoint problems: a difference of 0, with an interval that knows it is wide
+    shifted = np.array([[0, 1] * 50], np.float64)
+    diff, low, high = module.paired_difference(shifted, reference, 2000)
+    assert diff == 0.0 and low < -0.15 and high > 0.15
 
 
 def test_search_quality_tree_variants_may_change_any_field(capsys):
@@ -91,6 +111,7 @@ def test_search_quality_tree_variants_may_change_any_field(capsys):
                         "--plot", "", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["algorithm"] for r in rows] == ["mcts_star", "mcts_star (wide)"]
+    assert all(r["vs_greedy"] is None for r in rows)  # no greedy run, nothing to pair with
 
 
 def test_search_quality_temperature_reaches_every_sampled_algorithm(capsys):
