@@ -499,7 +499,7 @@ def _imagined_golds(ctx: RunContext, k: int) -> dict[str, str]:
 
 def iteration(ctx: RunContext, k: int) -> None:
     from selftrain.harvest import harvest_trees, write_harvest
-    from selftrain.rest_mcts import step_checker
+    from selftrain.rest_mcts import harvest_options
 
     cfg = ctx.config
     policy, prm = ctx.models(k - 1)
@@ -514,7 +514,7 @@ def iteration(ctx: RunContext, k: int) -> None:
     def harvest(folder: Path) -> dict:
         golds = {**_imagined_golds(ctx, k), **ctx.golds}  # a real answer wins over a pseudo-gold
         records = ctx.search_records(k, "search")
-        data = harvest_trees([r["tree"] for r in records if r.get("tree")], golds, check_steps=step_checker(ctx))
+        data = harvest_trees([r["tree"] for r in records if r.get("tree")], golds, **harvest_options(ctx))
         write_harvest(data, folder, iteration=k, source="search", imagined=len(imagined))
         imagined_texts = {r["problem"] for r in imagined}
         return {**data.counts(), "imagined_sft_traces": sum(r["problem"] in imagined_texts for r in data.sft)}

@@ -87,7 +87,8 @@ def balance_by_length(traces: Sequence[Mapping], max_repeat: int = 8) -> list[di
 
 def harvest_tree(tree: TreeRecord | Mapping, gold: str | int | None, *, grade: Callable[[str | None, object], bool] = is_equivalent,
                  max_pairs: int = 16, seed: int = 0,
-                 check_steps: Callable[[str, Sequence[str]], bool] | None = None) -> Harvest:
+                 check_steps: Callable[[str, Sequence[str]], bool] | None = None,
+                 best_only: bool = False) -> Harvest:
     """The SFT traces, PRM targets and preference pairs of one searched tree (see the module doc).
 
     Args:
@@ -100,6 +101,10 @@ def harvest_tree(tree: TreeRecord | Mapping, gold: str | int | None, *, grade: C
         check_steps: (problem, steps) -> every step sound; when given, a correct answer reached
             through an unsound step (a lucky guess, a slip that cancels out) is not SFT data. A
             weak policy writes many of those, and fine-tuning on them teaches its slips.
+        best_only: keep, of the verified solutions, only the one whose lowest step value (the PRM's
+            reward as the search scored it) is highest: the PRM's judgement of which derivation is
+            sound, where outcome verification cannot tell. A tree whose steps carry no PRM value
+            (ReST-EM's samples) keeps every verified solution.
     """
     if gold is None:
         return Harvest()
@@ -117,6 +122,7 @@ def harvest_tree(tree: TreeRecord | Mapping, gold: str | int | None, *, grade: C
                 shortest[node] = min(shortest.get(node, len(path)), len(path))
     out = Harvest()
     seen: set[tuple[str, ...]] = set()
+    rewards_seen: list[list[float | None]] = []  # the PRM's step values of each SFT solution
     for end in sorted(ends):
         path = tree.path(end)
         steps = tuple(nodes[i].step for i in path)
@@ -129,6 +135,10 @@ def harvest_tree(tree: TreeRecord | Mapping, gold: str | int | None, *, grade: C
                         "values": quality_values(rewards, remaining), "outcome": float(correct_end[end])})
         if correct_end[end] and (check_steps is None or check_steps(problem, steps)):
             out.sft.append({"problem": problem, "steps": list(steps)})
+            rewards_seen.append([nodes[i].reward for i in path])
+    if best_only and len(out.sft) > 1 and all(r is not None for rs in rewards_seen for r in rs):
+        best = max(range(len(out.sft)), key=lambda j: (min(rewards_seen[j]), -j))
+        out.sft = [out.sft[best]]
     out.pairs = pair_records(out.prm, max_pairs_per_problem=max_pairs, seed=seed)
     return out
 

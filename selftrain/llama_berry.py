@@ -379,7 +379,7 @@ def best_solutions(tree: Mapping, gold, n: int) -> list[tuple[str, ...]]:
 
 def iteration(ctx: RunContext, k: int) -> None:
     from selftrain.harvest import harvest_trees, write_harvest
-    from selftrain.rest_mcts import step_checker
+    from selftrain.rest_mcts import harvest_options
 
     cfg = ctx.config
     policy, prm = ctx.models(k - 1)
@@ -388,7 +388,7 @@ def iteration(ctx: RunContext, k: int) -> None:
 
     def harvest(folder: Path) -> dict:
         trees = [r["tree"] for r in ctx.search_records(k, "search") if r.get("tree")]
-        data = harvest_trees(trees, ctx.golds, check_steps=step_checker(ctx))
+        data = harvest_trees(trees, ctx.golds, **harvest_options(ctx))
         keep = {(t["problem"], steps) for t in trees
                 for steps in best_solutions(t, ctx.golds.get(t["problem"]), cfg.llama_berry.best_solutions)}
         data.sft = [r for r in data.sft if (r["problem"], tuple(r["steps"])) in keep]

@@ -36,11 +36,15 @@ def step_checker(ctx: RunContext):
     return toy_steps_sound
 
 
+def harvest_options(ctx: RunContext) -> dict:
+    """The SFT selection of the run's configuration, as `harvest_trees` options (every loop's)."""
+    return {"check_steps": step_checker(ctx), "best_only": ctx.config.sft_select == "best"}
+
+
 def harvest_stage(ctx: RunContext, k: int, search_stage: str = "search") -> dict:
     def work(folder):
         records = ctx.search_records(k, search_stage)
-        harvest = harvest_trees([r["tree"] for r in records if r.get("tree")], ctx.golds,
-                                check_steps=step_checker(ctx))
+        harvest = harvest_trees([r["tree"] for r in records if r.get("tree")], ctx.golds, **harvest_options(ctx))
         write_harvest(harvest, folder, iteration=k, source=search_stage)
         return harvest.counts()
 

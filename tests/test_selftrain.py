@@ -292,6 +292,32 @@ def test_step_checker_keeps_lucky_guesses_out_of_the_sft_data():
     assert len(harvest_tree(tree, "12", check_steps=toy_steps_sound).prm) == 2  # the PRM still sees both
 
 
+def test_best_only_keeps_the_verified_solution_the_prm_values_highest():
+    problem = "6 + 6"
+    lucky = ["8 + 6 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
+    sound = ["6 + 6 = 12, so 12\n", "The answer is \\boxed{12}.\n"]
+    wrong = ["6 + 6 = 11, so 11\n", "The answer is \\boxed{11}.\n"]
+
+    def tree(rewards):
+        nodes = [_node(0, -1, 0, None), _node(1, 0, 1, lucky[0]), _node(2, 1, 2, lucky[1], True, "12"),
+                 _node(3, 0, 1, sound[0]), _node(4, 3, 2, sound[1], True, "12"),
+                 _node(5, 0, 1, wrong[0]), _node(6, 5, 2, wrong[1], True, "11")]
+        for node, reward in zip(nodes, rewards):
+            node["reward"] = reward
+        return {"format": 1, "problem": problem, "algorithm": "mcts_star", "nodes": nodes}
+
+    # the lucky path's lowest value (0.2) is below the sound path's (0.6), though its answer step is higher
+    scored = tree([0.0, 0.2, 0.99, 0.9, 0.6, 0.95, 0.9])
+    assert [r["steps"] for r in harvest_tree(scored, "12", best_only=True).sft] == [sound]
+    assert len(harvest_tree(scored, "12").sft) == 2
+    assert len(harvest_tree(scored, "12", best_only=True).prm) == 3  # the PRM data is not filtered
+    unscored = tree([None] * 7)  # ReST-EM's samples: nothing to judge by, every verified one stays
+    assert len(harvest_tree(unscored, "12", best_only=True).sft) == 2
+    assert RunConfig().sft_select == "best"
+    with pytest.raises(ConfigError, match="sft_select"):
+        load_config(None, {}, ["sft_select=first"])
+
+
 def test_harvest_by_ops_counts_sound_solutions_per_million_tokens(tmp_path):
     from selftrain.report import harvest_by_ops
 
