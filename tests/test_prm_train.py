@@ -361,7 +361,7 @@ def test_prm_heldout_benchmark_splits_by_operations_and_training_overlap(capsys)
     spec = importlib.util.spec_from_file_location("prm_heldout", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    assert bench.num_ops("(1 + 2) * 3 - 4") == 3 and bench.num_ops("7") == 0
+    assert bench.count_ops("(1 + 2) * 3 - 4") == 3 and bench.count_ops("7") == 0
     assert bench.main(["--traces", "24", "--bootstrap", "20", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "| all | all | 24 |" in out and "in training" in out and "step AUC" in out
