@@ -55,7 +55,9 @@ class BanditScorer:
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
 def test_tree_search_overrules_a_wrong_prior(algorithm):
     # revisit_terminals: finished answers stay selectable, so visits pile up on the good one
-    config = SearchConfig(algorithm=algorithm, simulations=6, width=2, c=0.5, revisit_terminals=True)
+    # greedy_child off: the value alone must overrule the prior (the greedy step is the wrong one)
+    config = SearchConfig(algorithm=algorithm, simulations=6, width=2, c=0.5, revisit_terminals=True,
+                          greedy_child=False)
     search = TreeSearch(["bandit"], BanditPolicy(), BanditScorer(), config)
     [result] = search.run()
     assert result.answer == "1" and result.trace == "good\nThe answer is \\boxed{1}.\n"
@@ -265,12 +267,18 @@ def test_tree_search_beats_sampling_where_the_greedy_step_is_wrong():
     texts = [p["problem"] for p in problems]
     greedy = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("greedy"))
     bon = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("best_of_n", simulations=16, width=8))
-    tree = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0))
-    acc = {name: accuracy(r, problems) for name, r in (("greedy", greedy), ("bon", bon), ("tree", tree))}
-    tokens = {name: sum(x.tokens for x in r) for name, r in (("bon", bon), ("tree", tree))}
+    # the samples alone, and with the greedy step among every node's children (the default): here
+    # the greedy step is always wrong, so it costs a child per node, and the tree still wins
+    tree = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0,
+                                                                     greedy_child=False))
+    with_greedy = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0))
+    runs = (("greedy", greedy), ("bon", bon), ("tree", tree), ("with_greedy", with_greedy))
+    acc = {name: accuracy(r, problems) for name, r in runs}
+    tokens = {name: sum(x.tokens for x in r) for name, r in runs[1:]}
     assert acc["greedy"] == 0.0
     assert acc["tree"] >= 0.9 and acc["tree"] >= acc["bon"] + 0.1, acc
-    assert tokens["tree"] < tokens["bon"], tokens
+    assert acc["with_greedy"] >= acc["bon"] + 0.1, acc
+    assert tokens["tree"] < tokens["bon"] and tokens["with_greedy"] < tokens["bon"], tokens
 
 
 def test_widening_adds_children_where_the_first_ones_disappoint():
@@ -358,8 +366,9 @@ class GreedyRightPolicy(BanditPolicy):
 
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
 def test_greedy_child_keeps_the_greedy_step_among_a_nodes_children(algorithm):
-    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2)
+    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2, greedy_child=False)
     with_greedy = dataclasses.replace(plain, greedy_child=True)
+    assert SearchConfig().greedy_child  # the default (measured: mcts/config.py)
     assert (plain.first_children, with_greedy.first_children) == (2, 3)
     assert with_greedy.children_per_node == plain.children_per_node + 1
     a = TreeSearch(["bandit"], GreedyRightPolicy(), BanditScorer(), plain)
