@@ -52,8 +52,10 @@ def browser():
 def _search(out: Path, trees: Path | None, simulations: int) -> None:
     from treesearch.cli import main
 
+    # --no-greedy-child: the scripted policy's greedy step is always right, and with it among the
+    # children the oracle-guided trees would rarely branch off their chosen path
     args = ["--problem-file", str(TOY), "--out", str(out), "--model", "scripted", "--prm", "oracle",
-            "--simulations", str(simulations), "--batch", "24"]
+            "--simulations", str(simulations), "--batch", "24", "--no-greedy-child"]
     assert main(args + (["--trees-out", str(trees)] if trees else [])) == 0
 
 
