@@ -165,11 +165,11 @@ class RunConfig:
         "the toy world's step checker accepts, an oracle; with small integer answers a wrong "
         "derivation often lands on the right number) or 'auto' (steps where a checker exists, "
         "else outcome)")
-    # 'best' by measurement (benchmarks/selftrain_curve.py's harvest table, `selftrain run`, seed
-    # 0): of the verified solutions ReST-MCTS* harvested at iterations 1-3, 10-50 % at 1 operation
-    # and 21-44 % at 2 reached the right answer through a wrong step. Keeping per tree the one the
-    # PRM values highest (its lowest step value) keeps 261-275 of the 275-281 sound 1-operation
-    # solutions and 126-169 of the 128-173 sound 2-operation ones, and drops 79-93 % of the unsound.
+    # 'best' by measurement (`python benchmarks/selftrain_curve.py`, `selftrain run`, seed 0): of
+    # the verified solutions ReST-MCTS* harvested at iterations 1-3 with 'all', 10-50 % at 1
+    # operation and 21-44 % at 2 reached the right answer through a wrong step; with 'best', 1-2 %
+    # and 19-21 %. Held-out greedy accuracy at iterations 1-3: 0.189 / 0.223 / 0.223 with 'best'
+    # against 0.189 / 0.182 / 0.149 with 'all' (ReST-EM at the same tokens: 0.149 / 0.189 / 0.142).
     sft_select: str = option("best",
         "which of a tree's verified solutions the policy learns from: 'best' (the one whose lowest "
         "PRM step value is highest: the PRM judges the derivation where the answer check cannot; "
