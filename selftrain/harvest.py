@@ -2,7 +2,8 @@
 
 From one searched tree (the JSON of `TreeSearch.to_json`) and the problem's verified answer:
 
-    policy SFT data     the verified-correct solutions in the tree, deduplicated
+    policy SFT data     the verified-correct solutions in the tree, deduplicated (with `best_only`,
+                        the one whose lowest PRM step value is highest)
     PRM data            every finished solution in the tree with, per step, its inferred label and
                         ReST-MCTS* quality value (below); every expanded node of the tree lies on one
                         of them unless its subtree never reached an answer (no outcome to infer from)
