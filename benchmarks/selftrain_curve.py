@@ -25,8 +25,9 @@ from pathlib import Path
 
 from selftrain.config import ALGORITHMS, load_config
 from selftrain.loops import execute
-from selftrain.report import harvest_by_ops
-from selftrain.run import METRIC_KEYS, RunError, read_json
+from selftrain.report import harvest_by_ops, run_metrics
+from selftrain.run import METRIC_KEYS
+from treesearch.report.runs import ReportError
 
 QUICK = ["train_problems=16", "eval_problems=16", "eval_search_problems=4", "prm_eval_traces=24", "batch=8",
          "search.simulations=4", "search.width=2", "max_ops=1", "weak_steps=60", "weak_traces=50",
@@ -91,14 +92,10 @@ def plot(rows: list[dict], path: str) -> None:
 
 def read_run(folder: Path) -> tuple[str, list[dict]]:
     """A finished (or stopped) run folder's loop and its iterations' metrics, in order."""
-    saved = read_json(folder / "config.json", "run configuration") if (folder / "config.json").exists() else None
-    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise RunError(f"{folder}: not a selftrain run folder (no run config.json)")
-    metrics = []
-    for path in sorted(folder.glob("iter_*/metrics.json"), key=lambda p: int(p.parent.name[5:])):
-        metrics.append(read_json(path, "metrics"))
-    algorithm = str(saved["config"].get("algorithm", "?"))
-    return (algorithm if folder.name == algorithm else f"{algorithm} ({folder.name})"), metrics
+    config, metrics = run_metrics(folder)
+    algorithm = str(config.get("algorithm", "?"))
+    return (algorithm if folder.name == algorithm else f"{algorithm} ({folder.name})"), \
+        [metrics[k] for k in sorted(metrics)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 loop, metrics = read_run(folder)
                 folders.append((loop, folder))
                 rows += [{"loop": loop, **{k: m.get(k) for k in ("iteration", *METRIC_KEYS)}} for m in metrics]
-        except RunError as err:
+        except ReportError as err:
             print(f"selftrain_curve: {err}", file=sys.stderr)
             return 2
     for loop in ([] if args.runs else args.loops.split(",")):

@@ -27,7 +27,7 @@ from treesearch.report.cli import write_search_report
 from treesearch.report.page import cards, esc, html_table, number, rate, render_page
 from treesearch.report.runs import ReportError
 
-__all__ = ["PLOTS", "harvest_by_ops", "line_chart", "write_run_report"]
+__all__ = ["PLOTS", "harvest_by_ops", "line_chart", "run_metrics", "write_run_report"]
 
 # One plot per group of metrics (metrics.json keys), and the range of its y axis (None: from the data).
 PLOTS: tuple[tuple[str, tuple[str, ...], tuple[float, float] | None], ...] = (
@@ -139,6 +139,18 @@ def _scorer(algorithm: str, k: int, metrics: Mapping[int, Mapping], stages: Mapp
     return f"the PRM of iteration {k - 1}: {prm}" if prm else f"the PRM of iteration {k - 1}"
 
 
+def run_metrics(folder: str | os.PathLike) -> tuple[dict, dict[int, dict]]:
+    """A run folder's configuration (as its config.json holds it) and the metrics of each evaluated
+    iteration, by iteration; `ReportError` for a folder that is not a run's or an unreadable record."""
+    folder = Path(folder)
+    saved = _read(folder / "config.json", "run configuration")
+    if not folder.is_dir() or not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise ReportError(f"{folder}: not a selftrain run folder (no run config.json)")
+    metrics = {k: m for k in _iterations(folder)
+               if isinstance(m := _read(folder / f"iter_{k}" / "metrics.json", "metrics"), dict)}
+    return saved["config"], metrics
+
+
 def harvest_by_ops(folder: str | os.PathLike) -> list[dict]:
     """What each iteration's search harvested, per number of operations of the toy training
     problems: the problems, the tokens generated on them, the verified solutions the policy learns
@@ -199,16 +211,12 @@ def write_run_report(folder: str | os.PathLike, out: str | os.PathLike | None = 
     """Writes the run page (default RUN/report.html) and each search stage's report; returns the
     run page's path. Raises `ReportError` for a folder that is not a run's."""
     folder = Path(folder)
-    saved = _read(folder / "config.json", "run configuration")
-    if not folder.is_dir() or not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise ReportError(f"{folder}: not a selftrain run folder (no run config.json)")
-    config = saved["config"]
+    config, metrics = run_metrics(folder)
     algorithm = str(config.get("algorithm", "?"))
     out = Path(out) if out is not None else folder / "report.html"
     if out.is_dir():
         raise ReportError(f"--out {out}: is a folder, not an HTML file")
     ks = _iterations(folder)
-    metrics = {k: m for k in ks if isinstance(m := _read(folder / f"iter_{k}" / "metrics.json", "metrics"), dict)}
     stages = {k: s for k in ks if isinstance(s := _read(folder / f"iter_{k}" / "stages.json", "stage record"), dict)}
     reports: dict[int, list[tuple[str, Path]]] = {}
     for k in ks:
