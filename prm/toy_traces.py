@@ -6,6 +6,7 @@ labelled by the oracle (`mcts.envs.arith.label_steps`), as canonical records (`p
     toy_problems(n, seed)            the toy world's default problems (`mcts.envs.arith.generate_problems`)
     ToyDataConfig, toy_step_records  traces of the scripted policy at each slip rate (or of any policy)
     branch_traces                    canonical solutions that turn into a slip at a random step
+    operand_slip                     an operand of the step's operation miscopied, the rest consistent with it
     single_step_traces               one step from a state of a canonical solution (or one operation)
     copy_slip                        a near miss in the copied part of a step (what a small model writes)
     solution_states(problems)        the problems and their canonical states: what traces from them start at
@@ -23,11 +24,12 @@ from typing import Iterable, Mapping, Sequence
 from mcts.envs.arith import (DELIMITER, ArithConfig, BinOp, apply_op, evaluate, first_error, generate_problems,
                              label_steps, parse_expression, parse_step, reduce_once, reduction_step, render,
                              solution_steps)
+from mcts.envs.arith_steps import replace_at
 from mcts.policy.base import Prefix, StepProposer
 from mcts.policy.toy import ScriptedPolicy, ToyPolicyConfig
 from prm.quality import trace_quality_values
 
-__all__ = ["ToyDataConfig", "branch_traces", "copy_slip", "rollout", "single_step_traces", "solution_states",
+__all__ = ["ToyDataConfig", "branch_traces", "copy_slip", "operand_slip", "rollout", "single_step_traces", "solution_states",
            "toy_problems", "toy_records", "toy_step_records"]
 
 
@@ -128,14 +130,20 @@ def toy_step_records(config: ToyDataConfig, policy: StepProposer | None = None) 
 
 
 def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: float = 0.5,
-                  continue_fraction: float = 0.5, slip_rate: float = 0.15) -> list[tuple[str, list[str]]]:
+                  continue_fraction: float = 0.5, slip_rate: float = 0.15, copy_fraction: float = 0.0,
+                  operand_fraction: float = 0.0, copy_context_fraction: float = 0.0) -> list[tuple[str, list[str]]]:
     """Traces that branch off the canonical solution at a random step: a balanced first-error signal.
 
     Per problem: k uniform in [0, K), the first k canonical steps, then step k + 1, which is the
-    canonical one or (with probability `wrong_fraction`) one of the scripted policy's slips at that
-    state (drawn by their probabilities). With probability `continue_fraction` the trace is then
-    rolled out to its end by the scripted policy (base_eps `slip_rate`), so that the steps after a
-    first error are seen too; else it ends at the branch step (short sequences: cheap to train on).
+    canonical one or (with probability `wrong_fraction`) a slip: with probability `operand_fraction`
+    an operand slip (`operand_slip`), else with probability `copy_fraction` a copy slip
+    (`copy_slip`, with `copy_context_fraction`), else (and where the step has nothing of that kind
+    to change, as the answer step) one of the scripted policy's slips at that state (drawn by their
+    probabilities). With both fractions 0 (the shipped builds) no draw is added, so the traces stay
+    as they were. With
+    probability `continue_fraction` the trace is then rolled out to its end by the scripted policy
+    (base_eps `slip_rate`), so that the steps after a first error are seen too; else it ends at the
+    branch step (short sequences: cheap to train on).
 
     Returns:
         [P] (problem, step texts).
@@ -150,15 +158,25 @@ def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: flo
         options = distribution.distribution(Prefix(problem, tuple(steps)))
         slips = options[1:]
         if slips and rng.random() < wrong_fraction:
-            u, acc = rng.random() * sum(p for _, p in slips), 0.0
-            pick = slips[-1][0]
-            for step, p in slips:
-                acc += p
-                if u < acc:
-                    pick = step
-                    break
-            steps.append(pick.text)
-            finished = pick.finished
+            # no draw for the kind unless asked: builds without copy or operand slips keep their stream
+            u = rng.random() if copy_fraction or operand_fraction else 1.0
+            state = parse_expression(problem) if k == 0 else parse_step(canonical[k - 1])
+            copied = (operand_slip(state, rng) if u < operand_fraction else
+                      copy_slip(canonical[k], rng, copy_context_fraction) if u < operand_fraction + (1 - operand_fraction) * copy_fraction
+                      else None)
+            if copied is not None:
+                steps.append(copied)
+                finished = False
+            else:
+                u, acc = rng.random() * sum(p for _, p in slips), 0.0
+                pick = slips[-1][0]
+                for step, p in slips:
+                    acc += p
+                    if u < acc:
+                        pick = step
+                        break
+                steps.append(pick.text)
+                finished = pick.finished
         else:
             steps.append(canonical[k])
             finished = k == len(canonical) - 1
@@ -183,16 +201,20 @@ def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: flo
 _OPERATOR_TOKENS = ("+", "-", "*")
 
 
-def copy_slip(step: str, rng: random.Random) -> str | None:
+def copy_slip(step: str, rng: random.Random, context_fraction: float = 0.0) -> str | None:
     """A near miss in the copied part of a reduction step: what a model that copies long expressions
     badly writes (the scripted policy never does).
 
     The step's arithmetic (`a op b = r`) is kept; in the expression after ", so ", one number is
-    changed by a few or one operator replaced, or one operation (`op number`) dropped.
+    changed by a few or one operator replaced, or one operation (`op number`) dropped. With
+    probability `context_fraction` a changed number becomes another number the step writes (an
+    operand of its operation, its result, or a neighbour: `2 + 7 = 9, so 7 + 7 - 9` for `7 + 3 -
+    9`), which is how the tiny transformer miscopies most often.
 
     Args:
         step: a reduction step `a op b = r, so EXPR` (with or without its delimiter).
         rng: the random source.
+        context_fraction: how often a changed number is taken from the step itself.
 
     Returns:
         The changed step (with the step's delimiter, if it had one), or None when the step writes
@@ -213,7 +235,11 @@ def copy_slip(step: str, rng: random.Random) -> str | None:
     if kind == "number":
         i = rng.choice(numbers)
         match = re.search(r"\d+", tokens[i])
-        value = int(match.group()) + rng.choice((-3, -2, -1, 1, 2, 3))
+        others = sorted({int(n) for n in re.findall(r"\d+", body)} - {int(match.group())})
+        if context_fraction and others and rng.random() < context_fraction:  # no draw unless asked
+            value = rng.choice(others)
+        else:
+            value = int(match.group()) + rng.choice((-3, -2, -1, 1, 2, 3))
         tokens[i] = tokens[i][:match.start()] + str(abs(value)) + tokens[i][match.end():]
     elif kind == "operator":
         i = rng.choice(operators)
@@ -225,6 +251,41 @@ def copy_slip(step: str, rng: random.Random) -> str | None:
     if out == body:
         return None
     return out + (DELIMITER if step.endswith(DELIMITER) else "")
+
+
+def operand_slip(expr, rng: random.Random) -> str | None:
+    """A reduction step of `expr` that miscopies one operand of its operation and is consistent
+    with that: `3 - 7 + 6` reduced as `3 - 6 = -3, so -3 + 6`. Its arithmetic is right, so only
+    comparing the step with the expression it reduces shows the error (the tiny policy's commonest
+    first error, which the slips above never make).
+
+    The operand becomes another number of the expression (half the time, where there is one) or
+    changes by a few; a draw whose result leaves the toy world's range (|r| > 100) is drawn again.
+
+    Args:
+        expr: the expression reduced (a parsed toy expression).
+        rng: the random source.
+
+    Returns:
+        The step with its delimiter, or None when `expr` is a number or no draw fits.
+    """
+    red = reduce_once(expr)
+    if red is None:
+        return None
+    numbers = [int(t) for t in re.findall(r"\d+", render(expr))]
+    for _ in range(10):
+        side = rng.randrange(2)
+        old = (red.a, red.b)[side]
+        others = [n for n in numbers if n != abs(old)]
+        if others and rng.random() < 0.5:
+            new = rng.choice(others) * (-1 if old < 0 else 1)
+        else:
+            new = old + rng.choice((-3, -2, -1, 1, 2, 3))
+        a, b = (new, red.b) if side == 0 else (red.a, new)
+        result = apply_op(red.op, a, b)
+        if abs(result) <= 100:
+            return reduction_step(a, red.op, b, result, replace_at(expr, red.path, result)) + DELIMITER
+    return None
 
 
 def single_step_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: float = 0.5,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 
 import pytest
@@ -22,7 +23,9 @@ from prm.data import (  # noqa: E402
 from prm.quality import quality_values, trace_quality_values  # noqa: E402
 from prm.toy_traces import (  # noqa: E402
     ToyDataConfig,
+    branch_traces,
     copy_slip,
+    operand_slip,
     rollout,
     single_step_traces,
     toy_problems,
@@ -270,6 +273,57 @@ def test_copy_slip_changes_the_copied_expression_only():
     assert len(seen) > 5
     assert copy_slip("The answer is \\boxed{3}.", rng) is None
     assert copy_slip("7 + 1 = 8, so 8", rng) != "7 + 1 = 8, so 8"
+
+
+def test_copy_slip_can_take_a_number_the_step_writes():
+    import random
+
+    rng = random.Random(1)
+    step = "2 + 7 = 9, so 7 + 3 - 9\n"
+    written = {"2", "7", "9", "3"}
+    slips = [copy_slip(step, rng, context_fraction=1.0) for _ in range(300)]
+    numbers = [s for s in slips if s is not None and s.count(" ") == step.count(" ")]
+    assert numbers and all(set(re.findall(r"\d+", s.split(", so ")[1])) <= written for s in numbers)
+    assert "2 + 7 = 9, so 7 + 7 - 9\n" in slips
+
+
+def test_operand_slip_miscopies_an_operand_and_stays_consistent():
+    import random
+
+    from mcts.envs.arith import apply_op, label_steps, parse_expression, parse_step, reduce_once
+
+    rng = random.Random(0)
+    for problem in ("3 - 7 + 6", "(5 + 7) * 6 + 3", "2 + 4 * 5 + 4 * 7", "8 - (1 - 2)"):
+        expr = parse_expression(problem)
+        red = reduce_once(expr)
+        for _ in range(20):
+            slip = operand_slip(expr, rng)
+            head, rest = slip.rstrip("\n").split(", so ")
+            a, op, b, _, r = head.split(" ")
+            assert op == red.op and (int(a), int(b)) != (red.a, red.b) and (int(a) == red.a or int(b) == red.b)
+            assert int(r) == apply_op(op, int(a), int(b))  # the arithmetic is right for what it copied
+            assert parse_step(slip) is not None and rest.count(r) >= 1
+            assert label_steps(problem, [slip]) in ([0], [1])
+    assert operand_slip(parse_expression("7"), rng) is None
+
+
+def test_branch_traces_keep_their_stream_without_copy_slips_and_make_them_when_asked():
+    problems = [p["problem"] for p in toy_problems(300, 11, 1, 6)]
+    plain = branch_traces(problems, seed=3)
+    assert branch_traces(problems, seed=3, copy_context_fraction=0.5) == plain  # no new kinds: no new draws
+    copies = branch_traces(problems, seed=3, wrong_fraction=1.0, operand_fraction=0.5, copy_fraction=1.0,
+                           copy_context_fraction=0.5, continue_fraction=0.0)
+    records = toy_records(copies)
+    wrong = [r for r in records if r["first_error"] >= 0]
+    assert len(wrong) > 0.9 * len(records)
+    # an operand or copy slip keeps the step's arithmetic right: `a op b = r` holds, the expression does not
+    # (answer steps have nothing to copy: they take the scripted policy's answer slips)
+    reductions = [r["steps"][r["first_error"]] for r in wrong if ", so " in r["steps"][r["first_error"]]]
+    kept = 0
+    for step in reductions:
+        a, op, b, _, res = step.split(", so ")[0].split(" ")
+        kept += int(res) == {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
+    assert len(reductions) > 0.5 * len(wrong) and kept > 0.9 * len(reductions)
 
 
 def test_isolated_facts_with_negated_operands():
