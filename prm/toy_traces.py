@@ -129,6 +129,16 @@ def toy_step_records(config: ToyDataConfig, policy: StepProposer | None = None) 
     return records
 
 
+def _draw(options: Sequence[tuple], rng: random.Random):
+    """One of (step, probability) `options`, drawn by their probabilities (one `rng.random()`)."""
+    u, acc = rng.random() * sum(p for _, p in options), 0.0
+    for step, p in options:
+        acc += p
+        if u < acc:
+            return step
+    return options[-1][0]
+
+
 def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: float = 0.5,
                   continue_fraction: float = 0.5, slip_rate: float = 0.15, copy_fraction: float = 0.0,
                   operand_fraction: float = 0.0, copy_context_fraction: float = 0.0) -> list[tuple[str, list[str]]]:
@@ -140,10 +150,9 @@ def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: flo
     (`copy_slip`, with `copy_context_fraction`), else (and where the step has nothing of that kind
     to change, as the answer step) one of the scripted policy's slips at that state (drawn by their
     probabilities). With both fractions 0 (the shipped builds) no draw is added, so the traces stay
-    as they were. With
-    probability `continue_fraction` the trace is then rolled out to its end by the scripted policy
-    (base_eps `slip_rate`), so that the steps after a first error are seen too; else it ends at the
-    branch step (short sequences: cheap to train on).
+    as they were. With probability `continue_fraction` the trace is then rolled out to its end by
+    the scripted policy (base_eps `slip_rate`), so that the steps after a first error are seen too;
+    else it ends at the branch step (short sequences: cheap to train on).
 
     Returns:
         [P] (problem, step texts).
@@ -160,21 +169,15 @@ def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: flo
         if slips and rng.random() < wrong_fraction:
             # no draw for the kind unless asked: builds without copy or operand slips keep their stream
             u = rng.random() if copy_fraction or operand_fraction else 1.0
-            state = parse_expression(problem) if k == 0 else parse_step(canonical[k - 1])
-            copied = (operand_slip(state, rng) if u < operand_fraction else
+            copied = (operand_slip(parse_expression(problem) if k == 0 else parse_step(canonical[k - 1]), rng)
+                      if u < operand_fraction else
                       copy_slip(canonical[k], rng, copy_context_fraction) if u < operand_fraction + (1 - operand_fraction) * copy_fraction
                       else None)
             if copied is not None:
                 steps.append(copied)
                 finished = False
             else:
-                u, acc = rng.random() * sum(p for _, p in slips), 0.0
-                pick = slips[-1][0]
-                for step, p in slips:
-                    acc += p
-                    if u < acc:
-                        pick = step
-                        break
+                pick = _draw(slips, rng)
                 steps.append(pick.text)
                 finished = pick.finished
         else:
@@ -335,13 +338,7 @@ def single_step_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction
             if slip is None:
                 slips = distribution.distribution(Prefix(state, ()))[1:]
                 if slips:
-                    u, acc = rng.random() * sum(p for _, p in slips), 0.0
-                    slip = slips[-1][0].text
-                    for option, p in slips:
-                        acc += p
-                        if u < acc:
-                            slip = option.text
-                            break
+                    slip = _draw(slips, rng).text
             step = slip or step
         traces.append((state, [step]))
     return traces
