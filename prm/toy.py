@@ -116,20 +116,21 @@ from prm.toy_traces import (ToyDataConfig, branch_traces, single_step_traces, so
 from prm.train import (TRAIN_INFO, TrainError, add_config_arguments, config_from_args, load_model_for,
                        save_atomic, summary_table, train_rows)
 from prm.toy_config import (DESIGN_SEED, EVAL_SEED, FULL_BUILD, FULL_PPRM_BUILD, POLICY_EVAL_SEED, QUICK_BUILD,
-                             QUICK_PPRM_BUILD, RESERVED_SEEDS, ToyBuild, check_report_seed)
+                             QUICK_PPRM_BUILD, RESERVED_SEEDS, STAGE1_BUILD, ToyBuild, check_report_seed)
 
 __all__ = [
     "DESIGN_SEED", "EVAL_SEED", "FORMAT_VERSION", "RESERVED_SEEDS", "check_report_seed", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "ToyBuild",
-    "SHIPPED", "build_toy_pprm", "build_toy_prm", "check_toy_folder", "ensure_toy_pprm", "ensure_toy_prm",
+    "SHIPPED", "STAGE1_BUILD", "build_toy_pprm", "build_toy_prm", "check_base_folder", "check_toy_folder", "ensure_toy_pprm", "ensure_toy_prm",
     "eval_policy_records", "load_toy_pprm", "load_toy_prm", "main", "make_parser", "shipped_toy", "toy_cache_dir",
     "training_problems",
 ]
 
-FORMAT_VERSION = 6  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
+FORMAT_VERSION = 7  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
 # no branch traces (first-error accuracy 0.77 on 5-6 operations); 3: on the format-2 tiny policy; 4: on the
 # format-3 tiny policy (the one shipped in the package: `mcts.envs.tiny_models.SHIPPED_DIR`); 5: with that
 # policy's own T=1 traces in the data, shipped in the package (`python -m prm.toy build --ship`); 6: with 8000
-# more of its traces on 3-4 operation problems (policy_focus_problems), 16000 steps
+# more of its traces on 3-4 operation problems (policy_focus_problems), 16000 steps; 7: format 6 as stage 1
+# (STAGE1_BUILD), then 5000 steps on operand and copy slips in branch traces (FULL_BUILD)
 SHIPPED = {"prm": Path(__file__).resolve().parent / "models" / "toy-prm",
            "pprm": Path(__file__).resolve().parent / "models" / "toy-pprm"}
 
@@ -181,7 +182,10 @@ def _training_records(build: ToyBuild) -> list[dict]:
                 copy_fraction=build.copy_fraction, negate_fraction=build.fact_negate_fraction, max_value=build.max_value))
     if build.branch_problems:
         problems = toy_problems(*draws["branch"], *arith)
-        records += toy_records(branch_traces([p["problem"] for p in problems], seed=build.data_seed))
+        records += toy_records(branch_traces(
+            [p["problem"] for p in problems], seed=build.data_seed, wrong_fraction=build.branch_wrong_fraction,
+            slip_rate=build.branch_slip_rate, operand_fraction=build.branch_operand_fraction,
+            copy_fraction=build.branch_copy_fraction, copy_context_fraction=build.branch_copy_context_fraction))
     for data, sampling_seed in tiny:  # a policy per draw: the focused draw leaves the first one's traces as they were
         records += toy_step_records(data, load_toy_policy(seed=sampling_seed, device="cpu", progress=False))
     return records
@@ -189,14 +193,16 @@ def _training_records(build: ToyBuild) -> list[dict]:
 
 def training_problems(build: ToyBuild) -> set[str]:
     """A superset of the problems the build trains on: every drawn problem, its canonical states and
-    operations (where one-step traces start); benchmarks/prm_heldout.py splits held-out figures by it."""
+    operations (where one-step traces start), and those of its base build, which it continues;
+    benchmarks/prm_heldout.py splits held-out figures by it."""
+    earlier = training_problems(build.base) if build.base is not None else set()
     config, tiny = _training_configs(build)
     arith = (build.max_operand, build.max_value)
     draws = [(build.problems and config.problems, config.seed, build.min_ops, build.max_ops),
              *((n, seed, build.min_ops, build.max_ops) for n, seed in _problem_draws(build).values()),
              *((data.problems, data.seed, data.min_ops, data.max_ops) for data, _ in tiny)]
-    return solution_states([p["problem"] for n, seed, low, high in draws if n
-                            for p in toy_problems(n, seed, low, high, *arith)])
+    return earlier | solution_states([p["problem"] for n, seed, low, high in draws if n
+                                      for p in toy_problems(n, seed, low, high, *arith)])
 
 
 def _eval_records(build: ToyBuild) -> list[dict]:
@@ -257,8 +263,13 @@ def _scratch_prm(build: ToyBuild, mode: str):
 
 def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progress: bool = True,
                   replace: bool = False, cache_dir: str | os.PathLike | None = None,
-                  storage_dtype: str = "float32") -> Path:
+                  storage_dtype: str = "float32", base_dir: str | os.PathLike | None = None) -> Path:
     """Trains a toy PRM and saves it into `out` (atomically), with `train_info.json`.
+
+    A build with init="prm" continues the PRM of its `base` build: `base_dir` when given (checked:
+    its files must match its record, and its recorded build must be `build.base`), else the base
+    built into the cache (`toy-prm-base-v<FORMAT_VERSION>`, stored in float16 as a shipped folder
+    is), once.
 
     Args:
         out: the destination folder.
@@ -268,6 +279,7 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
         cache_dir: cache root of the tiny policy (for init="policy").
         storage_dtype: the weights' dtype on disk ('float16' halves the folder; loading on a CPU
             restores float32).
+        base_dir: the folder of the base build (init="prm"), instead of the cache's.
 
     Returns:
         `out`.
@@ -275,15 +287,25 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
     out = Path(out).expanduser()
     if out.exists() and not replace:
         return out
+    if build.init == "prm" and build.base is None:
+        raise ValueError("a toy PRM build with init='prm' continues a base build: set ToyBuild.base")
     started = time.perf_counter()
+    base_record = None
+    if build.init == "prm":
+        base = _base_folder(build.base, base_dir, cache_dir, progress)
+        recorded = json.loads((base / TRAIN_INFO).read_text(encoding="utf-8"))
+        base_record = {k: recorded.get(k) for k in ("format_version", "code_version", "storage_dtype", "eval")}
+        base_record["files"] = folder_hashes(base, TRAIN_INFO)
     records = _training_records(build)
-    if build.init in ("policy", "prm"):  # "prm" makes no sense for a PRM: its own source is the policy
+    if build.init == "prm":
+        model = PRM.from_pretrained(base, device="cpu")
+    elif build.init == "policy":
         model = load_model_for("prm", ensure_toy_policy(cache_dir, progress=progress), delimiter=DELIMITER,
                                seed=build.train.seed)
     else:
         model = _scratch_prm(build, "prm")
-    policy_depth = model.backbone.config.num_hidden_layers
     grow_backbone(model, build.extra_layers, seed=build.train.seed)
+    policy_depth = build.policy_depth(model.backbone.config.num_hidden_layers)
     rows = _rows(model, records, build)
     data_seconds = time.perf_counter() - started
     loss = build.train.loss or "bce"
@@ -295,8 +317,64 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
         metrics.update({f"policy_{k}": v for k, v in step_metrics(model, eval_policy_records(build)).items()})
     data = {"traces": len(records), "steps": sum(len(r["steps"]) for r in records),
             "wrong_steps": sum(r["labels"].count(0) for r in records), "seconds": round(data_seconds, 1)}
+    if base_record is not None:
+        data["base"] = base_record
     _save(out, model, build, "treesearch toy prm", data, info, metrics, replace, storage_dtype)
     return out
+
+
+def _recorded_build(folder: Path) -> tuple[dict | None, list[str]]:
+    """The build recorded in a toy PRM folder of any format, and what is wrong with its files."""
+    try:
+        info = json.loads((folder / TRAIN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, [f"{folder / TRAIN_INFO}: missing or not JSON"]
+    if not isinstance(info, dict) or info.get("kind") != "treesearch toy prm":
+        return None, [f"{folder / TRAIN_INFO}: not the record of a toy PRM"]
+    format_version = info.get("format_version")
+    return info.get("build"), check_record(folder, TRAIN_INFO, format_version, "toy prm")
+
+
+def _with_defaults(recorded: dict, build_type=ToyBuild) -> dict:
+    """A recorded build with the fields that its code did not have yet at their defaults (which
+    reproduce what that code did), so that an older record compares with today's config."""
+    filled = dict(recorded)
+    for field in dataclasses.fields(build_type):
+        if field.name not in filled:
+            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            filled[field.name] = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
+    if isinstance(filled.get("base"), dict):
+        filled["base"] = _with_defaults(filled["base"])
+    return filled
+
+
+def check_base_folder(folder: str | os.PathLike, base: ToyBuild) -> list[str]:
+    """What keeps a folder from being `base`'s build (empty: nothing): its files against its record
+    (any format: the shipped format-6 PRM is stage 1 of format 7) and its recorded build."""
+    folder = Path(folder)
+    recorded, problems = _recorded_build(folder)
+    if recorded is not None and json.loads(json.dumps(_with_defaults(recorded))) != json.loads(
+            json.dumps(dataclasses.asdict(base))):
+        problems.append(f"{folder / TRAIN_INFO}: the recorded build is not the base build this build continues")
+    return problems
+
+
+def _base_folder(base: ToyBuild, base_dir, cache_dir, progress: bool) -> Path:
+    if base_dir is not None:
+        folder = Path(base_dir).expanduser()
+        problems = check_base_folder(folder, base)
+        if problems:
+            raise ValueError(f"{folder} is not the base build: {problems[0]}")
+        return folder
+    folder = toy_cache_dir("prm", root=cache_dir).with_name(f"toy-prm-base-v{FORMAT_VERSION}")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder.parent / f".{folder.name}.lock")):
+        if folder.exists() and not check_base_folder(folder, base):
+            return folder
+        print(f"treesearch: building the toy PRM's first stage into {folder} (once; about 80 minutes of one "
+              f"CPU core)", file=sys.stderr, flush=True)
+        return build_toy_prm(folder, base, progress=progress, replace=True, cache_dir=cache_dir,
+                             storage_dtype="float16")
 
 
 def build_toy_pprm(out: str | os.PathLike, build: ToyBuild = FULL_PPRM_BUILD, *, progress: bool = True,
@@ -402,7 +480,8 @@ def _ensure(kind: str, cache_dir, quick: bool, progress: bool) -> Path:
             raise RuntimeError(f"{folder} exists but holds no toy {kind} of format version {FORMAT_VERSION} "
                                f"(no valid {TRAIN_INFO}); delete it or choose another cache_dir")
         what = f"the quick toy {kind.upper()} (seconds)" if quick else (
-            "the toy-world PRM (once; about 80 minutes of one CPU core, after the tiny policy)" if kind == "prm"
+            "the toy-world PRM (once; about 110 minutes of one CPU core in two stages, after the tiny policy)"
+            if kind == "prm"
             else "the toy-world PPRM (once; under a minute, after the toy PRM)")
         print(f"treesearch: building {what} into {folder}", file=sys.stderr, flush=True)
         if kind == "prm":
@@ -460,7 +539,9 @@ def make_parser() -> argparse.ArgumentParser:
                        "(prm/models/toy-<kind>, weights stored in float16), with its record and file hashes")
     build.add_argument("--seconds", type=float, help="train for about this many seconds")
     build.add_argument("--init", choices=("policy", "prm", "scratch"), help="start from the tiny policy's weights, "
-                       "the toy PRM's (PPRM builds) or from scratch (default: the build's)")
+                       "a toy PRM's (the base build's; PPRM builds: the toy PRM) or from scratch (default: the build's)")
+    build.add_argument("--base", metavar="DIR", help="PRM builds that continue a base build: its folder (checked "
+                       "against its record; default: built once into the cache), e.g. the previous shipped PRM")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(build.add_argument_group("optimisation (each replaces the build's setting)"))
     return parser
@@ -490,7 +571,11 @@ def _build_cli(args: argparse.Namespace) -> int:
     if kind == "pprm":
         build_toy_pprm(out, build, progress=not args.no_progress, replace=True, quick=args.quick, storage_dtype=storage)
     else:
-        build_toy_prm(out, build, progress=not args.no_progress, replace=True, storage_dtype=storage)
+        try:
+            build_toy_prm(out, build, progress=not args.no_progress, replace=True, storage_dtype=storage,
+                          base_dir=args.base)
+        except ValueError as err:
+            raise TrainError(str(err)) from None
     record = json.loads((out / TRAIN_INFO).read_text(encoding="utf-8"))
     summary = [("kind", kind), ("init", record["build"]["init"]), ("traces", record["data"]["traces"]),
                ("data seconds", record["data"]["seconds"]),

@@ -2,6 +2,7 @@
 
     ToyBuild                       the data, model and training of a toy PRM or PPRM build
     FULL_BUILD, QUICK_BUILD        the shipped PRM's build and the tests' seconds-long one
+    STAGE1_BUILD                   the build FULL_BUILD continues from (its `base`)
     FULL_PPRM_BUILD, QUICK_PPRM_BUILD
     EVAL_SEED, POLICY_EVAL_SEED    the builds' held-out problems
     DESIGN_SEED, check_report_seed the problems the design was chosen on, which no benchmark reports on
@@ -16,7 +17,7 @@ from mcts.options import option
 from mcts.policy.training import TrainConfig
 
 __all__ = ["DESIGN_SEED", "EVAL_SEED", "FULL_BUILD", "FULL_PPRM_BUILD", "POLICY_EVAL_SEED", "QUICK_BUILD",
-           "QUICK_PPRM_BUILD", "RESERVED_SEEDS", "ToyBuild", "check_report_seed"]
+           "QUICK_PPRM_BUILD", "RESERVED_SEEDS", "STAGE1_BUILD", "ToyBuild", "check_report_seed"]
 
 POLICY_EVAL_SEED = 4343  # held-out problems of the on-policy evaluation (eval_policy_traces)
 EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
@@ -35,8 +36,11 @@ class ToyBuild:
     """The data, model and training of a toy PRM or PPRM build."""
 
     init: str = option("policy",
-        "'policy': start from the tiny policy's weights; 'prm' (PPRM builds): from the toy PRM's; "
-        "'scratch': a fresh model of the size below")
+        "'policy': start from the tiny policy's weights; 'prm': from a toy PRM's (a PRM build: the folder "
+        "of its `base` build; a PPRM build: the toy PRM); 'scratch': a fresh model of the size below")
+    base: ToyBuild | None = option(None,
+        "PRM builds with init='prm': the build whose folder this one continues training (a second stage "
+        "on other data); its data is part of what this build has trained on (`training_problems`)")
     problems: int = option(1500,
         "training problems rolled out whole by the scripted policy at each slip rate")
     samples: int = option(1, "traces per problem and slip rate")
@@ -54,6 +58,17 @@ class ToyBuild:
     branch_problems: int = option(0,
         "training problems whose canonical solution branches off at a random step into a slip or not "
         "(`prm.toy_traces.branch_traces`: a balanced first-error signal)")
+    branch_wrong_fraction: float = option(0.5, "fraction of the branch traces whose branch step is a slip")
+    branch_slip_rate: float = option(0.15,
+        "base_eps of the scripted policy that rolls a branch trace out after its branch step")
+    branch_operand_fraction: float = option(0.0,
+        "fraction of the branch slips that are operand slips (`prm.toy_traces.operand_slip`: the reduced "
+        "operation with an operand miscopied)")
+    branch_copy_fraction: float = option(0.0,
+        "fraction of the other branch slips that are copy slips (`prm.toy_traces.copy_slip`); the rest are "
+        "the scripted policy's")
+    branch_copy_context_fraction: float = option(0.0,
+        "fraction of those copy slips that change the rest of the expression rather than the operation")
     policy_problems: int = option(0,
         "problems also rolled out by the tiny transformer policy at T=1 (its own kinds of mistakes)")
     policy_focus_problems: int = option(0,
@@ -114,18 +129,40 @@ class ToyBuild:
             raise ValueError("no training data: every kind of training problem is 0")
         if not 1 <= self.min_ops <= self.max_ops <= 8:
             raise ValueError(f"need 1 <= min_ops <= max_ops <= 8, got {self.min_ops}, {self.max_ops}")
-        if not (0 <= self.wrong_fraction <= 1 and 0 <= self.copy_fraction <= 1 and 0 <= self.fact_negate_fraction <= 1):
-            raise ValueError(f"wrong_fraction, copy_fraction and fact_negate_fraction must be in [0, 1], got "
-                             f"{self.wrong_fraction}, {self.copy_fraction}, {self.fact_negate_fraction}")
+        fractions = {"wrong_fraction": self.wrong_fraction, "copy_fraction": self.copy_fraction,
+                     "fact_negate_fraction": self.fact_negate_fraction,
+                     "branch_wrong_fraction": self.branch_wrong_fraction, "branch_slip_rate": self.branch_slip_rate,
+                     "branch_operand_fraction": self.branch_operand_fraction,
+                     "branch_copy_fraction": self.branch_copy_fraction,
+                     "branch_copy_context_fraction": self.branch_copy_context_fraction}
+        outside = {k: v for k, v in fractions.items() if not 0 <= v <= 1}
+        if outside:
+            raise ValueError(f"these must be in [0, 1]: {outside}")
         if self.dense_weight < 0 or self.lm_weight < 0:
             raise ValueError(f"dense_weight and lm_weight must be >= 0, got {self.dense_weight}, {self.lm_weight}")
-        if (self.lm_weight > 0 or self.extra_layers > 0) and self.init != "policy":
-            raise ValueError("lm_weight and extra_layers need init='policy' (they build on the policy's layers)")
+        if self.base is not None and self.init != "prm":
+            raise ValueError("a base build is continued from its folder: it needs init='prm'")
+        if self.extra_layers > 0 and self.init != "policy":
+            raise ValueError("extra_layers needs init='policy' (the blocks grow on the policy's layers)")
+        if self.lm_weight > 0 and self.policy_init() is None:
+            raise ValueError("lm_weight needs a policy-initialised backbone: init='policy', or init='prm' with a "
+                             "base build that starts from the policy (the loss reads the policy's layers)")
         if self.pair_reading not in ("joint", "separate") or self.pairs_per_problem < 1:
             raise ValueError(f"pair_reading must be 'joint' or 'separate' and pairs_per_problem >= 1, got "
                              f"{self.pair_reading!r}, {self.pairs_per_problem}")
         if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
             raise ValueError(f"hidden_size / num_heads must be an even integer, got {self.hidden_size} / {self.num_heads}")
+
+    def policy_init(self) -> ToyBuild | None:
+        """The build of this one's chain (itself or a base) that starts from the tiny policy, if any."""
+        build = self
+        while build is not None and build.init == "prm":
+            build = build.base
+        return build if build is not None and build.init == "policy" else None
+
+    def policy_depth(self, num_hidden_layers: int) -> int:
+        """The policy's blocks in a backbone of `num_hidden_layers` grown by this build's chain."""
+        return num_hidden_layers - (self.policy_init().extra_layers if self.policy_init() else 0)
 
     def arith(self):
         """The `ArithConfig` of the build's problems."""
@@ -133,10 +170,21 @@ class ToyBuild:
                            max_value=self.max_value)
 
 
-FULL_BUILD = ToyBuild(init="policy", problems=3000, fact_problems=60000, single_problems=40000, branch_problems=15000,
+# Stage 1 (the shipped PRM of format 6): the tiny policy's weights, two more blocks, 16000 steps.
+STAGE1_BUILD = ToyBuild(init="policy", problems=3000, fact_problems=60000, single_problems=40000, branch_problems=15000,
                       policy_problems=6000, policy_focus_problems=4000, policy_focus_samples=2, extra_layers=2,
                       dense_weight=0.3, lm_weight=1.0, eval_policy_traces=1000,
                       train=TrainConfig(epochs=10.0, max_steps=16000, batch_size=32, lr=2e-3, warmup_ratio=0.05,
+                                        min_lr_ratio=0.05, seed=0, num_threads=1, device="cpu"))
+# Stage 2 (format 7): 5000 more steps on the tiny policy's commonest first errors, the reduced
+# operation with an operand miscopied (`19 * 9` for `19 * 4`) and copy slips, in branch traces, with
+# a rehearsal of stage 1's kinds of data (facts, one-step traces, rollouts) and the policy's own
+# 1-4 operation traces. prm.toy's docstring has the figures.
+FULL_BUILD = ToyBuild(init="prm", base=STAGE1_BUILD, problems=600, fact_problems=15000, single_problems=8000,
+                      branch_problems=30000, branch_wrong_fraction=0.6, branch_slip_rate=0.1,
+                      branch_operand_fraction=0.5, branch_copy_fraction=0.9, policy_focus_problems=2000,
+                      policy_focus_ops=(1, 4), dense_weight=0.3, lm_weight=1.0, eval_policy_traces=1000, data_seed=2,
+                      train=TrainConfig(epochs=10.0, max_steps=5000, batch_size=32, lr=1e-3, warmup_ratio=0.05,
                                         min_lr_ratio=0.05, seed=0, num_threads=1, device="cpu"))
 QUICK_BUILD = ToyBuild(init="scratch", problems=150, slip_rates=(0.15, 0.3), max_ops=4, hidden_size=48,
                        num_layers=2, num_heads=2, intermediate_size=96, max_positions=256,
