@@ -59,6 +59,9 @@ def _ints(text: str) -> list[int]:
 
 
 PROBLEM_SET_STRIDE = 100_000  # apart from every 1000 * a + b of set 0, and from prm.toy's reserved seeds
+# Problem sets that choices were made on: figures on them flatter what was chosen, so the table says so.
+CHOSEN_ON = {0: "the search defaults (greedy child, leaf value, widening) were first measured on it",
+             1: "the development set: the toy PRM's second stage (prm.toy FULL_BUILD) was chosen on it"}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -239,7 +242,11 @@ def table(rows: list[dict]) -> str:
     temperatures = sorted({r["temperature"] for r in rows if r["algorithm"] != "greedy"})
     lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; "
              f"problem set: {rows[0]['problem_seed'] if rows else 0}; sampling temperature: "
-             f"{', '.join(f'{t:g}' for t in temperatures) or '-'}", head, "-" * len(head)]
+             f"{', '.join(f'{t:g}' for t in temperatures) or '-'}"]
+    problem_set = rows[0]["problem_seed"] if rows else 0
+    if problem_set in CHOSEN_ON:
+        lines.append(f"problem set {problem_set}: {CHOSEN_ON[problem_set]}; problem set 2 is held out from both")
+    lines += [head, "-" * len(head)]
     for r in rows:
         ci = f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
         by = " ".join(f"{v:.2f}" for v in r["accuracy_by_ops"].values()) if len(r["accuracy_by_ops"]) > 1 else ""

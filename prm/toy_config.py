@@ -5,7 +5,8 @@
     STAGE1_BUILD                   the build FULL_BUILD continues from (its `base`)
     FULL_PPRM_BUILD, QUICK_PPRM_BUILD
     EVAL_SEED, POLICY_EVAL_SEED    the builds' held-out problems
-    DESIGN_SEED, check_report_seed the problems the design was chosen on, which no benchmark reports on
+    DESIGN_SEED, FAILURE_SEED      the problems the design was chosen on, which no benchmark reports on
+    check_report_seed
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mcts.envs.arith import ArithConfig
 from mcts.options import option
 from mcts.policy.training import TrainConfig
 
-__all__ = ["DESIGN_SEED", "EVAL_SEED", "FULL_BUILD", "FULL_PPRM_BUILD", "POLICY_EVAL_SEED", "QUICK_BUILD",
+__all__ = ["DESIGN_SEED", "EVAL_SEED", "FAILURE_SEED", "FULL_BUILD", "FULL_PPRM_BUILD", "POLICY_EVAL_SEED", "QUICK_BUILD",
            "QUICK_PPRM_BUILD", "RESERVED_SEEDS", "STAGE1_BUILD", "ToyBuild", "check_report_seed"]
 
 POLICY_EVAL_SEED = 4343  # held-out problems of the on-policy evaluation (eval_policy_traces)
@@ -28,7 +29,11 @@ EVAL_SEED = 4242  # held-out problems: the training data uses data_seed + i
 # seed until that moved to 2027; so 12345 is reserved, and no benchmark reports on it
 # (`check_report_seed`).
 DESIGN_SEED = 12345
-RESERVED_SEEDS = {"the toy PRM's design (the ablation table of prm.toy)": DESIGN_SEED}
+# The problems of the failure analysis that the second stage (FULL_BUILD) was designed from: 300
+# problems of 1-4 operations (`toy_problems(300, FAILURE_SEED, 1, 4)`), 2 of the policy's traces each.
+FAILURE_SEED = 9191
+RESERVED_SEEDS = {"the toy PRM's design (the ablation table of prm.toy)": DESIGN_SEED,
+                  "the failure analysis of the toy PRM's second stage (prm.toy)": FAILURE_SEED}
 
 
 @dataclasses.dataclass(frozen=True)

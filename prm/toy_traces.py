@@ -141,7 +141,8 @@ def _draw(options: Sequence[tuple], rng: random.Random):
 
 def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: float = 0.5,
                   continue_fraction: float = 0.5, slip_rate: float = 0.15, copy_fraction: float = 0.0,
-                  operand_fraction: float = 0.0, copy_context_fraction: float = 0.0) -> list[tuple[str, list[str]]]:
+                  operand_fraction: float = 0.0, copy_context_fraction: float = 0.0,
+                  max_value: int | None = 100) -> list[tuple[str, list[str]]]:
     """Traces that branch off the canonical solution at a random step: a balanced first-error signal.
 
     Per problem: k uniform in [0, K), the first k canonical steps, then step k + 1, which is the
@@ -149,7 +150,7 @@ def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: flo
     an operand slip (`operand_slip`), else with probability `copy_fraction` a copy slip
     (`copy_slip`, with `copy_context_fraction`), else (and where the step has nothing of that kind
     to change, as the answer step) one of the scripted policy's slips at that state (drawn by their
-    probabilities). With both fractions 0 (the shipped builds) no draw is added, so the traces stay
+    probabilities). With both fractions 0 (STAGE1_BUILD and every build before it) no draw is added, so the traces stay
     as they were. With probability `continue_fraction` the trace is then rolled out to its end by
     the scripted policy (base_eps `slip_rate`), so that the steps after a first error are seen too;
     else it ends at the branch step (short sequences: cheap to train on).
@@ -169,7 +170,7 @@ def branch_traces(problems: Sequence[str], *, seed: int = 0, wrong_fraction: flo
         if slips and rng.random() < wrong_fraction:
             # no draw for the kind unless asked: builds without copy or operand slips keep their stream
             u = rng.random() if copy_fraction or operand_fraction else 1.0
-            copied = (operand_slip(parse_expression(problem) if k == 0 else parse_step(canonical[k - 1]), rng)
+            copied = (operand_slip(parse_expression(problem) if k == 0 else parse_step(canonical[k - 1]), rng, max_value)
                       if u < operand_fraction else
                       copy_slip(canonical[k], rng, copy_context_fraction) if u < operand_fraction + (1 - operand_fraction) * copy_fraction
                       else None)
@@ -256,18 +257,19 @@ def copy_slip(step: str, rng: random.Random, context_fraction: float = 0.0) -> s
     return out + (DELIMITER if step.endswith(DELIMITER) else "")
 
 
-def operand_slip(expr, rng: random.Random) -> str | None:
+def operand_slip(expr, rng: random.Random, max_value: int | None = 100) -> str | None:
     """A reduction step of `expr` that miscopies one operand of its operation and is consistent
     with that: `3 - 7 + 6` reduced as `3 - 6 = -3, so -3 + 6`. Its arithmetic is right, so only
     comparing the step with the expression it reduces shows the error (the tiny policy's commonest
     first error, which the slips above never make).
 
     The operand becomes another number of the expression (half the time, where there is one) or
-    changes by a few; a draw whose result leaves the toy world's range (|r| > 100) is drawn again.
+    changes by a few; a draw whose result leaves the range (|r| > max_value) is drawn again.
 
     Args:
         expr: the expression reduced (a parsed toy expression).
         rng: the random source.
+        max_value: bound on |the step's result| (the toy world's default 100; None: unbounded).
 
     Returns:
         The step with its delimiter, or None when `expr` is a number or no draw fits.
@@ -286,7 +288,7 @@ def operand_slip(expr, rng: random.Random) -> str | None:
             new = old + rng.choice((-3, -2, -1, 1, 2, 3))
         a, b = (new, red.b) if side == 0 else (red.a, new)
         result = apply_op(red.op, a, b)
-        if abs(result) <= 100:
+        if max_value is None or abs(result) <= max_value:
             return reduction_step(a, red.op, b, result, replace_at(expr, red.path, result)) + DELIMITER
     return None
 

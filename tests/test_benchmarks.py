@@ -76,7 +76,9 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
     spec.loader.exec_module(module)
     assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-3", "--problems", "4",
                         "--simulations", "4", "--samples", "2", "--beam-widths", "2", "--plot", "", "--json"]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    out = capsys.readouterr().out
+    assert "problem set 0: the search defaults" in out  # a set that choices were made on says so
+    rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert {r["algorithm"] for r in rows} == {"greedy", "best_of_n", "self_consistency",
                                                "weighted_self_consistency", "beam", "mcts_star", "uct", "puct"}
     greedy = next(r for r in rows if r["algorithm"] == "greedy")

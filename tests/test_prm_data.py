@@ -305,6 +305,8 @@ def test_operand_slip_miscopies_an_operand_and_stays_consistent():
             assert parse_step(slip) is not None and rest.count(r) >= 1
             assert label_steps(problem, [slip]) in ([0], [1])
     assert operand_slip(parse_expression("7"), rng) is None
+    tight = [operand_slip(parse_expression("3 * 4 + 1"), rng, max_value=13) for _ in range(50)]
+    assert all(abs(int(s.split(" = ")[1].split(",")[0])) <= 13 for s in tight if s) and any(tight)
 
 
 def test_branch_traces_keep_their_stream_without_copy_slips_and_make_them_when_asked():

@@ -15,12 +15,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
+from mcts.envs.shipping import folder_hashes  # noqa: E402
 from mcts.policy.base import Prefix  # noqa: E402
 from prm import toy  # noqa: E402
 from prm.eval import main as eval_main  # noqa: E402
 from prm.model import IGNORE_INDEX, PRM  # noqa: E402
 from prm.rows import batch_order, collate, encode_step_rows, masked_loss  # noqa: E402
-from prm.toy import FULL_BUILD, _rows, ensure_toy_pprm, ensure_toy_prm, toy_cache_dir  # noqa: E402
+from prm.toy import FULL_BUILD, STAGE1_BUILD, _rows, ensure_toy_pprm, ensure_toy_prm, toy_cache_dir  # noqa: E402
 from prm.toy_training import AuxLMLoss, dense_labels, grow_backbone, lm_labels  # noqa: E402
 from prm.toy_traces import ToyDataConfig, toy_step_records  # noqa: E402
 from prm.train import TrainConfig, TrainError, main, train_rows  # noqa: E402
@@ -295,6 +296,14 @@ def test_the_shipped_toy_models_are_the_full_builds_intact(kind):
     assert sum(p.stat().st_size for p in folder.iterdir()) < 4 * 2 ** 20
 
 
+def test_the_shipped_first_stage_is_the_base_the_shipped_prm_continued():
+    assert toy.check_base_folder(toy.SHIPPED_BASE, STAGE1_BUILD) == []
+    info = json.loads((toy.SHIPPED["prm"] / "train_info.json").read_text())
+    assert info["build"]["base"] == json.loads(json.dumps(dataclasses.asdict(STAGE1_BUILD)))
+    assert info["data"]["base"]["files"] == folder_hashes(toy.SHIPPED_BASE, "train_info.json")
+    assert toy._base_folder(STAGE1_BUILD, None, None, progress=False) == toy.SHIPPED_BASE  # nothing to rebuild
+
+
 def test_a_changed_shipped_file_or_build_is_not_the_shipped_model(tmp_path):
     import shutil
 
@@ -312,14 +321,13 @@ def test_a_changed_shipped_file_or_build_is_not_the_shipped_model(tmp_path):
 
 def test_the_shipped_prm_scores_its_policys_own_traces():
     """From its record: held-out step AUC on traces sampled (T=1) from the shipped policy on fresh
-    1-4 operation problems, the traces that a search with that policy scores. The build records
-    0.943 (first-error accuracy 0.656); the 0.95 asked for was not reached by this build (one
-    14000-step build, 6000 of the policy's own rollouts in its data), so this guards the measured
-    figure and its gain over the previous toy PRM (0.884 on the previous policy's traces), not the
-    wished one. The slow test below re-measures it."""
+    1-4 operation problems, the traces that a search with that policy scores. #16 asks for 0.95;
+    the format-7 build records 0.963 (first-error accuracy 0.909; format 6: 0.955 / 0.773), and on
+    the scripted traces 0.990. The slow test below re-measures it."""
     info = json.loads((toy.SHIPPED["prm"] / "train_info.json").read_text())
     assert info["build"]["eval_policy_traces"] == 1000
-    assert info["eval"]["policy_step_auc"] >= 0.94 and info["eval"]["step_auc"] >= 0.98, info["eval"]
+    assert info["eval"]["policy_step_auc"] >= 0.95 and info["eval"]["step_auc"] >= 0.98, info["eval"]
+    assert info["eval"]["policy_first_error_acc"] >= 0.9, info["eval"]
 
 
 @pytest.mark.slow
@@ -339,7 +347,7 @@ def test_the_shipped_prm_still_measures_what_its_record_says():
 def test_training_problems_cover_every_problem_a_build_trains_on():
     """The held-out split of benchmarks/prm_heldout.py rests on this set: it must hold the problem of
     every training record (drawn problems, their solution states and the one-step facts)."""
-    build = dataclasses.replace(FULL_BUILD, problems=10, fact_problems=40, single_problems=40, branch_problems=10,
+    build = dataclasses.replace(STAGE1_BUILD, problems=10, fact_problems=40, single_problems=40, branch_problems=10,
                                 policy_problems=3, policy_focus_problems=4, policy_focus_samples=2)
     seen = toy.training_problems(build)
     records = toy._training_records(build)
@@ -352,6 +360,86 @@ def test_training_problems_cover_every_problem_a_build_trains_on():
     assert without == records[:-8]
     fresh = toy.toy_problems(200, 987654, 3, 4, 10, 100)  # 3-4 operations: almost never drawn twice
     assert sum(p["problem"] in seen for p in fresh) <= 2
+    # a second stage has trained on its base's problems too
+    second = dataclasses.replace(build, init="prm", base=build, data_seed=2, dense_weight=0.0, lm_weight=0.0,
+                                 extra_layers=0, branch_operand_fraction=0.5, branch_copy_fraction=0.9)
+    assert toy.training_problems(second) >= seen | {r["problem"] for r in toy._training_records(second)}
+
+
+def _quick_second_stage(base=toy.QUICK_BUILD):
+    return dataclasses.replace(toy.QUICK_BUILD, init="prm", base=base, problems=20, branch_problems=40,
+                               branch_operand_fraction=0.5, branch_copy_fraction=0.9, data_seed=2,
+                               train=dataclasses.replace(toy.QUICK_BUILD.train, max_steps=3))
+
+
+def test_a_second_stage_continues_its_base_folder_checked_against_its_record(tmp_path, capsys):
+    base = tmp_path / "base"
+    assert toy.main(["build", "--quick", "--out", str(base), "--no-progress"]) == 0
+    build = _quick_second_stage()
+    out = toy.build_toy_prm(tmp_path / "second", build, progress=False, base_dir=base)
+    info = json.loads((out / "train_info.json").read_text())
+    assert info["build"]["base"] == json.loads(json.dumps(dataclasses.asdict(toy.QUICK_BUILD)))
+    assert info["data"]["base"]["files"] == folder_hashes(base, "train_info.json")
+    started = PRM.from_pretrained(base, device="cpu").state_dict()
+    trained = PRM.from_pretrained(out, device="cpu").state_dict()
+    assert started.keys() == trained.keys() and any(not torch.equal(started[k], trained[k]) for k in started)
+    # a folder of another build, or one whose files changed, is refused before any training
+    other = _quick_second_stage(dataclasses.replace(toy.QUICK_BUILD, data_seed=5))
+    with pytest.raises(ValueError, match="not the base build: .*recorded build is not the base build"):
+        toy.build_toy_prm(tmp_path / "never", other, progress=False, base_dir=base)
+    (base / "head.safetensors").write_bytes(b"changed")
+    with pytest.raises(ValueError, match="head.safetensors: sha256"):
+        toy.build_toy_prm(tmp_path / "never", build, progress=False, base_dir=base)
+    assert not (tmp_path / "never").exists()
+    capsys.readouterr()
+    assert toy.main(["build", "--quick", "--out", str(tmp_path / "never"), "--init", "prm", "--no-progress"]) == 2
+    assert "continues a base build" in capsys.readouterr().err  # the quick build has no base
+
+
+def test_a_second_stage_builds_its_base_into_the_cache_once(tmp_path):
+    build = _quick_second_stage()
+    toy.build_toy_prm(tmp_path / "a", build, progress=False, cache_dir=tmp_path)
+    base = tmp_path / f"toy-prm-base-v{toy.FORMAT_VERSION}"
+    assert toy.check_base_folder(base, toy.QUICK_BUILD) == []
+    assert json.loads((base / "train_info.json").read_text())["storage_dtype"] == "float16"
+    stamp = (base / "train_info.json").stat().st_mtime_ns
+    toy.build_toy_prm(tmp_path / "b", build, progress=False, cache_dir=tmp_path)
+    assert (base / "train_info.json").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    a, b = (PRM.from_pretrained(tmp_path / x, device="cpu").state_dict() for x in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same base and seeds: the same weights
+
+
+def test_an_older_record_without_todays_fields_still_names_its_build(tmp_path):
+    """The format-6 PRM recorded its build before ToyBuild had `base` and the branch-slip fields;
+    their defaults reproduce what that code did, so the record still names STAGE1_BUILD."""
+    import shutil
+
+    base = tmp_path / "base"
+    assert toy.main(["build", "--quick", "--out", str(base), "--no-progress", "--max-steps", "1"]) == 0
+    record = json.loads((base / "train_info.json").read_text())
+    for key in ("base", "branch_wrong_fraction", "branch_slip_rate", "branch_operand_fraction",
+                "branch_copy_fraction", "branch_copy_context_fraction"):
+        del record["build"][key]
+    record["format_version"] = 6
+    (base / "train_info.json").write_text(json.dumps(record))
+    quick = dataclasses.replace(toy.QUICK_BUILD, train=dataclasses.replace(toy.QUICK_BUILD.train, max_steps=1))
+    assert toy.check_base_folder(base, quick) == []
+    assert toy.check_base_folder(base, dataclasses.replace(quick, branch_operand_fraction=0.5)) != []
+    shutil.rmtree(base)
+    assert "missing" in toy.check_base_folder(base, quick)[0]
+
+
+def test_build_chains_are_validated():
+    assert FULL_BUILD.base == STAGE1_BUILD and FULL_BUILD.policy_init() == STAGE1_BUILD
+    assert FULL_BUILD.policy_depth(5) == 3  # the policy's 3 blocks under stage 1's 2 grown ones
+    with pytest.raises(ValueError, match="needs init='prm'"):
+        dataclasses.replace(toy.QUICK_BUILD, base=toy.QUICK_BUILD)
+    with pytest.raises(ValueError, match="lm_weight needs a policy-initialised backbone"):
+        dataclasses.replace(toy.QUICK_BUILD, init="prm", base=toy.QUICK_BUILD, lm_weight=1.0)
+    with pytest.raises(ValueError, match="extra_layers needs init='policy'"):
+        dataclasses.replace(FULL_BUILD, extra_layers=1)
+    with pytest.raises(ValueError, match="branch_operand_fraction"):
+        dataclasses.replace(FULL_BUILD, branch_operand_fraction=1.5)
 
 
 def test_prm_heldout_benchmark_splits_by_operations_and_training_overlap(capsys):
