@@ -71,42 +71,8 @@ and on the scripted held-out traces (1-6 operations, slip rate 0.05) step AUC 0.
 first-error accuracy 0.901 -> 0.925. That build (16000 steps) took 642 s of data (the policy's
 rollouts are most of it) and 4274 s of training on one CPU core with a second job on the other.
 
-Format 7 keeps format 6 as its first stage (`STAGE1_BUILD`) and continues it (`FULL_BUILD`:
-init="prm", base=STAGE1_BUILD). Where format 6 still failed, on 600 of the policy's T=1 traces (300
-problems of 1-4 operations, seed FAILURE_SEED; first errors it scored above 0.5): 57 of 142 operand
-copies (the reduced operation with an operand miscopied and its arithmetic right,
-`3 - 6 = -3, so -3 + 6` for `3 - 7 + 6`), 41 of 125 copies of the rest of the expression, 8 of 76
-arithmetic slips. The
-second stage trains 5000 steps at lr 1e-3 on 30000 branch traces whose slips are operand slips
-(half) and copy slips (`prm.toy_traces.operand_slip`, `copy_slip`), with a rehearsal of stage 1's
-kinds of data (15000 facts, 8000 one-step traces, 600 rollouts) and 2000 of the policy's own 1-4
-operation traces. Its recipe was chosen among three variants, trained by a script with other seeds
-before the stage was a build, by their figures on the policy's held-out traces (the build's
-`eval_policy_traces`, which benchmarks/prm_heldout.py reports on, so those figures flatter it) and
-on problem set 1 of benchmarks/search_quality.py (80 problems, 2 seeds; greedy 0.512), never on
-problem set 2:
-
-    variant                                     step AUC / first-error   MCTS* / best-of-16 / weighted SC-16
-    format 6                                    0.955 / 0.773            0.494 / 0.463 / 0.525
-    2500 steps                                  0.956 / 0.847            0.550 / 0.475 / 0.525
-    5000 steps (this build's recipe)            0.964 / 0.919            0.519 / 0.494 / 0.556
-    2500 steps, 8000 of the policy's traces     0.960 / 0.890            0.525 / 0.506 / 0.544
-
-The search columns are within each other's noise (one problem is 0.6 points); 5000 steps won on
-the PRM's own figures. The build itself (other seeds than the variants') measures, format 6 ->
-format 7, on the policy's 1000 held-out traces (benchmarks/prm_heldout.py):
-
-    step AUC, all / problems neither stage trained on   0.955 / -      ->  0.963 / 0.848
-    step AUC at 3 / 4 operations                        0.829 / 0.609  ->  0.875 / 0.571
-    first-error accuracy, all / at 3 / at 4             0.773 / 0.606 / 0.628  ->  0.909 / 0.839 / 0.905
-
-and on the scripted held-out traces step AUC 0.987 -> 0.990, first-error accuracy 0.925 -> 0.968
-(the 4-operation AUC interval is [0.44, 0.71]: 31 right steps among 1198). 60 s of data and
-1837 s of training on one core, beside another build on the other. The first stage ships too
-(`prm/models/toy-prm-stage1`, `SHIPPED_BASE`: the format-6 folder as it shipped), so `python -m
-prm.toy build --ship` rebuilds the second stage from it: about 30 minutes of one core, bit for bit
-(two builds from that folder gave the same files). `--base DIR` names another first stage; with
-no intact first stage anywhere it is built into the cache first (about 80 minutes more).
+Format 7 keeps format 6 as its first stage and trains a second on the policy's commonest first
+errors: `prm/toy_config.py` has why, the variants it was chosen from, and its figures.
 
 The toy PPRM (`ensure_toy_pprm`) reads each solution alone (`pair_reading="separate"`: a
 Bradley-Terry model) and starts from the toy PRM with its head, so it starts as the PRM's value at
@@ -152,7 +118,8 @@ from prm.toy_traces import (ToyDataConfig, branch_traces, single_step_traces, so
 from prm.train import (TRAIN_INFO, TrainError, add_config_arguments, config_from_args, load_model_for,
                        save_atomic, summary_table, train_rows)
 from prm.toy_config import (DESIGN_SEED, EVAL_SEED, FAILURE_SEED, FULL_BUILD, FULL_PPRM_BUILD, POLICY_EVAL_SEED, QUICK_BUILD,
-                             QUICK_PPRM_BUILD, RESERVED_SEEDS, STAGE1_BUILD, ToyBuild, check_report_seed)
+                             QUICK_PPRM_BUILD, RESERVED_SEEDS, STAGE1_BUILD, ToyBuild, check_base_folder,
+                             check_report_seed)
 
 __all__ = [
     "DESIGN_SEED", "EVAL_SEED", "FAILURE_SEED", "FORMAT_VERSION", "RESERVED_SEEDS", "check_report_seed", "FULL_BUILD", "FULL_PPRM_BUILD", "QUICK_BUILD", "QUICK_PPRM_BUILD", "ToyBuild",
@@ -361,42 +328,6 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
         data["base"] = base_record
     _save(out, model, build, "treesearch toy prm", data, info, metrics, replace, storage_dtype)
     return out
-
-
-def _recorded_build(folder: Path) -> tuple[dict | None, list[str]]:
-    """The build recorded in a toy PRM folder of any format, and what is wrong with its files."""
-    try:
-        info = json.loads((folder / TRAIN_INFO).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None, [f"{folder / TRAIN_INFO}: missing or not JSON"]
-    if not isinstance(info, dict) or info.get("kind") != "treesearch toy prm":
-        return None, [f"{folder / TRAIN_INFO}: not the record of a toy PRM"]
-    format_version = info.get("format_version")
-    return info.get("build"), check_record(folder, TRAIN_INFO, format_version, "toy prm")
-
-
-def _with_defaults(recorded: dict, build_type=ToyBuild) -> dict:
-    """A recorded build with the fields that its code did not have yet at their defaults (which
-    reproduce what that code did), so that an older record compares with today's config."""
-    filled = dict(recorded)
-    for field in dataclasses.fields(build_type):
-        if field.name not in filled:
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            filled[field.name] = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
-    if isinstance(filled.get("base"), dict):
-        filled["base"] = _with_defaults(filled["base"])
-    return filled
-
-
-def check_base_folder(folder: str | os.PathLike, base: ToyBuild) -> list[str]:
-    """What keeps a folder from being `base`'s build (empty: nothing): its files against its record
-    (any format: the shipped format-6 PRM is stage 1 of format 7) and its recorded build."""
-    folder = Path(folder)
-    recorded, problems = _recorded_build(folder)
-    if recorded is not None and json.loads(json.dumps(_with_defaults(recorded))) != json.loads(
-            json.dumps(dataclasses.asdict(base))):
-        problems.append(f"{folder / TRAIN_INFO}: the recorded build is not the base build this build continues")
-    return problems
 
 
 def _base_folder(base: ToyBuild, base_dir, cache_dir, progress: bool) -> Path:

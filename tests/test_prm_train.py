@@ -430,6 +430,10 @@ def test_an_older_record_without_todays_fields_still_names_its_build(tmp_path):
 
 
 def test_build_chains_are_validated():
+    from prm import toy_config
+    from prm.train import TRAIN_INFO
+
+    assert toy_config.RECORD_FILE == TRAIN_INFO
     assert FULL_BUILD.base == STAGE1_BUILD and FULL_BUILD.policy_init() == STAGE1_BUILD
     assert FULL_BUILD.policy_depth(5) == 3  # the policy's 3 blocks under stage 1's 2 grown ones
     with pytest.raises(ValueError, match="needs init='prm'"):
