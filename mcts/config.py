@@ -98,12 +98,13 @@ class SearchConfig:
         "keep the tokens at least this fraction as likely as the most likely one (0: off); None: the "
         "policy's own setting (off by default)")
     # True by measurement (benchmarks/search_quality.py, the shipped tiny policy and PRM, 1-4
-    # operations, MCTS* at 32 simulations): with it against without, 0.540 against 0.487 on 200
-    # problems of problem set 2 (2 seeds; +0.060 over greedy, paired 95% CI [+0.015, +0.107], against
-    # +0.007), 0.494 against 0.487 on set 1, 0.537 against 0.512 on set 0, and on
-    # examples/toy_arith.jsonl 0.542 against 0.500, at 16 % more tokens. A weak policy's likeliest
-    # step is often its right one, and `width` samples at T=1 all miss it often enough to leave the
-    # tree below greedy decoding.
+    # operations, MCTS* at 32 simulations). With the format-6 toy PRM, where it was chosen: 0.540
+    # against 0.487 on 200 problems of problem set 2 (2 seeds), 0.494 against 0.487 on set 1, 0.537
+    # against 0.512 on set 0, 0.542 against 0.500 on examples/toy_arith.jsonl. With the format-7 PRM
+    # (shipped now): 0.570 against 0.552 on set 2 (+0.090 over greedy, paired 95% CI [+0.045,
+    # +0.138], against +0.072), 0.506 against 0.544 on set 1, 0.550 against 0.525 on set 0, 0.583
+    # against 0.542 on the examples; 16-19 % more tokens. A weak policy's likeliest step is often its
+    # right one, and `width` samples at T=1 all miss it often enough to leave the tree below greedy.
     greedy_child: bool = option(True,
         "tree search: every expanded node also gets the policy's greedy step as a child (one more "
         "greedy decoding per expansion, its tokens charged), so the greedy solution stays in the tree "
