@@ -515,7 +515,8 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--init", choices=("policy", "prm", "scratch"), help="start from the tiny policy's weights, "
                        "a toy PRM's (the base build's; PPRM builds: the toy PRM) or from scratch (default: the build's)")
     build.add_argument("--base", metavar="DIR", help="PRM builds that continue a base build: its folder (checked "
-                       "against its record; default: built once into the cache), e.g. the previous shipped PRM")
+                       "against its record; default: the shipped first stage, prm/models/toy-prm-stage1, else one built "
+                       "once into the cache)")
     build.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(build.add_argument_group("optimisation (each replaces the build's setting)"))
     return parser
