@@ -211,7 +211,8 @@ class ToyBuild:
 
     def policy_depth(self, num_hidden_layers: int) -> int:
         """The policy's blocks in a backbone of `num_hidden_layers` grown by this build's chain."""
-        return num_hidden_layers - (self.policy_init().extra_layers if self.policy_init() else 0)
+        start = self.policy_init()
+        return num_hidden_layers - (start.extra_layers if start else 0)
 
     def arith(self):
         """The `ArithConfig` of the build's problems."""
@@ -228,7 +229,7 @@ STAGE1_BUILD = ToyBuild(init="policy", problems=3000, fact_problems=60000, singl
 # Stage 2 (format 7): 5000 more steps on the tiny policy's commonest first errors, the reduced
 # operation with an operand miscopied (`19 * 9` for `19 * 4`) and copy slips, in branch traces, with
 # a rehearsal of stage 1's kinds of data (facts, one-step traces, rollouts) and the policy's own
-# 1-4 operation traces. prm.toy's docstring has the figures.
+# 1-4 operation traces. This module's docstring has the figures.
 FULL_BUILD = ToyBuild(init="prm", base=STAGE1_BUILD, problems=600, fact_problems=15000, single_problems=8000,
                       branch_problems=30000, branch_wrong_fraction=0.6, branch_slip_rate=0.1,
                       branch_operand_fraction=0.5, branch_copy_fraction=0.9, policy_focus_problems=2000,
@@ -269,11 +270,11 @@ def _recorded_build(folder: Path) -> tuple[dict | None, list[str]]:
     return info.get("build"), check_record(folder, RECORD_FILE, format_version, "toy prm")
 
 
-def _with_defaults(recorded: dict, build_type=ToyBuild) -> dict:
+def _with_defaults(recorded: dict) -> dict:
     """A recorded build with the fields that its code did not have yet at their defaults (which
     reproduce what that code did), so that an older record compares with today's config."""
     filled = dict(recorded)
-    for field in dataclasses.fields(build_type):
+    for field in dataclasses.fields(ToyBuild):
         if field.name not in filled:
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
             filled[field.name] = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
