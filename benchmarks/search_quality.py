@@ -61,7 +61,8 @@ def _ints(text: str) -> list[int]:
 PROBLEM_SET_STRIDE = 100_000  # apart from every 1000 * a + b of set 0, and from prm.toy's reserved seeds
 # Problem sets that choices were made on: figures on them flatter what was chosen, so the table says so.
 CHOSEN_ON = {0: "the search defaults (greedy child, leaf value, widening) were first measured on it",
-             1: "the development set: the toy PRM's second stage (prm.toy FULL_BUILD) was chosen on it"}
+             1: "the development set: the toy PRM's second stage (prm.toy FULL_BUILD) was chosen on it, "
+                "and the shipped policy's ops weights were tried on it before it shipped"}
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from mcts.envs.tiny_models import FORMAT_VERSION, build_toy_policy, default_cache_dir, ensure_toy_policy
-from mcts.envs.toy_config import FULL_CONFIG
+from mcts.envs.toy_config import WEAK_BASE_CONFIG
 from mcts.problems import Problem
 from selftrain import alphallm, llama_berry, rest_em, rest_mcts
 from selftrain.config import RunConfig
@@ -55,7 +55,8 @@ def build_weak_policy(steps: int, traces: int | None, seed: int, *, threads: int
     (training is deterministic under its seed and threads)."""
     out = weak_policy_dir(steps, traces, seed)
     if not out.exists():
-        config = dataclasses.replace(FULL_CONFIG, steps=steps, warmup_steps=min(FULL_CONFIG.warmup_steps, steps // 4),
+        config = dataclasses.replace(WEAK_BASE_CONFIG, steps=steps,
+                                     warmup_steps=min(WEAK_BASE_CONFIG.warmup_steps, steps // 4),
                                      distinct_traces=traces, seed=seed, eval_per_ops=0, num_threads=threads)
         build_toy_policy(out, config, progress=progress)
     return out

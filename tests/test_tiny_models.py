@@ -327,15 +327,14 @@ def test_the_shipped_policy_is_the_full_build_intact():
 
 def test_the_shipped_policy_is_competent_but_fallible():
     """Read from its record, on fresh 1-4 operation problems: greedy accuracy within 0.45-0.75, and
-    sampled solutions that its greedy path misses (pass@16 at T=1 well above greedy). The build
-    records 0.49 and 0.66; the 0.2 gap asked for was not reached by any training length measured
-    (see `FULL_CONFIG`), so this guards the measured gap, not the wished one."""
+    sampled solutions that its greedy path misses: pass@16 at T=1 at least 0.2 above greedy, as #16
+    asks. The build records 0.5225 and 0.7775 (see `FULL_CONFIG`)."""
     info = json.loads((tm.SHIPPED_DIR / tm.INFO_FILE).read_text())
     rows = {r["ops"]: r for r in info["accuracy"]}
     greedy = sum(rows[k]["greedy_accuracy"] for k in range(1, 5)) / 4
     passed = sum(rows[k]["pass_at_k"] for k in range(1, 5)) / 4
     assert info["eval"]["pass_k"] == 16 and info["storage_dtype"] == "float16"
-    assert 0.45 <= greedy <= 0.75 and passed >= greedy + 0.15, (greedy, passed)
+    assert 0.45 <= greedy <= 0.75 and passed >= greedy + 0.2, (greedy, passed)
 
 
 @pytest.mark.slow

@@ -16,14 +16,15 @@ the same transformers backend (`HFPolicy`) as real models. The full build ships 
 
 Training data: problem + "\\n" + canonical solution steps + EOS, with 1-6 operations on operands up to
 10, every value a solution writes within 100 (arithmetic facts are what a small model can learn
-from few traces, and there are few enough of these; short problems are drawn more often). A
-fraction of the traces is rolled out by the toy world's noisy `ScriptedPolicy` instead: its slips
-stay in the text, as context, but carry no loss, so the model learns to go on from the wrong states
-a search reaches without being taught to slip. The loss is on solution tokens only. The full build
-is competent but fallible (see the table at `FULL_CONFIG`): greedy, it solves every one-operation
-problem, three in four with two operations, one in five with three and almost none with four,
-while sampled at T=1 it holds right solutions its greedy path misses (pass@16 0.66 against greedy
-0.49 over 1-4 operations): searching with it pays.
+from few traces, and there are few enough of these; 1-4 operation problems are drawn three times
+as often as 5-6 operation ones). A fraction of the traces is rolled out by the toy world's noisy
+`ScriptedPolicy` instead: its slips stay in the text, as context, but carry no loss, so the model
+learns to go on from the wrong states a search reaches without being taught to slip. The loss is
+on solution tokens only. The full build is competent but fallible (see the table at
+`FULL_CONFIG`): greedy, it solves every one-operation problem, two in three with two operations,
+one in three with three and one in eight with four, while sampled at T=1 it holds right solutions
+its greedy path misses (pass@16 0.78 against greedy 0.52 over 1-4 operations): searching with it
+pays.
 
 Every build records, in `toy_policy.json`, its full config, the code version, the torch version,
 the training figures, the accuracy measured on the saved weights, and the sha256 of every other
