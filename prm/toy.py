@@ -106,6 +106,7 @@ from transformers import LlamaConfig, LlamaModel
 from mcts.envs.arith import DELIMITER
 from mcts.envs.shipping import check_record, code_version, folder_hashes, read_record
 from mcts.envs.tiny_models import ensure_toy_policy, load_toy_policy
+from mcts.envs.tiny_models import folder_hashes as policy_hashes  # the record names the policy's files
 from mcts.envs.toy_tokenizer import build_char_tokenizer
 from prm.data import pair_records
 from prm.metrics import pairwise_metrics, step_metrics
@@ -128,12 +129,14 @@ __all__ = [
     "training_problems",
 ]
 
-FORMAT_VERSION = 7  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
+FORMAT_VERSION = 8  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
 # no branch traces (first-error accuracy 0.77 on 5-6 operations); 3: on the format-2 tiny policy; 4: on the
 # format-3 tiny policy (the one shipped in the package: `mcts.envs.tiny_models.SHIPPED_DIR`); 5: with that
 # policy's own T=1 traces in the data, shipped in the package (`python -m prm.toy build --ship`); 6: with 8000
 # more of its traces on 3-4 operation problems (policy_focus_problems), 16000 steps; 7: format 6 as stage 1
-# (STAGE1_BUILD), then 5000 steps on operand and copy slips in branch traces (FULL_BUILD)
+# (STAGE1_BUILD), then 5000 steps on operand and copy slips in branch traces (FULL_BUILD); 8: format 7's
+# builds on the tiny policy trained with ops weights 3,3,3,3,1,1, whose files the record now names
+# (`data.policy`)
 SHIPPED = {"prm": Path(__file__).resolve().parent / "models" / "toy-prm",
            "pprm": Path(__file__).resolve().parent / "models" / "toy-pprm"}
 # The first stage of the shipped PRM (STAGE1_BUILD: the format-6 PRM, files unchanged), which
@@ -326,6 +329,9 @@ def build_toy_prm(out: str | os.PathLike, build: ToyBuild = FULL_BUILD, *, progr
             "wrong_steps": sum(r["labels"].count(0) for r in records), "seconds": round(data_seconds, 1)}
     if base_record is not None:
         data["base"] = base_record
+    if build.init == "policy" or build.policy_problems or build.policy_focus_problems or build.eval_policy_traces:
+        # the policy whose weights or traces went in: a new shipped policy makes this PRM stale
+        data["policy"] = {"files": policy_hashes(ensure_toy_policy(cache_dir, progress=False))}
     _save(out, model, build, "treesearch toy prm", data, info, metrics, replace, storage_dtype)
     return out
 
