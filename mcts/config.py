@@ -100,11 +100,14 @@ class SearchConfig:
     # True by measurement (benchmarks/search_quality.py, the shipped tiny policy and PRM, 1-4
     # operations, MCTS* at 32 simulations). With the format-6 toy PRM, where it was chosen: 0.540
     # against 0.487 on 200 problems of problem set 2 (2 seeds), 0.494 against 0.487 on set 1, 0.537
-    # against 0.512 on set 0, 0.542 against 0.500 on examples/toy_arith.jsonl. With the format-7 PRM
-    # (shipped now): 0.570 against 0.552 on set 2 (+0.090 over greedy, paired 95% CI [+0.045,
-    # +0.138], against +0.072), 0.506 against 0.544 on set 1, 0.550 against 0.525 on set 0, 0.583
-    # against 0.542 on the examples; 16-19 % more tokens. A weak policy's likeliest step is often its
-    # right one, and `width` samples at T=1 all miss it often enough to leave the tree below greedy.
+    # against 0.512 on set 0, 0.542 against 0.500 on examples/toy_arith.jsonl. With the format-7 PRM:
+    # 0.570 against 0.552 on set 2 (+0.090 over greedy, paired 95% CI [+0.045, +0.138], against
+    # +0.072), 0.506 against 0.544 on set 1, 0.550 against 0.525 on set 0, 0.583 against 0.542 on the
+    # examples; 16-19 % more tokens. With the policy re-weighted to 1-4 operations and the format-8
+    # PRM (shipped now): 0.625 against 0.600 on set 2, 0.637 and 0.637 on set 1, 0.594 against 0.600
+    # on set 0, 0.833 against 0.750 on the examples; 13-18 % more tokens. A weak policy's likeliest
+    # step is often its right one, and `width` samples at T=1 all miss it often enough to leave the
+    # tree below greedy.
     greedy_child: bool = option(True,
         "tree search: every expanded node also gets the policy's greedy step as a child (one more "
         "greedy decoding per expansion, its tokens charged), so the greedy solution stays in the tree "
