@@ -131,7 +131,7 @@ __all__ = [
 
 FORMAT_VERSION = 8  # 1: BCE on step ends of 1-8 operation problems, operands to 20 (AUC ~0.75); 2: 4000 steps,
 # no branch traces (first-error accuracy 0.77 on 5-6 operations); 3: on the format-2 tiny policy; 4: on the
-# format-3 tiny policy (the one shipped in the package: `mcts.envs.tiny_models.SHIPPED_DIR`); 5: with that
+# format-3 tiny policy (the one shipped until format 8 of this PRM); 5: with that
 # policy's own T=1 traces in the data, shipped in the package (`python -m prm.toy build --ship`); 6: with 8000
 # more of its traces on 3-4 operation problems (policy_focus_problems), 16000 steps; 7: format 6 as stage 1
 # (STAGE1_BUILD), then 5000 steps on operand and copy slips in branch traces (FULL_BUILD); 8: format 7's

@@ -113,7 +113,7 @@ class ToyTrainConfig:
 # operations (seed `tiny_models.EVAL_SEED`), greedy accuracy at 1/2/3/4 operations and, in
 # brackets, the mean over 1-4 of greedy and of pass@16 at T=1:
 #     1600 steps (format 2, 150 s)     0.96 0.50 0.04 0.00   (0.375; pass@32 0.64 on other problems)
-#     3000 steps (shipped until 12/2026)   1.00 0.76 0.18 0.03   (0.49; 0.66)
+#     3000 steps (shipped before, 540 s)   1.00 0.76 0.18 0.03   (0.49; 0.66)
 #     2500 steps                       1.00 0.79 0.30 0.03   (0.53; 0.70)
 #     4500 steps                       1.00 0.96 0.73 0.49   (0.80; 0.90 on 60 per number)
 #     8000 steps                       1.00 1.00 0.91 0.65   (0.89; 0.95)
