@@ -70,8 +70,10 @@ class TreeSearch:
         self.rules = TREE_RULES[config.algorithm]
         B = len(self.problems)
         # Each backed-up leaf allocates at most `children_per_node` nodes (real children, then the
-        # empty slots that progressive widening fills later: a node's children stay contiguous).
-        self.forest = Forest.empty(B, 1 + config.simulations * config.children_per_node)
+        # empty slots that progressive widening fills later: a node's children stay contiguous);
+        # with rollouts, so does every node of its continuation.
+        per_simulation = config.children_per_node * (config.max_depth if config.expansion == "rollout" else 1)
+        self.forest = Forest.empty(B, 1 + config.simulations * per_simulation)
         # [tree][node]: the step into each node; None for the root and for empty widening slots.
         self.steps: list[list[Step | None]] = [[None] for _ in range(B)]
         # [tree] {node: its arm, the next empty slot}, for every node that may still widen.
@@ -112,7 +114,9 @@ class TreeSearch:
         A selected leaf is one of three kinds: a finished answer or dead end (backed up with its
         value, then closed unless `revisit_terminals`), an empty widening slot (the 'new step' arm
         of its parent: more steps are sampled at the parent), or a leaf to expand. Expansions and
-        widenings share one policy call and one scorer call.
+        widenings share one policy call and one scorer call. With `expansion='rollout'` the best
+        new child of each is then sampled on to a finished answer (one policy and one scorer call
+        per step for all of them), and the backup runs from that answer.
         """
         cfg, f = self.config, self.forest
         leaves = select(f, cfg.leaves_per_tree, self.rules.select, cfg.c, cfg.virtual_loss, backend=cfg.tree_backend)
@@ -137,6 +141,9 @@ class TreeSearch:
                   *self._widen(leaves, widening, children[n:], rewards[n:])]
         for a, value in zip(asked, backed):
             values[a.tree, a.slot] = value
+        if cfg.expansion == "rollout":
+            leaves, ends = self._roll_out(leaves, values, asked, children, rewards)
+            closing += ends
         backup(f, leaves, values, self.rules.backup, backend=cfg.tree_backend)
         if not cfg.revisit_terminals:
             for b, leaf in closing:
@@ -283,6 +290,9 @@ class TreeSearch:
                 self._closed_arms.append((b, arm))
                 continue
             child_depth = int(f.depth[b, node]) + 1
+            if cfg.expansion == "rollout":  # the best new step fills the selected slot: it is rolled out
+                order = np.argsort(-np.asarray(r), kind="stable")
+                steps, r = [steps[i] for i in order], [r[i] for i in order]
             for i, (step, value) in enumerate(zip(steps, r)):
                 self.steps[b][arm + i] = step
                 f.reward[b, arm + i] = value
@@ -347,6 +357,83 @@ class TreeSearch:
             if trace.step_values:
                 backed[i] = max(backed[i], max(trace.step_values))
         return backed
+
+    def _roll_out(self, leaves: np.ndarray, values: np.ndarray, asked: Sequence[Leaf],
+                  children: list[list[Step]], rewards: list[list[float]]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """`expansion='rollout'`: continues the best new child of every asked node (for a
+        widening, the selected slot, which `_widen` filled with its best new step) by sampling to a
+        finished answer, grafts the continuation into the tree, and moves each simulation's backup
+        to the continuation's end, valued as a terminal. Returns the leaves to back up from and the
+        (tree, node) of the ends, to close like any backed-up terminal."""
+        cfg, f = self.config, self.forest
+        leaves = leaves.copy()
+        starts: list[tuple[Leaf, int]] = []
+        for a, steps, r in zip(asked, children, rewards):
+            if not steps:
+                continue
+            if a.widen:
+                starts.append((a, int(leaves[a.tree, a.slot])))
+            elif f.flags[a.tree, a.node] & EXPANDED:  # its children fitted in the forest
+                starts.append((a, int(f.first_child[a.tree, a.node]) + int(np.argmax(r))))
+        traces = [Trace(a.tree, self.prefix(a.tree, node)) for a, node in starts]
+        live = [t for (_, node), t in zip(starts, traces) if not f.flags[t.owner, node] & TERMINAL]
+        sample_traces(live, self.proposer, self.scorer, max_depth=cfg.max_depth, temperature=cfg.temperature,
+                      counters=self.counters, truncation=cfg.truncation)
+        for (a, node), t in zip(starts, traces):
+            if not t.added and not f.flags[a.tree, node] & TERMINAL:
+                f.flags[a.tree, node] |= TERMINAL  # the policy could not continue it: a dead end
+        chains = [(a, node, t.added, t.step_values) for (a, node), t in zip(starts, traces)]
+        ends = self._graft(leaves.shape, chains)
+        q = f.q_values()
+        closing = []
+        for (a, *_), end in zip(chains, ends):
+            leaves[a.tree, a.slot] = end
+            if f.flags[a.tree, end] & TERMINAL:
+                values[a.tree, a.slot] = self._terminal_value(a.tree, end)
+                closing.append((a.tree, end))
+            else:  # the forest filled up before the continuation's end
+                values[a.tree, a.slot] = float(q[a.tree, end])
+        return leaves, closing
+
+    def _graft(self, shape: tuple[int, int], chains: Sequence[tuple[Leaf, int, list[Step], list[float]]]) -> list[int]:
+        """Adds each chain's steps below its node, one batched `expand` per depth; every new node
+        gets the slots widening may fill. Returns the last node of each chain."""
+        cfg, f = self.config, self.forest
+        K = cfg.children_per_node
+        ends = [node for _, node, _, _ in chains]
+        growing = [bool(steps) for _, _, steps, _ in chains]
+        depth = 0
+        while any(growing):
+            level = [i for i, g in enumerate(growing) if g]
+            leaves = np.full(shape, -1, np.int32)
+            counts = np.zeros(shape, np.int32)
+            priors = np.zeros((*shape, K), np.float32)
+            rewards = np.zeros((*shape, K), np.float32)
+            terminal = np.zeros((*shape, K), np.uint8)
+            for i in level:
+                a, _, steps, step_values = chains[i]
+                child_depth = int(f.depth[a.tree, ends[i]]) + 1
+                leaves[a.tree, a.slot] = ends[i]
+                counts[a.tree, a.slot] = K if cfg.widens and child_depth < cfg.max_depth else 1
+                priors[a.tree, a.slot, 0] = 1.0
+                rewards[a.tree, a.slot, 0] = step_values[depth]
+                terminal[a.tree, a.slot, 0] = steps[depth].finished or child_depth >= cfg.max_depth
+            first = expand(f, leaves, counts, priors, rewards, terminal, backend=cfg.tree_backend)
+            for i in level:
+                a, _, steps, _ = chains[i]
+                start = int(first[a.tree, a.slot])
+                growing[i] = start >= 0 and depth < len(steps) - 1  # a full forest ends the chain here
+                if start < 0:
+                    continue
+                assert start == len(self.steps[a.tree]), "node ids are allocated in order"
+                empty = int(counts[a.tree, a.slot]) - 1
+                self.steps[a.tree].extend([steps[depth], *[None] * empty])
+                if empty:
+                    f.flags[a.tree, start + 1: start + 1 + empty] = PRUNED
+                    self._set_arm(a.tree, ends[i], start + 1, pulls=0)
+                ends[i] = start
+            depth += 1
+        return ends
 
     def _stop_where(self, nothing_selected: np.ndarray) -> None:
         cfg = self.config

@@ -28,6 +28,7 @@ class Trace:
     tokens: int = 0
     finished: bool = False  # stated an answer (or the policy ended it)
     stopped: bool = False  # no further step: finished, depth limit or the policy gave none
+    added: list[Step] = dataclasses.field(default_factory=list)  # the steps `sample_traces` added, as proposed
 
     @property
     def answer(self) -> str | None:
@@ -109,6 +110,7 @@ def sample_traces(traces: list[Trace], proposer: StepProposer, scorer: StepScore
                 continue
             step = steps[0]
             trace.prefix = trace.prefix.extend(step.text)
+            trace.added.append(step)
             trace.tokens += step.num_tokens
             trace.finished = step.finished
             trace.stopped = step.finished or trace.prefix.depth >= max_depth

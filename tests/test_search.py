@@ -227,6 +227,10 @@ def test_config_validation_names_the_field():
         SearchConfig(algorithm="alphago")
     with pytest.raises(ValueError, match="answer_selection"):
         SearchConfig(answer_selection="vibes")
+    with pytest.raises(ValueError, match="expansion"):
+        SearchConfig(expansion="leap")
+    with pytest.raises(ValueError, match="rollout_depth"):
+        SearchConfig(expansion="rollout", rollout_depth=2)
     assert SearchConfig(algorithm="self_consistency").selection == "majority"
     assert SearchConfig(algorithm="self_consistency", answer_selection="max_value").selection == "max_value"
 
@@ -304,6 +308,57 @@ def test_widening_adds_children_where_the_first_ones_disappoint():
                 assert min(n["reward"] for n in first) < worth
             assert len({n["step"] for n in children}) == len(children)  # distinct steps only
     assert b.forest.virtual_loss.sum() == 0
+
+
+ROLLOUT = SearchConfig("mcts_star", simulations=8, width=1, greedy_child=False, expansion="rollout")
+
+
+def test_a_rollout_simulation_adds_one_whole_solution():
+    """With `expansion='rollout'` each simulation grafts a sampled continuation into the tree down
+    to a finished answer: one simulation, one candidate, and nothing generated is left out of it."""
+    search = TreeSearch(TEXTS[:4], ScriptedPolicy(seed=2), OraclePRM(), dataclasses.replace(ROLLOUT, simulations=1))
+    for b, r in enumerate(search.run()):
+        nodes = search.to_json(b)["nodes"]
+        assert r.simulations == 1 and r.num_candidates == 1
+        assert [n["depth"] for n in nodes] == list(range(len(nodes)))  # one chain from the root
+        assert nodes[-1]["terminal"] and nodes[-1]["answer"] is not None and nodes[-1]["visits"] == 1
+        assert all(n["visits"] == 1 for n in nodes)  # the backup ran from the chain's end
+        assert r.trace == "".join(n["step"] for n in nodes[1:])
+        assert r.tokens == sum(s.num_tokens for s in search.steps[b] if s is not None)
+    assert search.forest.virtual_loss.sum() == 0
+
+
+def test_rollout_trees_beat_sampling_where_the_greedy_step_is_wrong():
+    problems, policy = _misleading_world()
+    texts = [p["problem"] for p in problems]
+    bon = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("best_of_n", simulations=16, width=8))
+    search = TreeSearch(texts, policy(0), OraclePRM(), dataclasses.replace(ROLLOUT, simulations=16, width=4))
+    tree = search.run()
+    acc_bon, acc_tree = accuracy(bon, problems), accuracy(tree, problems)
+    assert acc_tree >= acc_bon + 0.1, (acc_tree, acc_bon)
+    assert sum(r.tokens for r in tree) < sum(r.tokens for r in bon)
+    for b in range(len(texts)):
+        nodes = search.to_json(b)["nodes"]
+        kids: dict[int, list[dict]] = {}
+        for n in nodes[1:]:
+            kids.setdefault(n["parent"], []).append(n)
+        for parent, children in kids.items():
+            assert len({n["step"] for n in children}) == len(children)  # distinct steps only
+        finished = [n for n in nodes if n["terminal"]]
+        assert all(n["visits"] == 1 for n in finished)  # each backed up once, then closed
+        assert tree[b].num_candidates == sum(n["answer"] is not None for n in finished)
+    assert search.forest.virtual_loss.sum() == 0
+
+
+def test_rollout_search_is_backend_independent():
+    config = dataclasses.replace(ROLLOUT, temperature=0.0, simulations=6)
+    runs = {backend: run_algorithm(TEXTS[:4], ScriptedPolicy(), OraclePRM(noise=0.2),
+                                   dataclasses.replace(config, tree_backend=backend))
+            for backend in native.available_backends() if backend != "cuda"}
+    first = next(iter(runs.values()))
+    for results in runs.values():
+        assert [(r.answer, r.trace, r.tokens, r.simulations) for r in results] == \
+               [(r.answer, r.trace, r.tokens, r.simulations) for r in first]
 
 
 def test_path_candidate_value_aggregates_step_values():
