@@ -86,6 +86,8 @@ class SearchConfig:
         "open nodes")
     leaves_per_tree: int = option(1,
         "leaves selected per tree and round (kept apart by virtual loss)")
+    # 1 by measurement (benchmarks/search_quality.py, shipped tiny policy and toy PRM, problem set 1,
+    # 80 problems, 2 seeds, MCTS* at 32 simulations): 0.637 against 0.625 at c = 0.5 and 0.613 at 2.
     c: float = option(1.0, "exploration constant of the select rule")
     virtual_loss: float = option(1.0,
         "weight of a pending selection, in visits that returned 0")
@@ -134,19 +136,19 @@ class SearchConfig:
     prior: str = option("length_normalized",
         "children's priors: 'length_normalized' (exp of the mean token log-probability), "
         "'sequence' (exp of the step's log-probability) or 'uniform'; normalised over siblings")
-    # 'step' by measurement (benchmarks/search_quality.py, tiny policy, MCTS* at 32 simulations, 2
-    # seeds). 'rollout' finds right answers more often on the development set but chooses among
-    # them worse, and does not hold up on held-out problems. Shipped toy PRM, problem set 1 (80
-    # problems): 'step' 0.637 (pass@k 0.731, 2,180 tokens a problem); 'rollout' 0.606 (pass@k 0.800,
-    # 2,402 tokens); 'rollout' without the greedy child and with candidate_value='path' 0.637
-    # (pass@k 0.812, 2,352 tokens); width 2, 0.581 at 1,077 tokens. Oracle at noise 0.1, set 1:
-    # 'step' 0.725 (pass@k 0.756, 1,971 tokens); 'rollout', no greedy child, 'path' 0.700 (pass@k
-    # 0.819, 1,672 tokens; best-of-32 0.688, pass@k 0.825, 2,660 tokens). Set 2 (200 problems): 'step'
-    # 0.667 (0.745, 1,897 tokens), that rollout variant 0.640 (0.720, 1,428 tokens). A rollout
-    # finishes every branch whatever the PRM says of its steps, so the answer choice meets many
-    # more wrong candidates: of the problems with a right candidate it picks one on 85 % (oracle,
-    # set 1) against the step tree's 96 %. A node whose widening draws nothing new closes, so on
-    # easy problems the trees run out of open nodes early (2 operations: 11 of 32 simulations).
+    # 'step' by measurement on the development set (benchmarks/search_quality.py, tiny policy,
+    # MCTS* at 32 simulations, 2 seeds, problem set 1, 80 problems). Shipped toy PRM: 'step' 0.637
+    # (pass@k 0.731, 2,180 tokens a problem); 'rollout' 0.606 (pass@k 0.800, 2,402 tokens); 'rollout'
+    # without the greedy child, candidate_value='path' 0.637 (pass@k 0.812, 2,352 tokens); that at
+    # width 2, 0.581 at 1,077 tokens. Oracle at noise 0.1: 'step' 0.725 (pass@k 0.756, 1,971 tokens),
+    # 'rollout' 0.619, without the greedy child with 'path' 0.700 (pass@k 0.819, 1,672 tokens;
+    # best-of-32 0.688). Measured after the choice, so not a reason to change it (README, search
+    # section): that variant gives 0.613 against 0.594 on set 0 and 0.655 against 0.625 on set 2
+    # with the shipped PRM, 0.640 against 0.667 on set 2 with the oracle. A rollout finishes every
+    # branch whatever the PRM says of its steps, so the answer choice meets many more wrong
+    # candidates (oracle, set 1: a right one picked on 85 % of the problems holding one, against
+    # the step tree's 96 %). A node whose widening draws nothing new closes, so on easy problems
+    # the rollout trees run out of open nodes early (2 operations: 11 of 32 simulations).
     expansion: str = option("step",
         "tree search: what a simulation adds. 'step': the selected leaf's `width` sampled steps, "
         "valued by the PRM (`leaf_value`); 'rollout': the same steps, and the best of them by PRM "
