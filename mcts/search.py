@@ -419,7 +419,8 @@ class TreeSearch:
                 rewards[a.tree, a.slot, 0] = step_values[depth]
                 terminal[a.tree, a.slot, 0] = steps[depth].finished or child_depth >= cfg.max_depth
             first = expand(f, leaves, counts, priors, rewards, terminal, backend=cfg.tree_backend)
-            for i in level:
+            # `expand` allocates a tree's nodes in slot order: record their steps in the same order.
+            for i in sorted(level, key=lambda i: (chains[i][0].tree, chains[i][0].slot)):
                 a, _, steps, _ = chains[i]
                 start = int(first[a.tree, a.slot])
                 growing[i] = start >= 0 and depth < len(steps) - 1  # a full forest ends the chain here

@@ -350,6 +350,19 @@ def test_rollout_trees_beat_sampling_where_the_greedy_step_is_wrong():
     assert search.forest.virtual_loss.sum() == 0
 
 
+def test_rollout_trees_keep_their_budgets_with_several_leaves_a_round():
+    config = dataclasses.replace(ROLLOUT, width=2, simulations=10, leaves_per_tree=3)
+    search = TreeSearch(TEXTS, ScriptedPolicy(seed=4), OraclePRM(noise=0.2), config)
+    results = search.run()
+    assert search.forest.virtual_loss.sum() == 0 and not search.forest.full.any()
+    assert all(r.simulations <= 10 + 2 and r.num_candidates >= 1 for r in results)
+    budget = dataclasses.replace(config, budget_tokens=150)
+    capped = run_algorithm(TEXTS, ScriptedPolicy(seed=4), OraclePRM(noise=0.2), budget)
+    # checked between rounds: one round (3 leaves, each a whole continuation) may overshoot
+    assert all(r.tokens < 150 + 3 * 250 for r in capped)
+    assert sum(r.tokens for r in capped) < sum(r.tokens for r in results)
+
+
 def test_rollout_search_is_backend_independent():
     config = dataclasses.replace(ROLLOUT, temperature=0.0, simulations=6)
     runs = {backend: run_algorithm(TEXTS[:4], ScriptedPolicy(), OraclePRM(noise=0.2),

@@ -73,6 +73,18 @@ def test_trees_out_dumps_every_tree(toy_file, tmp_path):
     assert tree["id"] == "arith-11-0" and tree["nodes"][0]["id"] == 0
 
 
+def test_rollout_trees_from_the_command_line_dump_and_read_back(toy_file, tmp_path):
+    from mcts.trees import TreeRecord
+
+    trees = tmp_path / "trees"
+    assert main(["--problem-file", str(toy_file), "--out", str(tmp_path / "r.jsonl"), "--trees-out", str(trees),
+                 "--expansion", "rollout", "--leaves-per-tree", "2", *FAST]) == 0
+    for path in sorted(trees.glob("*.json")):
+        record = TreeRecord.from_json(json.loads(path.read_text()), path.name)
+        finished = [n for n in record.nodes if n.answer is not None]
+        assert finished and all(n.visits >= 1 for n in finished)  # every rollout ended in a backed-up answer
+
+
 def test_a_problem_without_gold_is_searched_and_not_graded(tmp_path):
     path = tmp_path / "nogold.jsonl"
     path.write_text(json.dumps({"problem": "3 + 4 * 2"}) + "\n")
