@@ -62,7 +62,8 @@ PROBLEM_SET_STRIDE = 100_000  # apart from every 1000 * a + b of set 0, and from
 # Problem sets that choices were made on: figures on them flatter what was chosen, so the table says so.
 CHOSEN_ON = {0: "the search defaults (greedy child, leaf value, widening) were first measured on it",
              1: "the development set: the toy PRM's second stage (prm.toy FULL_BUILD) was chosen on it, "
-                "and the shipped policy's ops weights were tried on it before it shipped"}
+                "and the shipped policy's ops weights, the rollout expansion and the logprob weight "
+                "were tried on it"}
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -85,6 +86,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=4, help="steps sampled per expanded leaf")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature of every algorithm but greedy (SearchConfig.temperature)")
+    p.add_argument("--logprob-weight", type=float, default=0.0,
+                   help="answer choice of every algorithm that values its solutions: the value plus this weight "
+                        "times the policy's mean token log-probability (SearchConfig.logprob_weight)")
     p.add_argument("--tree-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also run every tree algorithm with these SearchConfig fields changed, labelled NAME, "
                         "e.g. 'fixed:max_children=4,revisit_terminals=true' (repeatable)")
@@ -119,7 +123,7 @@ def _variant(text: str) -> tuple[str, dict]:
 def _settings(args) -> list[tuple[str, str, SearchConfig]]:
     """(algorithm, budget label, config) for every run of one policy and difficulty."""
     out = []
-    t = {"temperature": args.temperature}
+    t = {"temperature": args.temperature, "logprob_weight": args.logprob_weight}
     for algorithm in args.algorithms.split(","):
         if algorithm == "greedy":
             out.append((algorithm, "1", SearchConfig(algorithm=algorithm)))
@@ -222,7 +226,7 @@ def run(args) -> list[dict]:
                     "policy": policy_name, "ops": f"{lo}-{hi}", "algorithm": algorithm, "budget": budget,
                     "scorer": scorer_label(args.prm, args.oracle_noise),
                     "seeds": len(args.seeds), "problem_seed": args.problem_seed, "problems": len(problems),
-                    "temperature": config.temperature,
+                    "temperature": config.temperature, "logprob_weight": config.logprob_weight,
                     "accuracy": float(hits.mean()), "ci_low": low, "ci_high": high,
                     "vs_greedy": diff[0], "vs_greedy_low": diff[1], "vs_greedy_high": diff[2],
                     "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},
@@ -244,6 +248,9 @@ def table(rows: list[dict]) -> str:
     lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; "
              f"problem set: {rows[0]['problem_seed'] if rows else 0}; sampling temperature: "
              f"{', '.join(f'{t:g}' for t in temperatures) or '-'}"]
+    weights = sorted({r.get("logprob_weight", 0.0) for r in rows} - {0.0})
+    if weights:
+        lines[0] += f"; answer choice: value + {', '.join(f'{w:g}' for w in weights)} x mean token log-probability"
     problem_set = rows[0]["problem_seed"] if rows else 0
     if problem_set in CHOSEN_ON:
         lines.append(f"problem set {problem_set}: {CHOSEN_ON[problem_set]}; problem set 2 is held out from both")

@@ -112,6 +112,15 @@ def distinct_answers(candidates: Sequence[Candidate]) -> list[str]:
     return list(seen.values())
 
 
+def mean_token_logprob(steps: Sequence) -> float:
+    """The policy's mean log-probability per generated token over a solution's steps (`Step`s):
+    how sure the policy was of it. Steps without a finite log-probability are left out; 0 when
+    nothing is left."""
+    scored = [s for s in steps if math.isfinite(s.logprob) and s.num_tokens > 0]
+    tokens = sum(s.num_tokens for s in scored)
+    return float(sum(s.logprob for s in scored) / tokens) if tokens else 0.0
+
+
 def aggregate_step_values(values: Sequence[float], how: str) -> float:
     """One value for a trace from the PRM values of its steps."""
     if not values:

@@ -34,8 +34,8 @@ def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Co
              judge: AnswerJudge | None) -> list[SearchResult]:
     out = []
     for b in range(len(problems)):
-        candidates = [Candidate(t.answer, aggregate_step_values(t.step_values, config.step_aggregate),
-                                t.prefix.steps) for t in solutions[b]]
+        candidates = [Candidate(t.answer, config.solution_value(aggregate_step_values(t.step_values, config.step_aggregate),
+                                                                t.added), t.prefix.steps) for t in solutions[b]]
         chosen, value = choose_answer(candidates, config.selection, problem=problems[b], judge=judge)
         out.append(SearchResult(
             answer=chosen.answer if chosen else None, trace="".join(chosen.steps) if chosen else "",
@@ -135,7 +135,7 @@ def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchCon
                 continue
             for step in {s.text: s for s in steps}.values():
                 child = Trace(parent.owner, parent.prefix.extend(step.text), list(parent.step_values),
-                              parent.tokens + step.num_tokens, step.finished)
+                              parent.tokens + step.num_tokens, step.finished, added=[*parent.added, step])
                 child.stopped = step.finished or child.prefix.depth >= config.max_depth
                 children.append((child, step))
         if children:
@@ -157,7 +157,7 @@ def beam(problems, proposer: StepProposer, scorer: StepScorer, config: SearchCon
     if config.complete_unfinished:
         unfinished = [b for b in range(P) if not any(t.finished for t in beams[b]) and beams[b]]
         tops = [max(beams[b], key=value) for b in unfinished]
-        tops = [Trace(t.owner, t.prefix, list(t.step_values), t.tokens) for t in tops
+        tops = [Trace(t.owner, t.prefix, list(t.step_values), t.tokens, added=list(t.added)) for t in tops
                 if t.prefix.depth < config.max_depth]
         sample_traces(tops, proposer, scorer, max_depth=config.max_depth, temperature=0.0, counters=counters)
         for t in tops:

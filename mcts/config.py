@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Sequence
 
-from mcts.answers import ANSWER_SELECTIONS, STEP_AGGREGATES
+from mcts.answers import ANSWER_SELECTIONS, STEP_AGGREGATES, mean_token_logprob
 from mcts.core.native import BACKENDS
-from mcts.policy.base import check_truncation
+from mcts.policy.base import Step, check_truncation
 from mcts.options import option, require
 
 __all__ = ["ALGORITHMS", "BASELINE_NAMES", "CANDIDATE_VALUES", "EXPANSIONS", "LEAF_VALUES", "PRIORS", "TREE_RULES", "UNSCORED",
@@ -167,6 +168,11 @@ class SearchConfig:
     candidate_value: str = option("q",
         "tree search: the value of a finished solution for answer choice: 'q' (its answer node's "
         "Q) or 'path' (`step_aggregate` over its steps' PRM values, as best-of-N values a trace)")
+    logprob_weight: float = option(0.0,
+        "answer choice: each finished solution's value plus this weight times the policy's mean "
+        "log-probability per token over the solution (how sure the policy was of it; the PRM and "
+        "the policy then judge together), for every algorithm that values its solutions; 0: the "
+        "value alone")
     complete_unfinished: bool = option(True,
         "when a search ends without a finished answer, complete its best partial trace greedily "
         "(the tokens count toward the problem's total)")
@@ -198,6 +204,8 @@ class SearchConfig:
         require(self.prior in PRIORS, f"prior={self.prior!r} is not one of {', '.join(PRIORS)}")
         require(self.candidate_value in CANDIDATE_VALUES,
              f"candidate_value={self.candidate_value!r} is not one of {', '.join(CANDIDATE_VALUES)}")
+        require(math.isfinite(self.logprob_weight) and self.logprob_weight >= 0,
+             f"logprob_weight must be finite and >= 0, got {self.logprob_weight}")
         require(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
         require(self.expansion in EXPANSIONS, f"expansion={self.expansion!r} is not one of {', '.join(EXPANSIONS)}")
         require(self.expansion == "step" or self.rollout_depth == 0,
@@ -245,6 +253,12 @@ class SearchConfig:
     def needs_scorer(self) -> bool:
         """Whether the algorithm calls the scorer at all (greedy and self-consistency never do)."""
         return self.algorithm not in UNSCORED
+
+    def solution_value(self, value: float, steps: Sequence[Step]) -> float:
+        """A finished solution's value for the answer choice: `value` (the PRM's, by
+        `candidate_value` or `step_aggregate`), plus `logprob_weight` times the policy's mean
+        token log-probability over `steps`."""
+        return value + self.logprob_weight * mean_token_logprob(steps) if self.logprob_weight else value
 
     def over_budget(self, tokens: int) -> bool:
         return self.budget_tokens is not None and tokens >= self.budget_tokens

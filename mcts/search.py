@@ -83,7 +83,7 @@ class TreeSearch:
         self.counters = Counters.zeros(B)
         self.done = np.zeros(B, bool)
         self.seconds = np.zeros(B)
-        self.completions: dict[int, Trace] = {}
+        self.completions: dict[int, tuple[int, Trace]] = {}  # tree -> (the node it starts from, greedy completion)
         self._start = 0.0
 
     # -- text of the tree
@@ -463,22 +463,24 @@ class TreeSearch:
         by `candidate_value`: 'q' (the answer node's Q: its reward once visited) or 'path'
         (`step_aggregate` over the PRM values of the steps on its path, as the sampling baselines
         value their traces)."""
-        q = self.forest.q_values(b)
+        cfg, q = self.config, self.forest.q_values(b)
         out = []
         for node, step in enumerate(self.steps[b]):
             if step is None or not step.finished:
                 continue
-            if self.config.candidate_value == "path":
-                path = self.forest.path(b, node)[1:]
-                value = aggregate_step_values([float(self.forest.reward[b, s]) for s in path],
-                                              self.config.step_aggregate)
+            path = self.forest.path(b, node)[1:]
+            if cfg.candidate_value == "path":
+                value = aggregate_step_values([float(self.forest.reward[b, s]) for s in path], cfg.step_aggregate)
             else:
                 value = float(q[node])
+            value = cfg.solution_value(value, [self.steps[b][s] for s in path])
             out.append(Candidate(self.answer_of(b, node), value, self.prefix(b, node).steps))
         if b in self.completions:
-            t = self.completions[b]
-            how = self.config.step_aggregate if self.config.candidate_value == "path" else "last"
-            out.append(Candidate(t.answer, aggregate_step_values(t.step_values, how), t.prefix.steps))
+            start, t = self.completions[b]
+            how = cfg.step_aggregate if cfg.candidate_value == "path" else "last"
+            steps = [*(self.steps[b][s] for s in self.forest.path(b, start)[1:]), *t.added]
+            out.append(Candidate(t.answer, cfg.solution_value(aggregate_step_values(t.step_values, how), steps),
+                                 t.prefix.steps))
         return out
 
     def _best_partial(self, b: int) -> int:
@@ -497,7 +499,8 @@ class TreeSearch:
     def _complete_unfinished(self) -> None:
         need = [b for b in range(self.forest.num_trees)
                 if not any(c.answer is not None for c in self.candidates(b))]
-        traces = [Trace(b, self.prefix(b, self._best_partial(b))) for b in need]
+        starts = {b: self._best_partial(b) for b in need}
+        traces = [Trace(b, self.prefix(b, node)) for b, node in starts.items()]
         traces = [t for t in traces if t.prefix.depth < self.config.max_depth]
         if not traces:
             return
@@ -505,7 +508,7 @@ class TreeSearch:
                       counters=self.counters)
         for t in traces:
             if t.finished:
-                self.completions[t.owner] = t
+                self.completions[t.owner] = (starts[t.owner], t)
                 self.seconds[t.owner] = time.perf_counter() - self._start
 
     def result(self, b: int) -> SearchResult:

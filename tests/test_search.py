@@ -374,6 +374,34 @@ def test_rollout_search_is_backend_independent():
                [(r.answer, r.trace, r.tokens, r.simulations) for r in first]
 
 
+class FlatScorer:
+    """Every step is worth the same: only the policy can break the tie."""
+
+    def score(self, prefixes, steps):
+        return [0.5 for _ in steps]
+
+
+@pytest.mark.parametrize("algorithm", ["mcts_star", "beam"])
+def test_logprob_weight_lets_the_policy_break_the_prms_ties(algorithm):
+    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2, greedy_child=False)
+    [tied] = run_algorithm(["bandit"], BanditPolicy(), FlatScorer(), plain)
+    [weighted] = run_algorithm(["bandit"], BanditPolicy(), FlatScorer(), dataclasses.replace(plain, logprob_weight=0.5))
+    # 'bad' (p 0.9, 4 tokens) leads to 2, 'good' (p 0.1, 5 tokens) to 1; the answer step is sure (log p 0)
+    assert weighted.answer == "2"
+    assert weighted.value == pytest.approx(0.5 + 0.5 * np.log(0.9) / (4 + 7))
+    assert tied.value == pytest.approx(0.5)
+
+
+def test_mean_token_logprob_skips_what_it_cannot_weigh():
+    from mcts.answers import mean_token_logprob
+
+    steps = [Step("a", -2.0, 4), Step("b", -1.0, 1), Step("c", float("-inf"), 3), Step("d", -5.0, 0)]
+    assert mean_token_logprob(steps) == pytest.approx(-3.0 / 5)
+    assert mean_token_logprob([]) == 0.0
+    with pytest.raises(ValueError, match="logprob_weight"):
+        SearchConfig(logprob_weight=-1.0)
+
+
 def test_path_candidate_value_aggregates_step_values():
     config = SearchConfig("mcts_star", simulations=12, width=2, candidate_value="path", step_aggregate="min")
     search = TreeSearch(TEXTS[:2], ScriptedPolicy(seed=0), OraclePRM(noise=0.3, seed=1), config)
