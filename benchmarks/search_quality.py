@@ -86,9 +86,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=4, help="steps sampled per expanded leaf")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="sampling temperature of every algorithm but greedy (SearchConfig.temperature)")
-    p.add_argument("--logprob-weight", type=float, default=0.0,
+    p.add_argument("--logprob-weight", type=float, default=SearchConfig().logprob_weight,
                    help="answer choice of every algorithm that values its solutions: the value plus this weight "
                         "times the policy's mean token log-probability (SearchConfig.logprob_weight)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a SearchConfig field for every algorithm but greedy, e.g. the step tree's defaults "
+                        "before the rollout tree: --set expansion=step --set greedy_child=true --set "
+                        "candidate_value=q (a tree variant's own fields win; repeatable)")
     p.add_argument("--tree-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also run every tree algorithm with these SearchConfig fields changed, labelled NAME, "
                         "e.g. 'fixed:max_children=4,revisit_terminals=true' (repeatable)")
@@ -123,7 +127,8 @@ def _variant(text: str) -> tuple[str, dict]:
 def _settings(args) -> list[tuple[str, str, SearchConfig]]:
     """(algorithm, budget label, config) for every run of one policy and difficulty."""
     out = []
-    t = {"temperature": args.temperature, "logprob_weight": args.logprob_weight}
+    t = {"temperature": args.temperature, "logprob_weight": args.logprob_weight,
+         **{k: v for item in args.set for k, v in _variant(f"set:{item}")[1].items()}}
     for algorithm in args.algorithms.split(","):
         if algorithm == "greedy":
             out.append((algorithm, "1", SearchConfig(algorithm=algorithm)))
@@ -248,9 +253,8 @@ def table(rows: list[dict]) -> str:
     lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; "
              f"problem set: {rows[0]['problem_seed'] if rows else 0}; sampling temperature: "
              f"{', '.join(f'{t:g}' for t in temperatures) or '-'}"]
-    weights = sorted({r.get("logprob_weight", 0.0) for r in rows} - {0.0})
-    if weights:
-        lines[0] += f"; answer choice: value + {', '.join(f'{w:g}' for w in weights)} x mean token log-probability"
+    weights = sorted({r.get("logprob_weight", 0.0) for r in rows})
+    lines[0] += f"; answer choice: value + {', '.join(f'{w:g}' for w in weights)} x mean token log-probability"
     problem_set = rows[0]["problem_seed"] if rows else 0
     if problem_set in CHOSEN_ON:
         lines.append(f"problem set {problem_set}: {CHOSEN_ON[problem_set]}; problem set 2 is held out from both")

@@ -111,8 +111,10 @@ class SearchConfig:
     # PRM (shipped now): 0.625 against 0.600 on set 2, 0.637 and 0.637 on set 1, 0.594 against 0.600
     # on set 0, 0.833 against 0.750 on the examples; 13-18 % more tokens. A weak policy's likeliest
     # step is often its right one, and `width` samples at T=1 all miss it often enough to leave the
-    # tree below greedy.
-    greedy_child: bool = option(True,
+    # tree below greedy. False since the rollout expansion became the default (see `expansion`):
+    # a rollout tree samples a whole solution per simulation, and the measured rollout default
+    # leaves the greedy step out (with it, 0.606 against 0.637 on set 1 at logprob_weight 0).
+    greedy_child: bool = option(False,
         "tree search: every expanded node also gets the policy's greedy step as a child (one more "
         "greedy decoding per expansion, its tokens charged), so the greedy solution stays in the tree "
         "however the samples fall; --no-greedy-child: the samples alone")
@@ -137,20 +139,28 @@ class SearchConfig:
     prior: str = option("length_normalized",
         "children's priors: 'length_normalized' (exp of the mean token log-probability), "
         "'sequence' (exp of the step's log-probability) or 'uniform'; normalised over siblings")
-    # 'step' by measurement on the development set (benchmarks/search_quality.py, tiny policy,
+    # With the PRM's value alone choosing the answer (logprob_weight 0), 'step' was better on the
+    # development set (benchmarks/search_quality.py, tiny policy,
     # MCTS* at 32 simulations, 2 seeds, problem set 1, 80 problems). Shipped toy PRM: 'step' 0.637
     # (pass@k 0.731, 2,180 tokens a problem); 'rollout' 0.606 (pass@k 0.800, 2,402 tokens); 'rollout'
     # without the greedy child, candidate_value='path' 0.637 (pass@k 0.812, 2,352 tokens); that at
     # width 2, 0.581 at 1,077 tokens. Oracle at noise 0.1: 'step' 0.725 (pass@k 0.756, 1,971 tokens),
     # 'rollout' 0.619, without the greedy child with 'path' 0.700 (pass@k 0.819, 1,672 tokens;
-    # best-of-32 0.688). Measured after the choice, so not a reason to change it (README, search
-    # section): that variant gives 0.613 against 0.594 on set 0 and 0.655 against 0.625 on set 2
-    # with the shipped PRM, 0.640 against 0.667 on set 2 with the oracle. A rollout finishes every
+    # best-of-32 0.688). Then on set 0 and held-out set 2 (README, search section) that variant gave
+    # 0.613 against 0.594 (set 0) and 0.655 against 0.625 (set 2) with the shipped PRM, and 0.640
+    # against 0.667 on set 2 with the oracle. A rollout finishes every
     # branch whatever the PRM says of its steps, so the answer choice meets many more wrong
     # candidates (oracle, set 1: a right one picked on 85 % of the problems holding one, against
     # the step tree's 96 %). A node whose widening draws nothing new closes, so on easy problems
     # the rollout trees run out of open nodes early (2 operations: 11 of 32 simulations).
-    expansion: str = option("step",
+    # 'rollout' (with greedy_child False, candidate_value 'path' and logprob_weight 1), by
+    # measurement on the two development sets with the answer choice that weighs the policy's
+    # confidence (logprob_weight 1; benchmarks/search_quality.py, MCTS* at 32 simulations, 2 seeds,
+    # 80 problems each): 0.656 against 0.588 for the step tree (with its greedy child and Q values)
+    # on set 0, 0.656 against 0.656 on set 1; best-of-16 at the same weight 0.644 and 0.675. On
+    # held-out set 2 (200 problems): 0.688 against 0.655, best-of-16 0.645, greedy 0.530. Disclosed:
+    # set 2 had been looked at with logprob_weight 0 before this choice (figures above).
+    expansion: str = option("rollout",
         "tree search: what a simulation adds. 'step': the selected leaf's `width` sampled steps, "
         "valued by the PRM (`leaf_value`); 'rollout': the same steps, and the best of them by PRM "
         "value is continued by sampling (at `temperature`) to a finished answer, every step of the "
@@ -165,14 +175,24 @@ class SearchConfig:
         "how the PRM values of a sampled trace's steps make its value: mean, min, last or prod "
         "(min and prod suit a calibrated PRM; one wrong step score sinks them, so mean is the "
         "robust default under label noise)")
-    candidate_value: str = option("q",
+    # 'path' with the rollout expansion (chosen with it: see `expansion`); a rollout tree's answers
+    # are whole sampled solutions, valued as best-of-N values its samples.
+    candidate_value: str = option("path",
         "tree search: the value of a finished solution for answer choice: 'q' (its answer node's "
         "Q) or 'path' (`step_aggregate` over its steps' PRM values, as best-of-N values a trace)")
-    logprob_weight: float = option(0.0,
+    # 1 by measurement (benchmarks/search_quality.py --logprob-weight W, shipped tiny policy and toy
+    # PRM, 1-4 operations, 2 seeds; the same candidates are chosen among at every W, since the
+    # choice comes after the search). Chosen on problem set 1 (80 problems), 0 against 1:
+    # best-of-16 0.656 -> 0.675, best-of-32 -> 0.688, weighted SC-16 0.606 -> 0.619, MCTS* 0.637 ->
+    # 0.656 (an offline sweep over the same candidates put the plateau at W = 1-2 per token, the
+    # gain at 0.5 half as large). Confirmed on set 2 (200 problems): best-of-16 0.635 -> 0.645,
+    # weighted SC-16 0.568 -> 0.573, MCTS* 0.625 -> 0.655. The toy PRM saturates: many candidates,
+    # right and wrong, get values of 1.0 or nearly, and the policy's confidence separates them.
+    logprob_weight: float = option(1.0,
         "answer choice: each finished solution's value plus this weight times the policy's mean "
         "log-probability per token over the solution (how sure the policy was of it; the PRM and "
         "the policy then judge together), for every algorithm that values its solutions; 0: the "
-        "value alone")
+        "PRM's value alone")
     complete_unfinished: bool = option(True,
         "when a search ends without a finished answer, complete its best partial trace greedily "
         "(the tokens count toward the problem's total)")
@@ -209,8 +229,8 @@ class SearchConfig:
         require(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
         require(self.expansion in EXPANSIONS, f"expansion={self.expansion!r} is not one of {', '.join(EXPANSIONS)}")
         require(self.expansion == "step" or self.rollout_depth == 0,
-             "rollout_depth (a greedy rollout that only values a leaf) and expansion='rollout' (a "
-             "sampled rollout kept in the tree) exclude each other")
+             "rollout_depth (a greedy rollout that only values a leaf) needs expansion='step' "
+             "(--expansion step): expansion='rollout', the default, keeps a sampled rollout in the tree")
         require(self.tree_backend in ("auto", *BACKENDS),
              f"tree_backend={self.tree_backend!r} is not one of auto, {', '.join(BACKENDS)}")
         require(self.step_aggregate in STEP_AGGREGATES,

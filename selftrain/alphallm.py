@@ -291,10 +291,12 @@ class EtaMCTS(TreeSearch):
 
     def __init__(self, problems: Sequence[str], proposer: StepProposer, scorer: StepScorer, config: SearchConfig,
                  eta: AlphaLLMConfig):
-        # The forest makes room for max_width children per expansion; rollouts are eta's own.
+        # The forest makes room for max_width children per expansion; rollouts are eta's own (its
+        # greedy value rollouts, on step expansion: eta-MCTS decides each node's children itself).
         super().__init__(problems, proposer, scorer,
                          dataclasses.replace(config, width=eta.max_width, rollout_depth=eta.rollout_depth,
-                                             max_children=eta.max_width))  # eta-MCTS widens by importance instead
+                                             max_children=eta.max_width,  # eta-MCTS widens by importance instead
+                                             expansion="step"))
         self.eta = eta
         self.widths: list[tuple[int, int, float, int]] = []  # (tree, leaf, I(s), children), per expansion
 

@@ -224,13 +224,15 @@ class RunConfig:
     # 0.233 with it against greedy on the same 60 problems 0.133 / 0.217 / 0.200 / 0.133; without
     # it (measured on the format-5 PRM, so not a clean ablation), search fell below greedy from
     # iteration 1 on (0.200 / 0.233 / 0.167 against 0.250 / 0.257 / 0.196).
-    # expansion 'step' (the search's default), not 'rollout': measured with every other default
+    # expansion 'step' (the search's default until session 12, with candidate_value 'q'), not 'rollout': measured with every other default
     # (`benchmarks/selftrain_curve.py --loops rest_mcts,rest_em --set search.expansion=rollout`),
     # ReST-MCTS* at iterations 0-3 gave 0.128 / 0.216 / 0.250 / 0.223 on seed 0 (ReST-EM at its
     # tokens 0.128 / 0.189 / 0.209 / 0.223; with 'step' 0.230 / 0.277 / 0.270 against 0.216 / 0.209 /
     # 0.196), its search only level with greedy at iteration 2; seed 1, 0.199 / 0.199 / 0.255 / 0.277
     # against 0.199 / 0.262 / 0.262 / 0.270.
-    search: SearchConfig = option(factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4, leaf_value="mean", greedy_child=True), help="the search of the training problems")
+    # logprob_weight 0: every self-training figure was measured with the PRM's value alone choosing
+    # the held-out search's answer (the harvest does not read it); the weight is not measured here.
+    search: SearchConfig = option(factory=lambda: SearchConfig(algorithm="mcts_star", simulations=16, width=4, leaf_value="mean", greedy_child=True, expansion="step", candidate_value="q", logprob_weight=0.0), help="the search of the training problems")
     sft: SFTConfig = option(factory=lambda: SFTConfig(epochs=8.0, lr=3e-4), help="policy fine-tuning (defaults for the toy policy)")
     prm_train: TrainConfig = option(factory=lambda: TrainConfig(epochs=2.0, max_steps=150, batch_size=32, lr=1e-3, save_every=50), help="PRM training")
     alphallm: AlphaLLMConfig = option(factory=AlphaLLMConfig, help="AlphaLLM loop")

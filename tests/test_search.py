@@ -121,7 +121,7 @@ def test_greedy_tree_search_charges_each_generated_step_once():
 
 
 def test_token_budget_stops_each_tree():
-    config = SearchConfig(algorithm="uct", simulations=1000, width=4, budget_tokens=300)
+    config = SearchConfig(algorithm="uct", simulations=1000, width=4, budget_tokens=300, expansion="step")
     results = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=2), OraclePRM(), config)
     for r in results:
         # checked between rounds: one round (one leaf, width steps of < 60 tokens) may overshoot
@@ -130,9 +130,9 @@ def test_token_budget_stops_each_tree():
 
 
 def test_stop_value_ends_a_tree_at_its_first_good_answer():
-    slow = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=0), OraclePRM(), SearchConfig("uct", simulations=40))
+    slow = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=0), OraclePRM(), SearchConfig("uct", simulations=40, expansion="step"))
     fast = run_algorithm(TEXTS[:3], ScriptedPolicy(seed=0), OraclePRM(),
-                         SearchConfig("uct", simulations=40, stop_value=1.0))
+                         SearchConfig("uct", simulations=40, stop_value=1.0, expansion="step"))
     assert all(f.simulations < s.simulations for f, s in zip(fast, slow))
     assert accuracy(fast, PROBLEMS[:3]) == 1.0
 
@@ -163,7 +163,7 @@ def test_depth_limit_makes_terminal_nodes():
 
 
 def test_rollouts_raise_leaf_values_and_cost_tokens():
-    base = SearchConfig(algorithm="mcts_star", simulations=6, width=2, temperature=0.0)
+    base = SearchConfig(algorithm="mcts_star", simulations=6, width=2, temperature=0.0, expansion="step")
     plain = run_algorithm(TEXTS[:2], ScriptedPolicy(), OraclePRM(), base)
     rolled = run_algorithm(TEXTS[:2], ScriptedPolicy(), OraclePRM(), dataclasses.replace(base, rollout_depth=2))
     assert all(r.tokens > p.tokens for r, p in zip(rolled, plain))
@@ -216,7 +216,7 @@ def test_sampling_baselines_respect_the_token_budget_in_waves():
 
 
 def test_beam_prefers_what_the_scorer_prefers():
-    [result] = run_algorithm(["bandit"], BanditPolicy(), BanditScorer(), SearchConfig(algorithm="beam", width=2))
+    [result] = run_algorithm(["bandit"], BanditPolicy(), BanditScorer(), SearchConfig(algorithm="beam", width=2, logprob_weight=0.0))
     assert result.answer == "1" and result.value == 1.0
 
 
@@ -273,9 +273,11 @@ def test_tree_search_beats_sampling_where_the_greedy_step_is_wrong():
     bon = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("best_of_n", simulations=16, width=8))
     # the samples alone, and with the greedy step among every node's children (the default): here
     # the greedy step is always wrong, so it costs a child per node, and the tree still wins
-    tree = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0,
+    step = dict(expansion="step", candidate_value="q")  # the step tree; the rollout tree has its own test below
+    tree = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0, **step,
                                                                      greedy_child=False))
-    with_greedy = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0))
+    with_greedy = run_algorithm(texts, policy(0), OraclePRM(), SearchConfig("mcts_star", simulations=16, stop_value=1.0,
+                                                                            greedy_child=True, **step))
     runs = (("greedy", greedy), ("bon", bon), ("tree", tree), ("with_greedy", with_greedy))
     acc = {name: accuracy(r, problems) for name, r in runs}
     tokens = {name: sum(x.tokens for x in r) for name, r in runs[1:]}
@@ -383,7 +385,7 @@ class FlatScorer:
 
 @pytest.mark.parametrize("algorithm", ["mcts_star", "beam"])
 def test_logprob_weight_lets_the_policy_break_the_prms_ties(algorithm):
-    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2, greedy_child=False)
+    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2, greedy_child=False, logprob_weight=0.0)
     [tied] = run_algorithm(["bandit"], BanditPolicy(), FlatScorer(), plain)
     [weighted] = run_algorithm(["bandit"], BanditPolicy(), FlatScorer(), dataclasses.replace(plain, logprob_weight=0.5))
     # 'bad' (p 0.9, 4 tokens) leads to 2, 'good' (p 0.1, 5 tokens) to 1; the answer step is sure (log p 0)
@@ -403,12 +405,13 @@ def test_mean_token_logprob_skips_what_it_cannot_weigh():
 
 
 def test_path_candidate_value_aggregates_step_values():
-    config = SearchConfig("mcts_star", simulations=12, width=2, candidate_value="path", step_aggregate="min")
+    config = SearchConfig("mcts_star", simulations=12, width=2, candidate_value="path", step_aggregate="min",
+                          logprob_weight=0.0)
     search = TreeSearch(TEXTS[:2], ScriptedPolicy(seed=0), OraclePRM(noise=0.3, seed=1), config)
     search.run()
     for b in range(2):
         for c in search.candidates(b):
-            if b in search.completions and c.steps == search.completions[b].prefix.steps:
+            if b in search.completions and c.steps == search.completions[b][1].prefix.steps:
                 continue
             node = next(i for i, s in enumerate(search.steps[b]) if s is not None and s.finished
                         and search.prefix(b, i).steps == c.steps)
@@ -462,9 +465,9 @@ class GreedyRightPolicy(BanditPolicy):
 
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
 def test_greedy_child_keeps_the_greedy_step_among_a_nodes_children(algorithm):
-    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2, greedy_child=False)
+    plain = SearchConfig(algorithm=algorithm, simulations=6, width=2, greedy_child=False, expansion="step")
     with_greedy = dataclasses.replace(plain, greedy_child=True)
-    assert SearchConfig().greedy_child  # the default (measured: mcts/config.py)
+    assert not SearchConfig().greedy_child  # the default with rollouts (measured: mcts/config.py)
     assert (plain.first_children, with_greedy.first_children) == (2, 3)
     assert with_greedy.children_per_node == plain.children_per_node + 1
     a = TreeSearch(["bandit"], GreedyRightPolicy(), BanditScorer(), plain)
