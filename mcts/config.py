@@ -101,8 +101,9 @@ class SearchConfig:
     min_p: float | None = option(None,
         "keep the tokens at least this fraction as likely as the most likely one (0: off); None: the "
         "policy's own setting (off by default)")
-    # True by measurement (benchmarks/search_quality.py, the shipped tiny policy and PRM, 1-4
-    # operations, MCTS* at 32 simulations). With the format-6 toy PRM, where it was chosen: 0.540
+    # On the step tree (expansion='step'), True was better (benchmarks/search_quality.py, the
+    # shipped tiny policy and PRM, 1-4 operations, MCTS* at 32 simulations, logprob_weight 0). With
+    # the format-6 toy PRM, where it was chosen: 0.540
     # against 0.487 on 200 problems of problem set 2 (2 seeds), 0.494 against 0.487 on set 1, 0.537
     # against 0.512 on set 0, 0.542 against 0.500 on examples/toy_arith.jsonl. With the format-7 PRM:
     # 0.570 against 0.552 on set 2 (+0.090 over greedy, paired 95% CI [+0.045, +0.138], against
