@@ -96,6 +96,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tree-variant", action="append", default=[], metavar="NAME:KEY=VALUE,...",
                    help="also run every tree algorithm with these SearchConfig fields changed, labelled NAME, "
                         "e.g. 'fixed:max_children=4,revisit_terminals=true' (repeatable)")
+    p.add_argument("--versus", default="", metavar="ALGORITHM:BUDGET",
+                   help="also pair every row against this run of the same invocation, e.g. 'best_of_n:N=16' "
+                        "(paired 95%% CI over the same problems and seeds; a tree variant is 'mcts_star (NAME):sims=32')")
     p.add_argument("--prm", default="tiny", help="'tiny' (the shipped toy PRM), a trained PRM folder, or 'oracle' "
                    "(reads the gold answer: for tests of the search logic)")
     p.add_argument("--oracle-noise", type=float, default=0.1)
@@ -194,6 +197,10 @@ def run(args) -> list[dict]:
     difficulties = [tuple(int(x) for x in d.split("-")) if "-" in d else (int(d), int(d)) for d in args.ops.split(",")]
     settings = _settings(args)
     policies = args.policies.split(",")
+    labels = [f"{algorithm}:{budget}" for algorithm, budget, _ in settings]
+    if args.versus and args.versus not in labels:  # before any run, not after them all
+        raise SystemExit(f"search_quality: --versus {args.versus!r} is not a run of this invocation "
+                         f"(its runs: {', '.join(labels)})")
     bar = tqdm(total=len(policies) * len(difficulties) * len(settings) * len(args.seeds), desc="search quality",
                unit="run", file=sys.stderr)
     for policy_name in policies:
@@ -202,8 +209,9 @@ def run(args) -> list[dict]:
             texts = [p["problem"] for p in problems]
             golds = {p["problem"]: str(p["answer"]) for p in problems}
             greedy = None  # its hits, once run: the reference of the paired differences
+            hits_of: dict[str, np.ndarray] = {}  # 'algorithm:budget' -> hits, for --versus
             for algorithm, budget, config in sorted(settings, key=lambda s: s[0] != "greedy"):
-                correct, found, tokens, candidates, seconds = [], [], [], [], 0.0
+                correct, found, tokens, candidates, simulations, seconds = [], [], [], [], [], 0.0
                 for seed in args.seeds:
                     # fresh models per run, so every run sees the same random streams
                     proposer = load_proposer(policy_name, problems=texts, seed=seed)
@@ -219,11 +227,13 @@ def run(args) -> list[dict]:
                                   for r, p in zip(results, problems)])
                     tokens += [r.tokens for r in results]
                     candidates += [r.num_candidates for r in results]
+                    simulations += [r.simulations for r in results]
                     bar.update()
                 hits = np.array(correct, np.float64)
                 low, high = bootstrap_ci(hits, args.bootstrap)
                 greedy = hits if algorithm == "greedy" else greedy
                 diff = paired_difference(hits, greedy, args.bootstrap) if greedy is not None else (None,) * 3
+                hits_of[f"{algorithm}:{budget}"] = hits
                 by_ops = collections.defaultdict(list)
                 for j, p in enumerate(problems):
                     by_ops[p["ops"]].append(hits[:, j].mean())
@@ -238,17 +248,31 @@ def run(args) -> list[dict]:
                     "pass_at_k": float(np.mean(found)),
                     "tokens_per_problem": float(np.mean(tokens)),
                     "candidates_per_problem": float(np.mean(candidates)),
+                    "simulations_per_problem": float(np.mean(simulations)),
                     "seconds": seconds,
                 })
+            if args.versus:
+                _pair_against(rows[-len(settings):], hits_of, args.versus, args.bootstrap)
     bar.close()
     return rows
+
+
+def _pair_against(rows: list[dict], hits_of: dict[str, np.ndarray], versus: str, resamples: int) -> None:
+    """Adds to each row its paired accuracy difference against the run labelled `versus`."""
+    for r in rows:
+        label = f"{r['algorithm']}:{r['budget']}"
+        diff = paired_difference(hits_of[label], hits_of[versus], resamples) if label != versus else (None,) * 3
+        r.update(versus=versus, vs_reference=diff[0], vs_reference_low=diff[1], vs_reference_high=diff[2])
 
 
 def table(rows: list[dict]) -> str:
     scorers = sorted({r["scorer"] for r in rows})
     head = (f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'95% CI':>13} "
             f"{'by ops':<24} {'vs greedy (paired 95% CI)':<27} {'pass@k':>6} {'tokens/problem':>14} "
-            f"{'cands/problem':>13} {'seconds':>8}")
+            f"{'cands/problem':>13} {'sims':>5} {'seconds':>8}")
+    versus = rows[0].get("versus") if rows else None
+    if versus:
+        head += f" {'vs ' + versus + ' (paired)':<27}"
     temperatures = sorted({r["temperature"] for r in rows if r["algorithm"] != "greedy"})
     lines = [f"scorer: {', '.join(scorers)}; seeds: {rows[0]['seeds'] if rows else 0}; "
              f"problem set: {rows[0]['problem_seed'] if rows else 0}; sampling temperature: "
@@ -264,10 +288,14 @@ def table(rows: list[dict]) -> str:
         by = " ".join(f"{v:.2f}" for v in r["accuracy_by_ops"].values()) if len(r["accuracy_by_ops"]) > 1 else ""
         vs = ("" if r["vs_greedy"] is None or r["algorithm"] == "greedy" else
               f"{r['vs_greedy']:+.3f} [{r['vs_greedy_low']:+.3f}, {r['vs_greedy_high']:+.3f}]")
-        lines.append(f"{r['policy'][:10]:<10} {r['ops']:<5} {r['algorithm']:<26} {r['budget']:<8} "
-                     f"{r['accuracy']:>8.3f} {ci:>13} {by:<24} {vs:<27} "
-                     f"{r['pass_at_k']:>6.3f} {r['tokens_per_problem']:>14.1f} {r['candidates_per_problem']:>13.1f} "
-                     f"{r['seconds']:>8.1f}")
+        line = (f"{r['policy'][:10]:<10} {r['ops']:<5} {r['algorithm']:<26} {r['budget']:<8} "
+                f"{r['accuracy']:>8.3f} {ci:>13} {by:<24} {vs:<27} "
+                f"{r['pass_at_k']:>6.3f} {r['tokens_per_problem']:>14.1f} {r['candidates_per_problem']:>13.1f} "
+                f"{r['simulations_per_problem']:>5.1f} {r['seconds']:>8.1f}")
+        if versus:
+            line += ("" if r["vs_reference"] is None else
+                     f" {r['vs_reference']:+.3f} [{r['vs_reference_low']:+.3f}, {r['vs_reference_high']:+.3f}]")
+        lines.append(line)
     return "\n".join(lines)
 
 

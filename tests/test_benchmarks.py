@@ -116,6 +116,26 @@ def test_search_quality_tree_variants_may_change_any_field(capsys):
     assert all(r["vs_greedy"] is None for r in rows)  # no greedy run, nothing to pair with
 
 
+def test_search_quality_pairs_every_row_against_a_named_run(capsys):
+    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    argv = ["--policies", "scripted", "--prm", "oracle", "--ops", "2-3", "--problems", "6", "--simulations", "4",
+            "--samples", "4", "--algorithms", "greedy,best_of_n,mcts_star", "--plot", "", "--json"]
+    assert module.main([*argv, "--versus", "best_of_n:N=4"]) == 0
+    out = capsys.readouterr().out
+    assert "vs best_of_n:N=4 (paired)" in out
+    rows = {r["algorithm"]: r for r in map(json.loads, filter(lambda line: line.startswith("{"), out.splitlines()))}
+    assert rows["best_of_n"]["vs_reference"] is None
+    for name in ("greedy", "mcts_star"):
+        r = rows[name]
+        assert r["vs_reference"] == pytest.approx(r["accuracy"] - rows["best_of_n"]["accuracy"])
+        assert r["vs_reference_low"] <= r["vs_reference"] + 1e-12 <= r["vs_reference_high"] + 2e-12
+    assert rows["mcts_star"]["simulations_per_problem"] <= 4 and rows["greedy"]["simulations_per_problem"] == 1
+    with pytest.raises(SystemExit, match="'best_of_n:N=16' is not a run of this invocation"):
+        module.main([*argv, "--versus", "best_of_n:N=16"])
+
+
 def test_search_quality_temperature_reaches_every_sampled_algorithm(capsys):
     spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
     module = importlib.util.module_from_spec(spec)
