@@ -83,6 +83,47 @@ def test_finished_answers_are_backed_up_once_then_closed(algorithm):
     assert result.simulations < 20 and search.forest.virtual_loss.sum() == 0
 
 
+class ThreeWays:
+    """Three first steps, drawn in turn; each is followed by its own answer."""
+
+    delimiter = "\n"
+
+    def __init__(self):
+        self.drawn = 0
+
+    def propose(self, prefixes, n, temperature=1.0):
+        out = []
+        for p in prefixes:
+            if p.steps:
+                out.append([Step(f"\\boxed{{{p.steps[0][0]}}}\n", -0.1, 3, True)] * n)
+            else:
+                out.append([Step(f"{'abc'[(self.drawn + i) % 3]}\n", -0.1, 2) for i in range(n)])
+                self.drawn += n
+        return out
+
+
+class TrustsEverything:
+    def score(self, prefixes, steps):
+        return [1.0] * len(steps)
+
+
+@pytest.mark.parametrize("expansion", ["step", "rollout"])
+def test_arm_gate_until_exhausted_spends_what_a_gated_tree_leaves(expansion):
+    """The scorer trusts every step, so the first answer reaches the root's worth and the gate shuts
+    the root's arm: a gated tree stops there. 'until_exhausted' then opens the arm and widens until
+    a draw brings nothing new; 'open' never shuts it."""
+    found = {}
+    for gate in ("gated", "until_exhausted", "open"):
+        config = SearchConfig(algorithm="mcts_star", simulations=20, width=1, expansion=expansion, arm_gate=gate,
+                              complete_unfinished=False)
+        search = TreeSearch(["three ways"], ThreeWays(), TrustsEverything(), config)
+        [result] = search.run()
+        found[gate] = (set(result.candidate_answers), result.simulations)
+        assert search.forest.virtual_loss.sum() == 0
+    assert found["gated"][0] < found["until_exhausted"][0] == found["open"][0] == {"a", "b", "c"}
+    assert found["gated"][1] < found["until_exhausted"][1] < 20
+
+
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
 def test_tree_search_solves_toy_problems(algorithm):
     config = SearchConfig(algorithm=algorithm, simulations=24, width=3, leaves_per_tree=2)
