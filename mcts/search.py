@@ -153,14 +153,13 @@ class TreeSearch:
             f.flags[b, arm] |= PRUNED
             f.visits[b, arm], f.value_sum[b, arm] = 0, 0.0
         self._closed_arms = []
-        self._gate_arms()
-        self.simulations += (leaves >= 0).sum(axis=1)
         nothing_selected = (leaves < 0).all(axis=1)
         if cfg.arm_gate == "until_exhausted":
             for b in np.nonzero(nothing_selected & ~self.done & ~self.ungated)[0]:
                 if self.arms[b]:  # gated arms are left: open them for the rest of the budget
                     self.ungated[b], nothing_selected[b] = True, False
-            self._gate_arms()
+        self._gate_arms()
+        self.simulations += (leaves >= 0).sum(axis=1)
         self._stop_where(nothing_selected)
 
     def _is_slot(self, b: int, node: int) -> bool:
