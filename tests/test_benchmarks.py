@@ -19,6 +19,14 @@ KEYS = {"backend", "batch", "simulations", "actions", "sims_per_s", "bytes_per_n
 TINY = ["--batch", "2", "--simulations", "4", "--actions", "4", "--repeats", "1", "--min-time", "0", "--no-mctx"]
 
 
+def _script(name: str):
+    """benchmarks/NAME.py loaded as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def bench():
     spec = importlib.util.spec_from_file_location("tree_throughput", SCRIPT)
@@ -70,10 +78,7 @@ def test_table(bench, capsys):
 
 
 def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
-    spec = importlib.util.spec_from_file_location(
-        "search_quality", SCRIPT.parent / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("search_quality")
     assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-3", "--problems", "4",
                         "--simulations", "4", "--samples", "2", "--beam-widths", "2", "--plot", "", "--json"]) == 0
     out = capsys.readouterr().out
@@ -90,9 +95,7 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
 
 
 def test_paired_difference_resamples_problems_not_methods():
-    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("search_quality")
     reference = np.array([[1, 0] * 50], np.float64)  # one seed, right on half of 100 problems
     assert module.paired_difference(reference, reference, 500) == (0.0, 0.0, 0.0)
     better = np.ones((2, 100))  # two seeds, right everywhere
@@ -105,9 +108,7 @@ def test_paired_difference_resamples_problems_not_methods():
 
 
 def test_search_quality_tree_variants_may_change_any_field(capsys):
-    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("search_quality")
     assert module.main(["--policies", "scripted", "--prm", "oracle", "--ops", "2-2", "--problems", "3",
                         "--simulations", "4", "--algorithms", "mcts_star", "--tree-variant", "wide:width=3,leaf_value=max",
                         "--plot", "", "--json"]) == 0
@@ -117,9 +118,7 @@ def test_search_quality_tree_variants_may_change_any_field(capsys):
 
 
 def test_search_quality_pairs_every_row_against_a_named_run(capsys):
-    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("search_quality")
     argv = ["--policies", "scripted", "--prm", "oracle", "--ops", "2-3", "--problems", "6", "--simulations", "4",
             "--samples", "4", "--algorithms", "greedy,best_of_n,mcts_star", "--plot", "", "--json"]
     assert module.main([*argv, "--versus", "best_of_n:N=4"]) == 0
@@ -137,9 +136,7 @@ def test_search_quality_pairs_every_row_against_a_named_run(capsys):
 
 
 def test_search_quality_temperature_reaches_every_sampled_algorithm(capsys):
-    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("search_quality")
     args = module.make_parser().parse_args(["--algorithms", "greedy,best_of_n,beam,mcts_star", "--temperature", "0.7",
                                             "--simulations", "4", "--samples", "2", "--beam-widths", "2",
                                             "--tree-variant", "g:greedy_child=true"])
@@ -159,9 +156,7 @@ def test_prm_best_of_n_sweep_on_a_random_prm(tmp_path, random_llama, capsys):
 
     random_llama(512, 1, tmp_path / "backbone")
     PRM.from_backbone(tmp_path / "backbone", device="cpu", seed=0).save_pretrained(tmp_path / "prm")
-    spec = importlib.util.spec_from_file_location("prm_best_of_n", SCRIPT.parent / "prm_best_of_n.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("prm_best_of_n")
     png = tmp_path / "p.png" if HAVE_MATPLOTLIB else None
     argv = ["--prm", str(tmp_path / "prm"), "--pprm", "", "--n", "4", "--problems", "3", "--dev-problems", "3",
             "--slip-rates", "0,0.3", "--min-ops", "2", "--max-ops", "3", "--plot", str(png or ""), "--json"]
@@ -186,9 +181,7 @@ def test_prm_benchmarks_never_report_on_the_seed_the_toy_prm_was_designed_on(cap
     differ from it, and a reserved seed is refused with one line."""
     from prm import toy
 
-    spec = importlib.util.spec_from_file_location("prm_best_of_n", SCRIPT.parent / "prm_best_of_n.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("prm_best_of_n")
     args = module.make_parser().parse_args([])
     used = {args.seed, args.seed + module.DEV_SEED_OFFSET}
     assert not used & set(toy.RESERVED_SEEDS.values()), used
@@ -197,18 +190,14 @@ def test_prm_benchmarks_never_report_on_the_seed_the_toy_prm_was_designed_on(cap
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and f"--seed {seed} is the seed of" in err
     # search_quality draws its problems from seeds 1000 * a + b (a-b operations) of each problem set
-    quality = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
-    sq = importlib.util.module_from_spec(quality)
-    quality.loader.exec_module(sq)
+    sq = _script("search_quality")
     draws = {sq.problem_draw_seed(a, b, s) for a in range(1, 9) for b in range(a, 9) for s in range(10)}
     assert not draws & set(toy.RESERVED_SEEDS.values())
     assert len(draws) == 36 * 10  # no two problem sets share a draw
 
 
 def test_search_quality_problem_sets_hold_different_problems(capsys):
-    spec = importlib.util.spec_from_file_location("search_quality", SCRIPT.parent / "search_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("search_quality")
 
     def problems(*extra):
         args = module.make_parser().parse_args(["--problems", "8", "--per-ops", *extra])
@@ -226,9 +215,7 @@ def test_search_quality_problem_sets_hold_different_problems(capsys):
 
 
 def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("selftrain_curve", SCRIPT.parent / "selftrain_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("selftrain_curve")
     png = tmp_path / "curve.png" if HAVE_MATPLOTLIB else None
     argv = ["--loops", "rest_mcts", "--iterations", "1", "--quick", "--runs-dir", str(tmp_path / "runs"),
             "--plot", str(png or ""), "--json", "--no-progress", "--set", "threads=1"]
@@ -254,9 +241,7 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
 
 
 def test_prm_throughput_incremental_reads_each_token_once(capsys):
-    spec = importlib.util.spec_from_file_location("prm_throughput", SCRIPT.parent / "prm_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _script("prm_throughput")
     assert module.main(["--quick", "--depths", "1,6", "--problems", "2", "--width", "2", "--json"]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines() if line.startswith("{")]
