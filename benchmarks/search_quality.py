@@ -197,7 +197,7 @@ def run(args) -> list[dict]:
     difficulties = [tuple(int(x) for x in d.split("-")) if "-" in d else (int(d), int(d)) for d in args.ops.split(",")]
     settings = _settings(args)
     policies = args.policies.split(",")
-    labels = [f"{algorithm}:{budget}" for algorithm, budget, _ in settings]
+    labels = [run_label(algorithm, budget) for algorithm, budget, _ in settings]
     if args.versus and args.versus not in labels:  # before any run, not after them all
         raise SystemExit(f"search_quality: --versus {args.versus!r} is not a run of this invocation "
                          f"(its runs: {', '.join(labels)})")
@@ -233,7 +233,7 @@ def run(args) -> list[dict]:
                 low, high = bootstrap_ci(hits, args.bootstrap)
                 greedy = hits if algorithm == "greedy" else greedy
                 diff = paired_difference(hits, greedy, args.bootstrap) if greedy is not None else (None,) * 3
-                hits_of[f"{algorithm}:{budget}"] = hits
+                hits_of[run_label(algorithm, budget)] = hits
                 by_ops = collections.defaultdict(list)
                 for j, p in enumerate(problems):
                     by_ops[p["ops"]].append(hits[:, j].mean())
@@ -257,10 +257,15 @@ def run(args) -> list[dict]:
     return rows
 
 
+def run_label(algorithm: str, budget: str) -> str:
+    """How --versus names a run: 'best_of_n:N=16', 'mcts_star (NAME):sims=32'."""
+    return f"{algorithm}:{budget}"
+
+
 def _pair_against(rows: list[dict], hits_of: dict[str, np.ndarray], versus: str, resamples: int) -> None:
     """Adds to each row its paired accuracy difference against the run labelled `versus`."""
     for r in rows:
-        label = f"{r['algorithm']}:{r['budget']}"
+        label = run_label(r["algorithm"], r["budget"])
         diff = paired_difference(hits_of[label], hits_of[versus], resamples) if label != versus else (None,) * 3
         r.update(versus=versus, vs_reference=diff[0], vs_reference_low=diff[1], vs_reference_high=diff[2])
 
