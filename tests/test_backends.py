@@ -232,6 +232,20 @@ def test_pruned_and_terminal_nodes(backend):
     assert run.select(1, "uct", 0.0).tolist() == [[1]]  # ...and terminal leaves are re-selectable
 
 
+def test_q_values_cover_the_allocated_nodes_of_every_tree():
+    # tree 0: a root with three children (one backed up); tree 1: a bare root; capacity to spare
+    f = Forest.empty(2, 64)
+    expand(f, [[0], [-1]], [[3], [0]], [[[0.2, 0.3, 0.5]], [[0, 0, 0]]], [[[0.1, 0.7, 0.4]], [[0, 0, 0]]],
+           backend="numpy")
+    backup(f, [[2], [-1]], [[0.9], [0.0]], "mean")
+    q = f.q_values()
+    assert q.shape == (2, 4) and q.dtype == np.float64
+    assert np.allclose(q[0], [0.9, 0.1, 0.9, 0.4])  # visited nodes W / N, the others their reward
+    assert f.q_values(0).shape == (4,) and np.allclose(f.q_values(0), q[0])
+    assert f.q_values(1).shape == (1,)
+    assert Forest.empty(0, 8).q_values().shape == (0, 1)
+
+
 def test_backup_rules_by_hand():
     # root -> a (reward .2), b (reward .6); a -> a1, a2
     run = _star("numpy", [0.2, 0.6])
