@@ -50,6 +50,7 @@ from mcts.algorithms import run_algorithm
 from mcts.config import SearchConfig, TREE_RULES
 from treesearch.cli import scorer_label
 from treesearch.loaders import load_proposer, load_scorer
+from treesearch.report.runs import bootstrap_ci, paired_difference
 
 SAMPLING = ("best_of_n", "self_consistency", "weighted_self_consistency")
 
@@ -168,28 +169,6 @@ def _problems(lo: int, hi: int, args) -> list[dict]:
         return draw(args.problems, lo, hi)
     ops = range(lo, hi + 1)
     return [p for k in ops for p in draw(args.problems // len(ops), k, k)]
-
-
-def _interval(per_problem: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
-    """95% interval of the mean of per-problem figures, problems resampled with replacement."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(per_problem), size=(resamples, len(per_problem)))
-    means = per_problem[idx].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
-def bootstrap_ci(correct: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """95% interval of the mean accuracy: problems resampled with replacement, `correct` being
-    [seeds, problems] (each resample averages its problems over every seed)."""
-    return _interval(correct.mean(axis=0), resamples, seed)
-
-
-def paired_difference(correct: np.ndarray, reference: np.ndarray, resamples: int,
-                      seed: int = 0) -> tuple[float, float, float]:
-    """Mean accuracy difference of two methods on the same problems and its 95% interval, problems
-    resampled with replacement (each side [seeds, problems], averaged over its seeds per problem)."""
-    per_problem = correct.mean(axis=0) - reference.mean(axis=0)
-    return (float(per_problem.mean()), *_interval(per_problem, resamples, seed))
 
 
 def run(args) -> list[dict]:

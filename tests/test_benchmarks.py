@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from mcts.core import BYTES_PER_NODE, native
@@ -92,19 +92,6 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
         # the paired difference from greedy, on the same problems
         assert r["vs_greedy"] == pytest.approx(r["accuracy"] - greedy["accuracy"])
         assert r["vs_greedy_low"] <= r["vs_greedy"] + 1e-12 and r["vs_greedy"] <= r["vs_greedy_high"] + 1e-12
-
-
-def test_paired_difference_resamples_problems_not_methods():
-    module = _script("search_quality")
-    reference = np.array([[1, 0] * 50], np.float64)  # one seed, right on half of 100 problems
-    assert module.paired_difference(reference, reference, 500) == (0.0, 0.0, 0.0)
-    better = np.ones((2, 100))  # two seeds, right everywhere
-    diff, low, high = module.paired_difference(better, reference, 2000)
-    assert diff == 0.5 and 0.39 < low < 0.5 < high < 0.61  # sd of the mean of 100 Bernoulli(0.5): 0.05
-    # the same accuracies on disjoint problems: a difference of 0, with an interval that knows it is wide
-    shifted = np.array([[0, 1] * 50], np.float64)
-    diff, low, high = module.paired_difference(shifted, reference, 2000)
-    assert diff == 0.0 and low < -0.15 and high > 0.15
 
 
 def test_search_quality_tree_variants_may_change_any_field(capsys):
@@ -234,10 +221,39 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     assert [(r["iteration"], r["ops"], r["problems"]) for r in harvest] == [(1, 1, 16)]
     assert harvest[0]["sound"] <= harvest[0]["solved"] <= harvest[0]["solutions"] and harvest[0]["tokens"] > 0
     # a finished run folder is read back, nothing run again
-    assert module.main(["--runs", str(tmp_path / "runs" / "rest_mcts"), "--json", "--plot", ""]) == 0
+    assert module.main(["--runs", str(tmp_path / "runs" / "rest_mcts"), "--json", "--plot", "", "--heldout", "0"]) == 0
     assert printed() == (rows, harvest)
     assert module.main(["--runs", str(tmp_path / "nothing")]) == 2
     assert "not a selftrain run folder" in capsys.readouterr().err
+
+    # --heldout: the same run relabelled as ReST-EM has the same held-out accuracy, so every paired
+    # difference is exactly 0; the fresh problems are none of the run's training problems
+    twin = tmp_path / "runs" / "rest_em"
+    shutil.copytree(tmp_path / "runs" / "rest_mcts", twin)
+    saved = json.loads((twin / "config.json").read_text())
+    saved["config"]["algorithm"] = "rest_em"
+    (twin / "config.json").write_text(json.dumps(saved))
+    runs = f"{tmp_path / 'runs' / 'rest_mcts'},{twin}"
+    paired_png = tmp_path / "paired.png" if HAVE_MATPLOTLIB else None
+    assert module.main(["--runs", runs, "--heldout", "6", "--heldout-ops", "1-2", "--json", "--plot",
+                        str(paired_png or ""), "--no-progress"]) == 0
+    heldout = [r for r in map(json.loads, filter(lambda x: x.startswith("{"), capsys.readouterr().out.splitlines()))
+               if r.get("table") == "heldout"]
+    mine = [r for r in heldout if r["loop"] == "rest_mcts"]
+    assert [(r["iteration"], r["ops"]) for r in mine] == [(k, o) for k in (0, 1) for o in ("1", "2", "all")]
+    assert all(r["diff"] == r["diff_low"] == r["diff_high"] == 0.0 and r["versus"] == "rest_em" for r in mine)
+    assert [r["accuracy"] for r in mine] == [r["accuracy"] for r in heldout if r["loop"] == "rest_em"]
+    assert all(r["low"] <= r["accuracy"] <= r["high"] for r in heldout)
+    assert [r["problems"] for r in mine[:3]] == [6, 6, 12]
+    assert paired_png is None or paired_png.stat().st_size > 0
+    trained = module.training_problems(tmp_path / "runs" / "rest_mcts")
+    fresh = module.heldout_problems(6, range(1, 3), trained)
+    searched = tmp_path / "runs" / "rest_mcts" / "iter_1" / "search" / "results.jsonl"
+    assert trained == {json.loads(line)["problem"] for line in searched.read_text().splitlines()}
+    assert len(fresh) == 12 and not trained & {p["problem"] for p in fresh}
+    assert fresh[:3] == module.heldout_problems(3, range(1, 2), trained)  # a larger N extends a smaller one
+    assert module.main(["--runs", runs, "--heldout", "6", "--heldout-ops", "3-1"]) == 2
+    assert "--heldout-ops must be LO-HI" in capsys.readouterr().err
 
 
 def test_prm_throughput_incremental_reads_each_token_once(capsys):

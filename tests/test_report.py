@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mcts.envs.arith_steps import label_step
@@ -18,7 +19,7 @@ from mcts.problems import load_problems
 from mcts.trees import TREE_FORMAT
 from treesearch.report.page import json_block
 from treesearch.report.runs import (Z_95, breakdown, comparison, load_run, problem_rows, summary, toy_operations,
-                                    tree_view, wilson_interval)
+                                    paired_difference, tree_view, wilson_interval)
 from treesearch.results import tree_file_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,3 +325,15 @@ def test_selftrain_report_of_a_real_run(tmp_path):
     search = tmp_path / "small" / "iter_1" / "search" / "report.html"
     rows = _page_data(search.read_text())["rows"]
     assert [r["id"] for r in rows] == [r["id"] for r in _records(search.with_name("results.jsonl"))]
+
+
+def test_paired_difference_resamples_problems_not_methods():
+    reference = np.array([[1, 0] * 50], np.float64)  # one seed, right on half of 100 problems
+    assert paired_difference(reference, reference, 500) == (0.0, 0.0, 0.0)
+    better = np.ones((2, 100))  # two seeds, right everywhere
+    diff, low, high = paired_difference(better, reference, 2000)
+    assert diff == 0.5 and 0.39 < low < 0.5 < high < 0.61  # sd of the mean of 100 Bernoulli(0.5): 0.05
+    # the same accuracies on disjoint problems: a difference of 0, with an interval that knows it is wide
+    shifted = np.array([[0, 1] * 50], np.float64)
+    diff, low, high = paired_difference(shifted, reference, 2000)
+    assert diff == 0.0 and low < -0.15 and high > 0.15

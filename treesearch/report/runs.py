@@ -10,6 +10,8 @@
     tree_view(...)        one tree as the page draws it: columns of node fields, the chosen path,
                           each finished answer right or wrong, each toy step's oracle label
     comparison(a, b)      two runs over the same problems: which flipped, the tokens each side spent
+    bootstrap_ci, paired_difference   95% bootstrap intervals over problems of an accuracy and of
+                          the paired difference of two methods, each side [seeds, problems]
 
 Bad input raises `ReportError`, one line naming the file or flag. Everything returned is plain
 JSON-able data; `treesearch.report.page` turns it into HTML.
@@ -23,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from mcts.envs.arith_expr import ArithParseError, BinOp, parse_expression
@@ -34,7 +37,7 @@ from treesearch.cli import scorer_label
 from treesearch.results import ResultsFileError, manifest_path, read_results, tree_file_name
 
 __all__ = ["ReportError", "Run", "breakdown", "chosen_path", "comparison", "load_run", "problem_rows", "summary",
-           "tree_view", "wilson_interval"]
+           "tree_view", "wilson_interval", "bootstrap_ci", "paired_difference"]
 
 Z_95 = 1.959963984540054  # the standard normal's 97.5% quantile
 
@@ -53,6 +56,28 @@ def wilson_interval(correct: int, n: int, z: float = Z_95) -> tuple[float, float
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     # at 0 or n successes a bound is exactly 0 or 1; computed, it would miss by a rounding error
     return (0.0 if correct == 0 else max(0.0, centre - half)), (1.0 if correct == n else min(1.0, centre + half))
+
+
+def _bootstrap_interval(per_problem: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    """95% interval of the mean of per-problem figures, problems resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(per_problem), size=(resamples, len(per_problem)))
+    means = per_problem[idx].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def bootstrap_ci(correct: np.ndarray, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean accuracy: problems resampled with replacement, `correct` being
+    [seeds, problems] (each resample averages its problems over every seed)."""
+    return _bootstrap_interval(correct.mean(axis=0), resamples, seed)
+
+
+def paired_difference(correct: np.ndarray, reference: np.ndarray, resamples: int,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """Mean accuracy difference of two methods on the same problems and its 95% interval, problems
+    resampled with replacement (each side [seeds, problems], averaged over its seeds per problem)."""
+    per_problem = correct.mean(axis=0) - reference.mean(axis=0)
+    return (float(per_problem.mean()), *_bootstrap_interval(per_problem, resamples, seed))
 
 
 @dataclasses.dataclass
