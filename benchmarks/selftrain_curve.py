@@ -121,8 +121,9 @@ def plot(rows: list[dict], path: str, heldout: list[dict] | None = None) -> None
             ax.plot([r["iteration"] for r in mine], [r[key] for r in mine], marker="o", label=loop)
         ax.set_title(title)
         ax.set_xlabel("iteration")
+        ax.set_xticks(sorted({r["iteration"] for r in rows}))
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     if pairs:
         ax = axes[3]
         series = list(dict.fromkeys((r["loop"], r["seeds"]) for r in pairs))
@@ -137,18 +138,19 @@ def plot(rows: list[dict], path: str, heldout: list[dict] | None = None) -> None
         ax.axhline(0, color="grey", linewidth=0.8)
         ax.set_title(f"fresh held-out greedy: difference from {pairs[0]['versus'].split()[0]}")
         ax.set_xlabel("iteration")
+        ax.set_xticks(sorted({r["iteration"] for r in pairs}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
-def read_run(folder: Path) -> tuple[str, list[dict]]:
-    """A finished (or stopped) run folder's loop and its iterations' metrics, in order."""
+def read_run(folder: Path) -> tuple[str, int, list[dict]]:
+    """A finished (or stopped) run folder's loop, seed and its iterations' metrics, in order."""
     config, metrics = run_metrics(folder)
     algorithm = str(config.get("algorithm", "?"))
     return (algorithm if folder.name == algorithm else f"{algorithm} ({folder.name})"), \
-        [metrics[k] for k in sorted(metrics)]
+        int(config.get("seed", 0)), [metrics[k] for k in sorted(metrics)]
 
 
 def training_problems(folder: Path) -> set[str]:
@@ -260,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     folders: list[tuple[str, Path]] = []
     if args.runs:
         try:
-            for folder in map(Path, args.runs.split(",")):
-                loop, metrics = read_run(folder)
+            read = [(folder, *read_run(folder)) for folder in map(Path, args.runs.split(","))]
+            labels = [loop for _, loop, _, _ in read]
+            for folder, loop, seed, metrics in read:
+                if labels.count(loop) > 1:  # one loop's runs of several seeds: one row group (and line) each
+                    loop = f"{loop} (seed {seed})"
                 folders.append((loop, folder))
                 rows += [{"loop": loop, **{k: m.get(k) for k in ("iteration", *METRIC_KEYS)}} for m in metrics]
         except ReportError as err:
