@@ -16,6 +16,9 @@ is within one standard error. `--heldout N` re-evaluates every iteration's polic
 fresh problems per number of operations, none of them any run's training problem, and pairs
 each loop with the `--versus` loop of the same seed: the accuracy difference on the same
 problems, with a 95% bootstrap interval over problems, per run seed and pooled over the seeds.
+`--heldout-search M` also runs each iteration's own search (the run's search config, that
+iteration's policy and PRM) on the first M of those problems per number of operations, paired
+against the same policy's greedy decoding there.
 
     python benchmarks/selftrain_curve.py                          # every loop, 3 iterations (long)
     python benchmarks/selftrain_curve.py --loops rest_mcts,rest_em --iterations 3
@@ -27,10 +30,12 @@ problems, with a 95% bootstrap interval over problems, per run seed and pooled o
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
@@ -67,6 +72,9 @@ def make_parser() -> argparse.ArgumentParser:
                         "0: off (default 2000, or 0 with --quick)")
     p.add_argument("--heldout-ops", help="operations of the --heldout problems, as LO-HI (default: the runs' "
                                          "training range, min_ops-max_ops)")
+    p.add_argument("--heldout-search", type=int, default=0, metavar="M",
+                   help="also run each iteration's own search (the run's search config, policy and PRM) on the "
+                        "first M of those problems per number of operations, against greedy there; 0: off")
     p.add_argument("--versus", default="rest_em", help="the loop every other loop is paired against in the "
                                                       "--heldout table (its run of the same seed)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples of each interval")
@@ -192,14 +200,67 @@ def greedy_hits(policy: str, problems: list[dict], config: dict) -> np.ndarray:
                     np.float64)
 
 
+def search_hits(policy: str, prm: str, problems: list[dict], config: dict) -> np.ndarray:
+    """1.0 where the run's own search (its `search` config, this iteration's policy and PRM, reseeded
+    as the run's evaluation is) states the gold answer, else 0.0."""
+    from mcts.algorithms import run_algorithm
+    from mcts.config import SearchConfig
+    from treesearch.loaders import load_proposer, load_scorer
+
+    seed = int(config.get("seed", 0))
+    proposer = load_proposer(policy, backend=config.get("backend", "hf"), seed=seed, device=config.get("device"),
+                             preset=config.get("preset"))
+    if hasattr(proposer, "reseed"):
+        proposer.reseed(seed)
+    search = SearchConfig(**{f.name: config["search"][f.name] for f in dataclasses.fields(SearchConfig)
+                             if f.init and f.name in config.get("search", {})})
+    results = run_algorithm([p["problem"] for p in problems], proposer, load_scorer(prm, device=config.get("device")),
+                            search)
+    return np.array([r.answer is not None and is_equivalent(r.answer, p["answer"]) for r, p in zip(results, problems)],
+                    np.float64)
+
+
+Hits = Callable[[str, int, int], "np.ndarray | None"]  # (loop, iteration, seed) -> hits per problem, None: not measured
+
+
+def paired_rows(runs: dict, order: list[str], groups: list[tuple[str, list[int]]], value: Hits, reference: Hits,
+                reference_name: str, resamples: int) -> list[dict]:
+    """One row per loop, seed group (each seed, then all pooled), iteration and group of problems: the
+    accuracy of `value` with its interval, and its paired difference from `reference` on the seeds
+    where both were measured."""
+    rows = []
+    for loop in order:
+        seeds = sorted(runs[loop])
+        for group in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):
+            for k in sorted({k for s in group for k in runs[loop][s][2]}):
+                have = [s for s in group if value(loop, k, s) is not None]
+                paired = [s for s in have if reference(loop, k, s) is not None]
+                for label, idx in groups if have else []:
+                    mine = np.stack([value(loop, k, s) for s in have])[:, idx]
+                    low, high = bootstrap_ci(mine, resamples)
+                    row = {"loop": loop, "iteration": k, "ops": label, "seeds": ",".join(map(str, have)),
+                           "problems": len(idx), "accuracy": float(mine.mean()), "low": low, "high": high,
+                           "versus": None, "diff": None, "diff_low": None, "diff_high": None}
+                    if paired:
+                        diff = paired_difference(np.stack([value(loop, k, s) for s in paired])[:, idx],
+                                                 np.stack([reference(loop, k, s) for s in paired])[:, idx], resamples)
+                        name = reference_name if paired == have else f"{reference_name} (seeds {','.join(map(str, paired))})"
+                        row.update(versus=name, **dict(zip(("diff", "diff_low", "diff_high"), diff)))
+                    rows.append(row)
+    return rows
+
+
 def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: str, resamples: int,
-                 progress: bool = True) -> list[dict]:
+                 search_per_ops: int = 0, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """Held-out greedy accuracy of every loop and iteration on the same fresh problems, per number
-    of operations (and over all of them), and its difference from the `versus` loop of the same seeds.
+    of operations (and over all of them), and its difference from the `versus` loop of the same seeds;
+    with `search_per_ops`, also each run's own search on the first `search_per_ops` of those problems
+    per number of operations, against its policy's greedy decoding there.
 
     Rows come for each run seed, then, with several seeds, for all of them pooled (each problem's
     hits averaged over the seeds before the problems are resampled); the difference pairs each run
     with the `versus` run of the same seed, on the seeds both have.
+    `ops` None: the runs' training range (min_ops to max_ops, which must be the same for every run).
     """
     runs: dict[str, dict[int, tuple[Path, dict, dict]]] = {}  # loop -> seed -> (folder, config, metrics)
     for folder in folders:
@@ -221,39 +282,45 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
     problems = heldout_problems(per_ops, ops, trained)
     if not problems:
         raise ReportError(f"--heldout: every toy problem of {ops.start}-{ops.stop - 1} operations is a training problem")
-    work = sorted({(str(m["policy"]), seed) for seeds in runs.values() for seed, (_, _, ms) in seeds.items()
-                   for m in ms.values() if m.get("policy")})
-    hits: dict[tuple[str, int], np.ndarray] = {}
     configs = {seed: config for seeds in runs.values() for seed, (_, config, _) in seeds.items()}
-    for policy, seed in tqdm(work, desc="held-out greedy", unit="policy", disable=not progress):
-        hits[policy, seed] = greedy_hits(policy, problems, configs[seed])
+    metrics_of = {(loop, k, seed): m for loop, seeds in runs.items() for seed, (_, _, ms) in seeds.items()
+                  for k, m in ms.items()}
+    greedy: dict[tuple[str, int], np.ndarray] = {}  # (policy, seed) -> hits: the base policy is shared
+    for policy, seed in tqdm(sorted({(str(m["policy"]), s) for (_, _, s), m in metrics_of.items() if m.get("policy")}),
+                             desc="held-out greedy", unit="policy", disable=not progress):
+        greedy[policy, seed] = greedy_hits(policy, problems, configs[seed])
 
-    def stacked(loop: str, k: int, seeds: list[int]) -> np.ndarray:
-        return np.stack([hits[str(runs[loop][s][2][k]["policy"]), s] for s in seeds])
+    def greedy_of(loop: str, k: int, seed: int) -> np.ndarray | None:
+        m = metrics_of.get((loop, k, seed), {})
+        return greedy[str(m["policy"]), seed] if m.get("policy") else None
 
-    groups = [(str(k), idx) for k in ops if (idx := [i for i, p in enumerate(problems) if p["ops"] == k])]
-    if len(groups) > 1:
-        groups.append(("all", list(range(len(problems)))))
-    rows = []
-    for loop in sorted(runs, key=lambda name: (name == versus, name)):
-        seeds = sorted(runs[loop])
-        for group in [[s] for s in seeds] + ([seeds] if len(seeds) > 1 else []):
-            for k in sorted({k for s in group for k in runs[loop][s][2]}):
-                have = [s for s in group if runs[loop][s][2].get(k, {}).get("policy")]
-                paired = [s for s in have if loop != versus and runs.get(versus, {}).get(s, (None, None, {}))[2].get(k)]
-                for ops_label, idx in groups:
-                    mine = stacked(loop, k, have)[:, idx]
-                    low, high = bootstrap_ci(mine, resamples)
-                    row = {"loop": loop, "iteration": k, "ops": ops_label, "seeds": ",".join(map(str, have)),
-                           "problems": len(idx), "accuracy": float(mine.mean()), "low": low, "high": high,
-                           "versus": None, "diff": None, "diff_low": None, "diff_high": None}
-                    if paired:
-                        diff = paired_difference(stacked(loop, k, paired)[:, idx], stacked(versus, k, paired)[:, idx],
-                                                 resamples)
-                        row.update(versus=versus if paired == have else f"{versus} (seeds {','.join(map(str, paired))})",
-                                   **dict(zip(("diff", "diff_low", "diff_high"), diff)))
-                    rows.append(row)
-    return rows
+    def grouped(subset: list[dict]) -> list[tuple[str, list[int]]]:
+        out = [(str(k), idx) for k in ops if (idx := [i for i, p in enumerate(subset) if p["ops"] == k])]
+        return out + ([("all", list(range(len(subset))))] if len(out) > 1 else [])
+
+    order = sorted(runs, key=lambda name: (name == versus, name))
+    rows = paired_rows(runs, order, grouped(problems), greedy_of,
+                       lambda loop, k, s: greedy_of(versus, k, s) if loop != versus else None, versus, resamples)
+    if search_per_ops <= 0:
+        return rows, []
+    chosen, drawn = [], collections.Counter()  # the first search_per_ops problems of each number of operations
+    for i, p in enumerate(problems):
+        drawn[p["ops"]] += 1
+        if drawn[p["ops"]] <= search_per_ops:
+            chosen.append(i)
+    subset = [problems[i] for i in chosen]
+    searched: dict[tuple[str, int, int], np.ndarray] = {}
+    todo = [(key, m) for key, m in sorted(metrics_of.items()) if m.get("policy") and m.get("prm")]
+    for (loop, k, seed), m in tqdm(todo, desc="held-out search", unit="search", disable=not progress):
+        searched[loop, k, seed] = search_hits(str(m["policy"]), str(m["prm"]), subset, configs[seed])
+
+    def greedy_on_subset(loop: str, k: int, seed: int) -> np.ndarray | None:
+        hits = greedy_of(loop, k, seed)
+        return None if hits is None else hits[chosen]
+
+    search_rows = paired_rows(runs, order, grouped(subset), lambda loop, k, s: searched.get((loop, k, s)),
+                              greedy_on_subset, "greedy", resamples)
+    return rows, search_rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -288,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
               "a diagnostic only)")
         print(table(harvest, HARVEST_KEYS))
     heldout: list[dict] = []
+    searched: list[dict] = []
     if args.heldout is None:
         args.heldout = 0 if args.quick else DEFAULT_HELDOUT
     if args.heldout > 0:
@@ -303,8 +371,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             ops = range(lo, hi + 1)
         try:
-            heldout = heldout_rows([f for _, f in folders], args.heldout, ops, args.versus,
-                                   args.bootstrap, progress=not args.no_progress)
+            heldout, searched = heldout_rows([f for _, f in folders], args.heldout, ops, args.versus, args.bootstrap,
+                                             search_per_ops=args.heldout_search, progress=not args.no_progress)
         except ReportError as err:
             print(f"selftrain_curve: {err}", file=sys.stderr)
             return 2
@@ -312,8 +380,14 @@ def main(argv: list[str] | None = None) -> int:
               f"(none a training problem of these runs), 95% bootstrap intervals over problems; diff: paired "
               f"against {args.versus} of the same seeds")
         print(table(heldout, HELDOUT_KEYS))
+        if searched:
+            print(f"\nheld-out search accuracy (each run's search config, with that iteration's policy and PRM) on "
+                  f"the first {args.heldout_search} of those problems per number of operations; diff: paired "
+                  f"against the same policy's greedy decoding there")
+            print(table(searched, HELDOUT_KEYS))
     if args.json:
-        for r in rows + [dict(r, table="harvest") for r in harvest] + [dict(r, table="heldout") for r in heldout]:
+        for r in (rows + [dict(r, table="harvest") for r in harvest] + [dict(r, table="heldout") for r in heldout]
+                  + [dict(r, table="heldout_search") for r in searched]):
             print(json.dumps(r))
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)

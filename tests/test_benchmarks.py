@@ -235,10 +235,16 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     (twin / "config.json").write_text(json.dumps(saved))
     runs = f"{tmp_path / 'runs' / 'rest_mcts'},{twin}"
     paired_png = tmp_path / "paired.png" if HAVE_MATPLOTLIB else None
-    assert module.main(["--runs", runs, "--heldout", "6", "--heldout-ops", "1-2", "--json", "--plot",
-                        str(paired_png or ""), "--no-progress"]) == 0
-    heldout = [r for r in map(json.loads, filter(lambda x: x.startswith("{"), capsys.readouterr().out.splitlines()))
-               if r.get("table") == "heldout"]
+    assert module.main(["--runs", runs, "--heldout", "6", "--heldout-ops", "1-2", "--heldout-search", "2", "--json",
+                        "--plot", str(paired_png or ""), "--no-progress"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    heldout = [r for r in lines if r.get("table") == "heldout"]
+    searched = [r for r in lines if r.get("table") == "heldout_search"]
+    # each iteration's own search on the first 2 problems per number of operations, against greedy there
+    assert [(r["loop"], r["iteration"], r["ops"], r["problems"]) for r in searched] == [
+        (loop, k, o, n) for loop in ("rest_mcts", "rest_em") for k in (0, 1) for o, n in (("1", 2), ("2", 2), ("all", 4))]
+    assert all(r["versus"] == "greedy" and r["diff_low"] <= r["diff"] <= r["diff_high"] for r in searched)
+    assert [r["accuracy"] for r in searched[:6]] == [r["accuracy"] for r in searched[6:]]  # the twin searches alike
     mine = [r for r in heldout if r["loop"] == "rest_mcts"]
     assert [(r["iteration"], r["ops"]) for r in mine] == [(k, o) for k in (0, 1) for o in ("1", "2", "all")]
     assert all(r["diff"] == r["diff_low"] == r["diff_high"] == 0.0 and r["versus"] == "rest_em" for r in mine)
