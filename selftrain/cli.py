@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(summary_table(final))
+    sizes = final[-1] if final else {}
+    if sizes.get("heldout_problems"):
+        n, acc = sizes["heldout_problems"], sizes.get("greedy_acc") or 0.0
+        print(f"greedy_acc: {n} held-out problems, one standard error about {100 * (acc * (1 - acc) / n) ** 0.5:.1f} "
+              f"points; search_acc and greedy_subset_acc: the first {sizes.get('search_problems')} of them. To compare "
+              f"loops on more: python benchmarks/selftrain_curve.py --runs RUN,RUN --heldout 2000")
     if config.sft_filter != "outcome":
         print(f"sft_filter: {config.sft_filter} (ABLATION: in the toy world the policy learns only from solutions "
               f"that the world's step checker, an oracle, accepts)")

@@ -566,7 +566,9 @@ class RunContext:
         metrics = {
             "iteration": k, "greedy_acc": info["greedy_acc"], "search_acc": info["search_acc"],
             "greedy_subset_acc": info.get("greedy_subset_acc"),
-            "prm_auc": info["prm_auc"], "harvested_traces": harvest.get("sft_traces", 0),
+            "prm_auc": info["prm_auc"], "heldout_problems": len(self.eval),
+            "search_problems": min(len(self.eval), self.config.eval_search_problems),
+            "harvested_traces": harvest.get("sft_traces", 0),
             "harvested_values": harvest.get("prm_values", 0),
             "tokens": sum(int(s.get("tokens", 0)) for s in stages.values()),
             "seconds": round(sum(float(s.get("seconds", 0.0)) for s in stages.values()), 1),

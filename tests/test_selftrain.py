@@ -236,6 +236,10 @@ def test_killed_run_resumes_to_the_same_figures(tmp_path):
     whole = _run(_small_config_args(tmp_path / "a", policy), env)
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert "greedy_acc" in whole.stdout and (tmp_path / "a" / "small" / "iter_1" / "metrics.json").exists()
+    # the summary says how many held-out problems its accuracies stand on (12 drawn, less any training problem)
+    sizes = _figures(tmp_path / "a" / "small")
+    assert 0 < sizes["heldout_problems"] <= 12 and sizes["search_problems"] == min(4, sizes["heldout_problems"])
+    assert f"greedy_acc: {sizes['heldout_problems']} held-out problems, one standard error about" in whole.stdout
 
     args = _small_config_args(tmp_path / "b", policy)
     # killed after the first of two search shards, then right after the policy's fine-tuning
