@@ -132,7 +132,8 @@ class SearchConfig:
     # candidates (problem sets 0 / 1, seed 0, not shipped): a posterior under the oracle's flip noise
     # over the whole tree (every descendant's label is evidence about its ancestors; constant prior or
     # the policy's token probability per step, max or noisy-or per answer) never beat the value plus
-    # log-probability, for best-of-32 (0.712 / 0.712 at best against 0.712 / 0.712) or the trees.
+    # log-probability: best-of-32 0.700 / 0.700 at best against 0.712 / 0.712, MCTS* until_exhausted
+    # 0.638 / 0.712 at best, the same as with it.
     answer_selection: str | None = option(None,
         f"how the answer is chosen among finished traces: {', '.join(ANSWER_SELECTIONS)} (Enhanced "
         "Borda Count over a pairwise PPRM's preferences and the candidates' values: needs --pprm); "
