@@ -123,7 +123,7 @@ def plot(rows: list[dict], path: str, heldout: list[dict] | None = None) -> None
     pairs = [r for r in heldout if r["diff"] is not None and (r["ops"] == "all" or not pooled_ops)]
     fig, axes = plt.subplots(1, 4 if pairs else 3, figsize=(18 if pairs else 14, 4))
     for ax, key, title in zip(axes, ("greedy_acc", "search_acc", "prm_auc"),
-                              ("held-out greedy accuracy", "held-out search accuracy", "PRM step AUC (oracle labels)")):
+                              ("the run's held-out greedy accuracy", "the run's held-out search accuracy", "PRM step AUC (oracle labels)")):
         for loop in dict.fromkeys(r["loop"] for r in rows):
             mine = [r for r in rows if r["loop"] == loop and r.get(key) is not None]
             ax.plot([r["iteration"] for r in mine], [r[key] for r in mine], marker="o", label=loop)
