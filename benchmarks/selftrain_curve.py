@@ -185,39 +185,45 @@ def heldout_problems(per_ops: int, ops: range, exclude: set[str]) -> list[dict]:
     return out
 
 
-def greedy_hits(policy: str, problems: list[dict], config: dict) -> np.ndarray:
-    """1.0 where the policy's greedy solution states the gold answer, else 0.0."""
-    from mcts.algorithms import run_algorithm
-    from mcts.config import SearchConfig
+def _proposer(policy: str, config: dict):
+    """The run's policy engine on `policy`, seeded and reseeded as the run's evaluation is."""
     from treesearch.loaders import load_proposer
-
-    proposer = load_proposer(policy, backend=config.get("backend", "hf"), seed=int(config.get("seed", 0)),
-                             device=config.get("device"), preset=config.get("preset"))
-    max_depth = (config.get("search") or {}).get("max_depth", SearchConfig.max_depth)
-    results = run_algorithm([p["problem"] for p in problems], proposer, None,
-                            SearchConfig(algorithm="greedy", max_depth=max_depth))
-    return np.array([r.answer is not None and is_equivalent(r.answer, p["answer"]) for r, p in zip(results, problems)],
-                    np.float64)
-
-
-def search_hits(policy: str, prm: str, problems: list[dict], config: dict) -> np.ndarray:
-    """1.0 where the run's own search (its `search` config, this iteration's policy and PRM, reseeded
-    as the run's evaluation is) states the gold answer, else 0.0."""
-    from mcts.algorithms import run_algorithm
-    from mcts.config import SearchConfig
-    from treesearch.loaders import load_proposer, load_scorer
 
     seed = int(config.get("seed", 0))
     proposer = load_proposer(policy, backend=config.get("backend", "hf"), seed=seed, device=config.get("device"),
                              preset=config.get("preset"))
     if hasattr(proposer, "reseed"):
         proposer.reseed(seed)
-    search = SearchConfig(**{f.name: config["search"][f.name] for f in dataclasses.fields(SearchConfig)
-                             if f.init and f.name in config.get("search", {})})
-    results = run_algorithm([p["problem"] for p in problems], proposer, load_scorer(prm, device=config.get("device")),
-                            search)
+    return proposer
+
+
+def _hits(results, problems: list[dict]) -> np.ndarray:
+    """1.0 where a result states the problem's gold answer, else 0.0."""
     return np.array([r.answer is not None and is_equivalent(r.answer, p["answer"]) for r, p in zip(results, problems)],
                     np.float64)
+
+
+def greedy_hits(policy: str, problems: list[dict], config: dict) -> np.ndarray:
+    """Where the policy's greedy solution states the gold answer."""
+    from mcts.algorithms import run_algorithm
+    from mcts.config import SearchConfig
+
+    max_depth = (config.get("search") or {}).get("max_depth", SearchConfig.max_depth)
+    return _hits(run_algorithm([p["problem"] for p in problems], _proposer(policy, config), None,
+                               SearchConfig(algorithm="greedy", max_depth=max_depth)), problems)
+
+
+def search_hits(policy: str, prm: str, problems: list[dict], config: dict) -> np.ndarray:
+    """Where the run's own search (its `search` config, this iteration's policy and PRM) states the
+    gold answer."""
+    from mcts.algorithms import run_algorithm
+    from mcts.config import SearchConfig
+    from treesearch.loaders import load_scorer
+
+    saved = config.get("search") or {}
+    search = SearchConfig(**{f.name: saved[f.name] for f in dataclasses.fields(SearchConfig) if f.init and f.name in saved})
+    return _hits(run_algorithm([p["problem"] for p in problems], _proposer(policy, config),
+                               load_scorer(prm, device=config.get("device")), search), problems)
 
 
 Hits = Callable[[str, int, int], "np.ndarray | None"]  # (loop, iteration, seed) -> hits per problem, None: not measured
@@ -285,6 +291,11 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
     configs = {seed: config for seeds in runs.values() for seed, (_, config, _) in seeds.items()}
     metrics_of = {(loop, k, seed): m for loop, seeds in runs.items() for seed, (_, _, ms) in seeds.items()
                   for k, m in ms.items()}
+    for (loop, k, seed), m in sorted(metrics_of.items()):
+        for kind in ("policy", "prm") if search_per_ops > 0 else ("policy",):
+            if m.get(kind) and not Path(m[kind]).is_dir():
+                raise ReportError(f"{runs[loop][seed][0] / f'iter_{k}' / 'metrics.json'}: its {kind} folder "
+                                  f"{m[kind]} is missing (was the run moved?)")
     greedy: dict[tuple[str, int], np.ndarray] = {}  # (policy, seed) -> hits: the base policy is shared
     for policy, seed in tqdm(sorted({(str(m["policy"]), s) for (_, _, s), m in metrics_of.items() if m.get("policy")}),
                              desc="held-out greedy", unit="policy", disable=not progress):
@@ -358,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     searched: list[dict] = []
     if args.heldout is None:
         args.heldout = 0 if args.quick else DEFAULT_HELDOUT
+    if args.heldout_search > 0 and args.heldout <= 0:
+        print("selftrain_curve: --heldout-search runs on the --heldout problems; give --heldout N > 0", file=sys.stderr)
+        return 2
     if args.heldout > 0:
         ops = None
         if args.heldout_ops:

@@ -260,6 +260,14 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     assert fresh[:3] == module.heldout_problems(3, range(1, 2), trained)  # a larger N extends a smaller one
     assert module.main(["--runs", runs, "--heldout", "6", "--heldout-ops", "3-1"]) == 2
     assert "--heldout-ops must be LO-HI" in capsys.readouterr().err
+    assert module.main(["--runs", runs, "--heldout", "0", "--heldout-search", "2", "--plot", ""]) == 2
+    assert "give --heldout N > 0" in capsys.readouterr().err
+    metrics = twin / "iter_1" / "metrics.json"
+    moved = dict(json.loads(metrics.read_text()), policy=str(tmp_path / "gone"))
+    metrics.write_text(json.dumps(moved))
+    assert module.main(["--runs", runs, "--heldout", "6", "--plot", "", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{metrics}: its policy folder {tmp_path / 'gone'} is missing" in err
 
 
 def test_prm_throughput_incremental_reads_each_token_once(capsys):
