@@ -16,6 +16,8 @@ is within one standard error. `--heldout N` re-evaluates every iteration's polic
 fresh problems per number of operations, none of them any run's training problem, and pairs
 each loop with the `--versus` loop of the same seed: the accuracy difference on the same
 problems, with a 95% bootstrap interval over problems, per run seed and pooled over the seeds.
+The fresh problems leave out the training problems of every run listed, so listing other runs can
+change them (every loop and seed in one invocation is measured on the same ones).
 `--heldout-search M` also runs each iteration's own search (the run's search config, that
 iteration's policy and PRM) on the first M of those problems per number of operations, paired
 against the same policy's greedy decoding there.
