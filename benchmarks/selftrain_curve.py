@@ -45,7 +45,7 @@ from tqdm import tqdm
 from mcts.envs.arith import generate_problems, is_toy
 from mcts.envs.toy_config import toy_problem_config
 from mcts.grading import is_equivalent
-from selftrain.config import ALGORITHMS, load_config
+from selftrain.config import ALGORITHMS, ConfigError, RunConfig, load_config
 from selftrain.loops import execute
 from selftrain.report import harvest_by_ops, run_metrics
 from selftrain.run import METRIC_KEYS
@@ -187,15 +187,14 @@ def heldout_problems(per_ops: int, ops: range, exclude: set[str]) -> list[dict]:
     return out
 
 
-def _proposer(policy: str, config: dict):
+def _proposer(policy: str, config: RunConfig):
     """The run's policy engine on `policy`, seeded and reseeded as the run's evaluation is."""
     from treesearch.loaders import load_proposer
 
-    seed = int(config.get("seed", 0))
-    proposer = load_proposer(policy, backend=config.get("backend", "hf"), seed=seed, device=config.get("device"),
-                             preset=config.get("preset"))
+    proposer = load_proposer(policy, backend=config.backend, seed=config.seed, device=config.device,
+                             preset=config.preset)
     if hasattr(proposer, "reseed"):
-        proposer.reseed(seed)
+        proposer.reseed(config.seed)
     return proposer
 
 
@@ -205,27 +204,23 @@ def _hits(results, problems: list[dict]) -> np.ndarray:
                     np.float64)
 
 
-def greedy_hits(policy: str, problems: list[dict], config: dict) -> np.ndarray:
+def greedy_hits(policy: str, problems: list[dict], config: RunConfig) -> np.ndarray:
     """Where the policy's greedy solution states the gold answer."""
     from mcts.algorithms import run_algorithm
     from mcts.config import SearchConfig
 
-    max_depth = (config.get("search") or {}).get("max_depth", SearchConfig.max_depth)
     return _hits(run_algorithm([p["problem"] for p in problems], _proposer(policy, config), None,
-                               SearchConfig(algorithm="greedy", max_depth=max_depth)), problems)
+                               SearchConfig(algorithm="greedy", max_depth=config.search.max_depth)), problems)
 
 
-def search_hits(policy: str, prm: str, problems: list[dict], config: dict) -> np.ndarray:
+def search_hits(policy: str, prm: str, problems: list[dict], config: RunConfig) -> np.ndarray:
     """Where the run's own search (its `search` config, this iteration's policy and PRM) states the
     gold answer."""
     from mcts.algorithms import run_algorithm
-    from mcts.config import SearchConfig
     from treesearch.loaders import load_scorer
 
-    saved = config.get("search") or {}
-    search = SearchConfig(**{f.name: saved[f.name] for f in dataclasses.fields(SearchConfig) if f.init and f.name in saved})
     return _hits(run_algorithm([p["problem"] for p in problems], _proposer(policy, config),
-                               load_scorer(prm, device=config.get("device")), search), problems)
+                               load_scorer(prm, device=config.device), config.search), problems)
 
 
 Hits = Callable[[str, int, int], "np.ndarray | None"]  # (loop, iteration, seed) -> hits per problem, None: not measured
@@ -270,15 +265,19 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
     with the `versus` run of the same seed, on the seeds both have.
     `ops` None: the runs' training range (min_ops to max_ops, which must be the same for every run).
     """
-    runs: dict[str, dict[int, tuple[Path, dict, dict]]] = {}  # loop -> seed -> (folder, config, metrics)
+    runs: dict[str, dict[int, tuple[Path, RunConfig, dict]]] = {}  # loop -> seed -> (folder, config, metrics)
     for folder in folders:
-        config, metrics = run_metrics(folder)
-        loop, seed = str(config.get("algorithm", "?")), int(config.get("seed", 0))
+        saved, metrics = run_metrics(folder)
+        try:  # the run's own configuration, rebuilt and checked as `selftrain run` builds it
+            config = load_config(None, saved)
+        except ConfigError as err:
+            raise ReportError(f"{folder / 'config.json'}: {err}") from None
+        loop, seed = config.algorithm, config.seed
         if seed in runs.setdefault(loop, {}):
             raise ReportError(f"{folder}: a second {loop} run of seed {seed} (also {runs[loop][seed][0]})")
         runs[loop][seed] = (folder, config, metrics)
     if ops is None:
-        ranges = {(int(c.get("min_ops", 1)), int(c.get("max_ops", 2))) for seeds in runs.values() for _, c, _ in seeds.values()}
+        ranges = {(c.min_ops, c.max_ops) for seeds in runs.values() for _, c, _ in seeds.values()}
         if len(ranges) != 1:
             raise ReportError(f"--heldout: the runs were trained on different operations {sorted(ranges)}; "
                               f"give --heldout-ops")
