@@ -163,6 +163,17 @@ def read_run(folder: Path) -> tuple[str, int, list[dict]]:
         int(config.get("seed", 0)), [metrics[k] for k in sorted(metrics)]
 
 
+def run_config(folder: Path) -> tuple[RunConfig, dict[int, dict]]:
+    """A run folder's configuration, rebuilt and checked as `selftrain run` builds it (a field the
+    saved file lacks, from a run older than the field, takes the run's default), and its metrics
+    by iteration."""
+    saved, metrics = run_metrics(folder)
+    try:
+        return load_config(None, saved), metrics
+    except ConfigError as err:
+        raise ReportError(f"{folder / 'config.json'}: {err}") from None
+
+
 def training_problems(folder: Path) -> set[str]:
     """Every problem a run's searches (or ReST-EM's sampling) were run on, from iter_k/search."""
     from selftrain.run import read_jsonl
@@ -267,11 +278,7 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
     """
     runs: dict[str, dict[int, tuple[Path, RunConfig, dict]]] = {}  # loop -> seed -> (folder, config, metrics)
     for folder in folders:
-        saved, metrics = run_metrics(folder)
-        try:  # the run's own configuration, rebuilt and checked as `selftrain run` builds it
-            config = load_config(None, saved)
-        except ConfigError as err:
-            raise ReportError(f"{folder / 'config.json'}: {err}") from None
+        config, metrics = run_config(folder)
         loop, seed = config.algorithm, config.seed
         if seed in runs.setdefault(loop, {}):
             raise ReportError(f"{folder}: a second {loop} run of seed {seed} (also {runs[loop][seed][0]})")
