@@ -202,6 +202,28 @@ class SearchConfig:
         "children has a Q up to the node's PRM value (a tree with nothing left to select stops "
         "early); 'until_exhausted': gated, but a tree with nothing left to select opens every arm "
         "for the rest of its budget; 'open': always")
+    # None (off) by default, so the figures the README gives for the defaults stand; 0.2 with
+    # 'until_exhausted' is the best tree with the oracle. Measured with benchmarks/search_quality.py
+    # (tiny policy, MCTS* at 32 simulations, 2 seeds). Oracle at noise 0.1, 'until_exhausted',
+    # development sets 0 / 1 (80 problems): 0.700 / 0.681 at 0.05, 0.688 / 0.681 at 0.1, 0.725 /
+    # 0.744 at 0.2, 0.662 / 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it and
+    # best-of-32's 0.706 / 0.706. Then on problems held out from that choice (200 each): set 2 0.738
+    # against best-of-32's 0.688 (seeds 0, 1; 0.685 at 0.3) and 0.750 against 0.750 (seeds 2, 3),
+    # set 3 0.718 against 0.700; at 74-75 % of best-of-32's tokens. Gated, with the oracle: 0.631 /
+    # 0.681 at 0.2 against 0.644 / 0.719. With the shipped toy PRM, sets 0 / 1: 0.644 / 0.688 at
+    # 0.2 gated (1,749 / 2,052 tokens) and with 'until_exhausted' (1,995 / 2,194), against 0.656 /
+    # 0.656 (2,147 / 2,352) off and best-of-32's 0.644 / 0.688; on held-out set 2, 0.703 gated and
+    # 0.690 with 'until_exhausted' against 0.688 off (1,780 / 1,974 / 2,051 tokens). Why it helps:
+    # the policy is often fairly sure of a wrong step (`7 + 16 = 22` has probability 0.70), and one
+    # draw of four that repeats it closed the node before its right step (0.16) came up; a node
+    # whose children hold all but a fifth of the probability, on the other hand, spends no
+    # simulation on more draws.
+    widen_unseen: float | None = option(None,
+        "tree search, progressive widening: a node keeps its 'new step' arm while the policy's "
+        "probability of a step none of its children holds (1 minus the sum of their steps' "
+        "probabilities, from their log-probabilities) is at least this. A node whose children hold "
+        "nearly all of it gets no arm; one that still misses much keeps its arm after a widening "
+        "that drew nothing new. None: the arm closes at the first widening that draws nothing new")
     rollout_depth: int = option(0,
         "ReST-MCTS*: greedy rollout of this many steps from the best new child of each expanded "
         "leaf; the leaf's value is the max PRM value seen (0: no rollout)")
@@ -262,6 +284,8 @@ class SearchConfig:
              f"logprob_weight must be finite and >= 0, got {self.logprob_weight}")
         require(self.arm_gate in ARM_GATES, f"arm_gate={self.arm_gate!r} is not one of {', '.join(ARM_GATES)}")
         require(self.rollout_depth >= 0, f"rollout_depth must be >= 0, got {self.rollout_depth}")
+        require(self.widen_unseen is None or 0 < self.widen_unseen <= 1,
+             f"widen_unseen must be None or in (0, 1], got {self.widen_unseen}")
         require(self.expansion in EXPANSIONS, f"expansion={self.expansion!r} is not one of {', '.join(EXPANSIONS)}")
         require(self.expansion == "step" or self.rollout_depth == 0,
              "rollout_depth (a greedy rollout that only values a leaf) needs expansion='step' "

@@ -271,7 +271,8 @@ class TreeSearch:
                 self.steps[b].extend([*steps, *[None] * empty])
                 if empty:
                     f.flags[b, start + len(steps): start + len(steps) + empty] = PRUNED
-                    self._set_arm(b, leaf, start + len(steps), pulls=0)
+                    if self._keeps_arm(b, leaf, news=True):
+                        self._set_arm(b, leaf, start + len(steps), pulls=0)
         if cfg.rollout_depth > 0:
             backed = self._rollouts(expanding, children, rewards, first, backed)
         return backed
@@ -291,6 +292,12 @@ class TreeSearch:
             assert arm == leaves[b, slot], "the selected slot is its parent's arm"
             pulls = int(f.visits[b, arm])
             f.visits[b, arm], f.value_sum[b, arm] = 0, 0.0  # the backup gives the new child its first visit
+            if not steps and self._keeps_arm(b, node, news=False):
+                # Nothing new, but the policy still puts much probability on steps its children do
+                # not hold (`widen_unseen`): the arm stays, and this draw counts as one more pull.
+                backed.append(float(q[b, node]))
+                self._set_arm(b, node, arm, pulls)  # the backup adds this pull
+                continue
             if not steps:
                 # A draw of what the node already holds: no news, and the node widens no more. Keeping
                 # the arm for a second or fourth such draw was measured worse (problem set 1, MCTS*
@@ -314,7 +321,7 @@ class TreeSearch:
             start = int(f.first_child[b, node])
             filled = arm + len(steps)
             f.prior[b, start:filled] = self._priors(self.steps[b][start:filled])
-            if filled < start + int(f.num_children[b, node]):
+            if filled < start + int(f.num_children[b, node]) and self._keeps_arm(b, node, news=True):
                 self._set_arm(b, node, filled, pulls + 1)
             backed.append(float(r[0]))
         return backed
@@ -333,6 +340,24 @@ class TreeSearch:
                     f.flags[b, arm] &= ~PRUNED
                 else:
                     f.flags[b, arm] |= PRUNED
+
+    def _keeps_arm(self, b: int, node: int, news: bool) -> bool:
+        """Whether `node` keeps a 'new step' arm beside the children it has now (`news`: its last
+        samples held a step its children did not). Without `widen_unseen`, while its samples bring
+        news; with it, while the policy's probability of a step none of its children holds is at
+        least `widen_unseen`."""
+        floor = self.config.widen_unseen
+        left = None if floor is None else self._unseen_mass(b, node)
+        return news if left is None else left >= floor
+
+    def _unseen_mass(self, b: int, node: int) -> float | None:
+        """The policy's probability of a step at `node` that none of its children holds: 1 minus
+        their steps' probabilities (exp of their log-probabilities). None when a
+        child's step has no finite log-probability."""
+        held = [self.steps[b][int(k)] for k in self.forest.children(b, node) if not self._is_slot(b, int(k))]
+        if not all(math.isfinite(step.logprob) for step in held):
+            return None
+        return max(0.0, 1.0 - sum(math.exp(step.logprob) for step in held))
 
     def _set_arm(self, b: int, node: int, slot: int, pulls: int) -> None:
         """Makes `slot` the open 'new step' arm of `node`: a bandit arm beside its children whose
@@ -446,7 +471,8 @@ class TreeSearch:
                 self.steps[a.tree].extend([steps[depth], *[None] * empty])
                 if empty:
                     f.flags[a.tree, start + 1: start + 1 + empty] = PRUNED
-                    self._set_arm(a.tree, ends[i], start + 1, pulls=0)
+                    if self._keeps_arm(a.tree, ends[i], news=True):
+                        self._set_arm(a.tree, ends[i], start + 1, pulls=0)
                 ends[i] = start
             depth += 1
         return ends

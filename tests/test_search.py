@@ -124,6 +124,59 @@ def test_arm_gate_until_exhausted_spends_what_a_gated_tree_leaves(expansion):
     assert found["gated"][1] < found["until_exhausted"][1] < 20
 
 
+class LikelyWrong:
+    """The root's draws are 'a' (probability 0.8, leading to the wrong answer 2) six times, then
+    'b' (0.2, leading to the right answer 1) forever; every answer step is certain."""
+
+    delimiter = "\n"
+
+    def __init__(self):
+        self.drawn = 0
+
+    def propose(self, prefixes, n, temperature=1.0):
+        out = []
+        for p in prefixes:
+            if p.steps:
+                answer = "1" if p.steps[0] == "b\n" else "2"
+                out.append([Step(f"The answer is \\boxed{{{answer}}}.\n", 0.0, 7, True)] * n)
+            else:
+                out.append([Step("a\n", np.log(0.8), 2) if self.drawn + i < 6 else Step("b\n", np.log(0.2), 2)
+                            for i in range(n)])
+                self.drawn += n
+        return out
+
+
+@pytest.mark.parametrize("expansion", ["step", "rollout"])
+def test_widen_unseen_keeps_widening_where_the_policy_holds_probability_back(expansion):
+    """Two widenings at the root draw only 'a'. The default closes the root's arm after the first
+    of them, so the tree never meets 'b'. With `widen_unseen` the arm stays while the root's
+    children miss a fifth of the policy's probability, the tree finds 'b', and then, its children
+    holding all of it, the root gets no more draws. Nodes whose one step is certain get no arm.
+    The scorer trusts 'a' and 'b' and calls only the answer 2 wrong, so the root's arm stays
+    ungated until 'b' is found."""
+    found = {}
+    for floor in (None, 0.1):
+        config = SearchConfig(algorithm="mcts_star", simulations=12, width=2, expansion=expansion,
+                              widen_unseen=floor, complete_unfinished=False)
+        search = TreeSearch(["likely wrong"], LikelyWrong(), BanditScorer(), config)
+        [result] = search.run()
+        found[floor] = result
+        assert search.forest.virtual_loss.sum() == 0
+        if floor is not None:
+            # only the root ever had an arm: the answer steps below 'a' and 'b' hold all the mass
+            assert set(search.arms[0]) <= {0}
+    assert found[None].candidate_answers == ["2"] and found[None].answer == "2"
+    assert found[0.1].answer == "1" and set(found[0.1].candidate_answers) == {"1", "2"}
+    assert found[0.1].simulations < 12
+
+
+def test_widen_unseen_is_checked():
+    with pytest.raises(ValueError, match="widen_unseen"):
+        SearchConfig(widen_unseen=0.0)
+    with pytest.raises(ValueError, match="widen_unseen"):
+        SearchConfig(widen_unseen=1.5)
+
+
 @pytest.mark.parametrize("algorithm", list(TREE_RULES))
 def test_tree_search_solves_toy_problems(algorithm):
     config = SearchConfig(algorithm=algorithm, simulations=24, width=3, leaves_per_tree=2)
