@@ -205,9 +205,10 @@ class SearchConfig:
     # None (off) by default, so the figures the README gives for the defaults stand; 0.2 with
     # 'until_exhausted' is the best tree with the oracle. Measured with benchmarks/search_quality.py
     # (tiny policy, MCTS* at 32 simulations, 2 seeds). Oracle at noise 0.1, 'until_exhausted',
-    # development sets 0 / 1 (80 problems): 0.700 / 0.681 at 0.05, 0.688 / 0.681 at 0.1, 0.725 /
-    # 0.744 at 0.2, 0.662 / 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it and
-    # best-of-32's 0.706 / 0.706. Then on problems held out from that choice (200 each): set 2 0.738
+    # development sets 0 / 1 (80 problems): 0.700 / 0.681 at 0.05, 0.688 / 0.681 at 0.1, 0.669 /
+    # 0.725 at 0.15, 0.725 / 0.744 at 0.2 (0.725 / 0.719 with max_children 32), 0.669 / 0.725 at
+    # 0.25, 0.662 / 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it and
+    # best-of-32's 0.706 / 0.706: 0.2 stands above its neighbours, partly by luck. Then on problems held out from that choice (200 each): set 2 0.738
     # against best-of-32's 0.688 (seeds 0, 1; 0.685 at 0.3) and 0.750 against 0.750 (seeds 2, 3),
     # set 3 0.718 against 0.700; at 74-75 % of best-of-32's tokens. Gated, with the oracle: 0.631 /
     # 0.681 at 0.2 against 0.644 / 0.719. With the shipped toy PRM, sets 0 / 1: 0.644 / 0.688 at
