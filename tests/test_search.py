@@ -132,11 +132,13 @@ class LikelyWrong:
 
     def __init__(self):
         self.drawn = 0
+        self.answer_draws = {"a\n": 0, "b\n": 0}  # samples drawn after each first step
 
     def propose(self, prefixes, n, temperature=1.0):
         out = []
         for p in prefixes:
             if p.steps:
+                self.answer_draws[p.steps[0]] += n
                 answer = "1" if p.steps[0] == "b\n" else "2"
                 out.append([Step(f"The answer is \\boxed{{{answer}}}.\n", 0.0, 7, True)] * n)
             else:
@@ -158,16 +160,18 @@ def test_widen_unseen_keeps_widening_where_the_policy_holds_probability_back(exp
     for floor in (None, 0.1):
         config = SearchConfig(algorithm="mcts_star", simulations=12, width=2, expansion=expansion,
                               widen_unseen=floor, complete_unfinished=False)
-        search = TreeSearch(["likely wrong"], LikelyWrong(), BanditScorer(), config)
+        policy = LikelyWrong()
+        search = TreeSearch(["likely wrong"], policy, BanditScorer(), config)
         [result] = search.run()
-        found[floor] = result
+        found[floor] = result, policy.answer_draws["a\n"]
         assert search.forest.virtual_loss.sum() == 0
-        if floor is not None:
-            # only the root ever had an arm: the answer steps below 'a' and 'b' hold all the mass
-            assert set(search.arms[0]) <= {0}
-    assert found[None].candidate_answers == ["2"] and found[None].answer == "2"
-    assert found[0.1].answer == "1" and set(found[0.1].candidate_answers) == {"1", "2"}
-    assert found[0.1].simulations < 12
+    (default, default_draws), (ruled, ruled_draws) = found[None], found[0.1]
+    assert default.candidate_answers == ["2"] and default.answer == "2"
+    assert ruled.answer == "1" and set(ruled.candidate_answers) == {"1", "2"}
+    assert ruled.simulations < 12
+    # below 'a' the one answer step is certain: the default still widens there once (a draw that
+    # brings nothing new closes it), the rule gives that node no arm
+    assert ruled_draws < default_draws
 
 
 def test_widen_unseen_is_checked():
