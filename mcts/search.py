@@ -352,8 +352,8 @@ class TreeSearch:
 
     def _unseen_mass(self, b: int, node: int) -> float | None:
         """The policy's probability of a step at `node` that none of its children holds: 1 minus
-        their steps' probabilities (exp of their log-probabilities). None when a
-        child's step has no finite log-probability."""
+        their steps' probabilities (exp of their log-probabilities, which every policy here reports
+        untempered). None when a child's step has no finite log-probability."""
         held = [self.steps[b][int(k)] for k in self.forest.children(b, node) if not self._is_slot(b, int(k))]
         if not all(math.isfinite(step.logprob) for step in held):
             return None
