@@ -42,7 +42,7 @@ from mcts.envs.arith import is_toy
 from mcts.grading import is_equivalent
 from mcts.problems import Problem
 from mcts.files import write_json_atomic, write_jsonl_atomic
-from selftrain.config import RunConfig, config_fingerprint, fingerprint_of, to_dict
+from selftrain.config import ConfigError, RunConfig, config_fingerprint, fingerprint_of, load_config, to_dict
 
 __all__ = ["RunContext", "RunError", "check_models", "crash_point", "is_run_folder", "summary_table"]
 
@@ -90,6 +90,19 @@ def _is_run_entry(entry: Path) -> bool:
     if name.startswith(".") and name.endswith(".tmp"):
         return any(name == f".{f}.tmp" or name.startswith(f".{f}.") for f in RUN_FILES)
     return name in RUN_FILES and entry.is_file()
+
+
+def _same_run(saved: Mapping[str, Any], fingerprint: str) -> bool:
+    """Whether a run folder's saved configuration (`_saved_run`) is the run of `fingerprint`. A
+    run saved before a field existed lacks it: rebuilt as `load_config` builds a run (the missing
+    field takes the run's default, which keeps what older runs did), it is the same run if it
+    then matches."""
+    if saved["fingerprint"] == fingerprint:
+        return True
+    try:
+        return config_fingerprint(load_config(None, saved["config"])) == fingerprint
+    except ConfigError:
+        return False
 
 
 def _saved_run(folder: Path) -> dict | None:
@@ -230,7 +243,7 @@ class RunContext:
             if entries:
                 saved = folder / "config.json"
                 old = _saved_run(folder) if saved.exists() else None  # RunError: a corrupt config.json
-                if old is not None and old["fingerprint"] == fingerprint:
+                if old is not None and _same_run(old, fingerprint):
                     for k in sorted(int(p.parent.name[5:]) for p in folder.glob("iter_*/stages.json")
                                     if p.parent.name[5:].isdigit()):
                         self.stages(k)  # a corrupt stage record is named now, not half-way through the run

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from selftrain.config import ConfigError, RunConfig, load_config
+from mcts.files import write_json_atomic
+from selftrain.config import ConfigError, RunConfig, fingerprint_of, load_config
 from selftrain.harvest import Harvest, balance_by_length, harvest_tree, harvest_trees, read_harvest, write_harvest
 from selftrain.rest_em import chain_tree
 from selftrain.run import RunContext, RunError, summary_table
@@ -176,6 +177,22 @@ def test_run_folder_of_another_config_is_refused_unless_forced(tmp_path):
     # runtime-only fields (iterations, executor) may change between attempts
     RunContext(RunConfig(runs_dir=str(tmp_path), train_problems=8, eval_problems=8, eval_search_problems=0,
                          seed=1, iterations=5))
+
+
+def test_a_run_saved_before_a_field_existed_resumes(tmp_path):
+    """A run folder written before `search.widen_unseen` existed holds a config without it, and a
+    fingerprint over that config. The field's default keeps what the run did, so it resumes; a
+    saved value that differs is still another configuration."""
+    config = RunConfig(runs_dir=str(tmp_path), train_problems=8, eval_problems=8, eval_search_problems=0)
+    folder = RunContext(config).folder
+    saved = json.loads((folder / "config.json").read_text())["config"]
+    del saved["search"]["widen_unseen"]
+    write_json_atomic(folder / "config.json", {"fingerprint": fingerprint_of(saved), "config": saved})
+    RunContext(config)  # resumes
+    saved["search"]["c"] = 2.0
+    write_json_atomic(folder / "config.json", {"fingerprint": fingerprint_of(saved), "config": saved})
+    with pytest.raises(RunError, match="another configuration"):
+        RunContext(config)
 
 
 def test_train_and_held_out_problems_do_not_overlap(tmp_path):
