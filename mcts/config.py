@@ -210,7 +210,8 @@ class SearchConfig:
     # 0.25, 0.662 / 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it and
     # best-of-32's 0.706 / 0.706: 0.2 stands above its neighbours, partly by luck. Then on problems held out from that choice (200 each): set 2 0.738
     # against best-of-32's 0.688 (seeds 0, 1; 0.685 at 0.3) and 0.750 against 0.750 (seeds 2, 3),
-    # set 3 0.718 against 0.700; at 74-75 % of best-of-32's tokens. Gated, with the oracle: 0.631 /
+    # set 3 0.718 against 0.700 (seeds 0, 1) and 0.740 against 0.710 (seeds 2, 3), set 4 0.723
+    # against 0.725; at 72-75 % of best-of-32's tokens (mean paired difference +1.9). Gated, with the oracle: 0.631 /
     # 0.681 at 0.2 against 0.644 / 0.719. With the shipped toy PRM, sets 0 / 1: 0.644 / 0.688 at
     # 0.2 gated (1,749 / 2,052 tokens) and with 'until_exhausted' (1,995 / 2,194), against 0.656 /
     # 0.656 (2,147 / 2,352) off and best-of-32's 0.644 / 0.688; on held-out set 2, 0.703 gated and
