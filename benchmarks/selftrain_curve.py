@@ -209,6 +209,12 @@ def _proposer(policy: str, config: RunConfig):
     return proposer
 
 
+def decoding(config: RunConfig) -> tuple:
+    """What `_proposer` and `greedy_hits` read of a run's configuration: two runs that agree on it
+    decode a policy alike."""
+    return config.seed, config.backend, config.device, config.preset, config.search.max_depth
+
+
 def _hits(results, problems: list[dict]) -> np.ndarray:
     """1.0 where a result states the problem's gold answer, else 0.0."""
     return np.array([r.answer is not None and is_equivalent(r.answer, p["answer"]) for r, p in zip(results, problems)],
@@ -296,7 +302,6 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
     problems = heldout_problems(per_ops, ops, trained)
     if not problems:
         raise ReportError(f"--heldout: every toy problem of {ops.start}-{ops.stop - 1} operations is a training problem")
-    configs = {seed: config for seeds in runs.values() for seed, (_, config, _) in seeds.items()}
     metrics_of = {(loop, k, seed): m for loop, seeds in runs.items() for seed, (_, _, ms) in seeds.items()
                   for k, m in ms.items()}
     for (loop, k, seed), m in sorted(metrics_of.items()):
@@ -304,14 +309,20 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
             if m.get(kind) and not Path(m[kind]).is_dir():
                 raise ReportError(f"{runs[loop][seed][0] / f'iter_{k}' / 'metrics.json'}: its {kind} folder "
                                   f"{m[kind]} is missing (was the run moved?)")
-    greedy: dict[tuple[str, int], np.ndarray] = {}  # (policy, seed) -> hits: the base policy is shared
-    for policy, seed in tqdm(sorted({(str(m["policy"]), s) for (_, _, s), m in metrics_of.items() if m.get("policy")}),
-                             desc="held-out greedy", unit="policy", disable=not progress):
-        greedy[policy, seed] = greedy_hits(policy, problems, configs[seed])
+
+    # Every run is decoded with its own configuration. What runs share is decoded once: the base
+    # policy of one seed (greedily), and its search where the runs' search configs agree.
+    def greedy_key(loop: str, k: int, seed: int) -> tuple | None:
+        m, config = metrics_of.get((loop, k, seed), {}), runs[loop][seed][1]
+        return (str(m["policy"]), *decoding(config)) if m.get("policy") else None
+
+    todo = {greedy_key(*key): runs[key[0]][key[2]][1] for key in sorted(metrics_of) if greedy_key(*key)}
+    greedy = {key: greedy_hits(key[0], problems, config)  # greedy_key -> hits per problem
+              for key, config in tqdm(todo.items(), desc="held-out greedy", unit="policy", disable=not progress)}
 
     def greedy_of(loop: str, k: int, seed: int) -> np.ndarray | None:
-        m = metrics_of.get((loop, k, seed), {})
-        return greedy[str(m["policy"]), seed] if m.get("policy") else None
+        key = greedy_key(loop, k, seed)
+        return None if key is None else greedy[key]
 
     def grouped(subset: list[dict]) -> list[tuple[str, list[int]]]:
         out = [(str(k), idx) for k in ops if (idx := [i for i, p in enumerate(subset) if p["ops"] == k])]
@@ -328,17 +339,25 @@ def heldout_rows(folders: list[Path], per_ops: int, ops: range | None, versus: s
         if drawn[p["ops"]] <= search_per_ops:
             chosen.append(i)
     subset = [problems[i] for i in chosen]
-    searched: dict[tuple[str, int, int], np.ndarray] = {}
-    todo = [(key, m) for key, m in sorted(metrics_of.items()) if m.get("policy") and m.get("prm")]
-    for (loop, k, seed), m in tqdm(todo, desc="held-out search", unit="search", disable=not progress):
-        searched[loop, k, seed] = search_hits(str(m["policy"]), str(m["prm"]), subset, configs[seed])
+
+    def search_key(loop: str, k: int, seed: int) -> tuple | None:
+        m, config = metrics_of.get((loop, k, seed), {}), runs[loop][seed][1]
+        return (str(m["policy"]), str(m["prm"]), *decoding(config), config.search) \
+            if m.get("policy") and m.get("prm") else None
+
+    todo = {search_key(*key): runs[key[0]][key[2]][1] for key in sorted(metrics_of) if search_key(*key)}
+    searched = {key: search_hits(key[0], key[1], subset, config)  # search_key -> hits per problem
+                for key, config in tqdm(todo.items(), desc="held-out search", unit="search", disable=not progress)}
 
     def greedy_on_subset(loop: str, k: int, seed: int) -> np.ndarray | None:
         hits = greedy_of(loop, k, seed)
         return None if hits is None else hits[chosen]
 
-    search_rows = paired_rows(runs, order, grouped(subset), lambda loop, k, s: searched.get((loop, k, s)),
-                              greedy_on_subset, "greedy", resamples)
+    def search_of(loop: str, k: int, seed: int) -> np.ndarray | None:
+        key = search_key(loop, k, seed)
+        return None if key is None else searched[key]
+
+    search_rows = paired_rows(runs, order, grouped(subset), search_of, greedy_on_subset, "greedy", resamples)
     return rows, search_rows
 
 
