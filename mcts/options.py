@@ -70,7 +70,8 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
     """Adds one flag per field of the dataclass `cls` to `parser` (a parser or an argument group).
 
     The type comes from the field's annotation (`int`, `float`, `str`, `bool` or one of them
-    `| None`; a bool field becomes `--x/--no-x`), the help from `option(help=...)`.
+    `| None`; a bool field becomes `--x/--no-x`; a `| None` field with another default also reads
+    `none`), the help from `option(help=...)`.
 
     Args:
         only: the fields to expose, in this order (default: all); `exclude`: fields to leave out.
@@ -92,10 +93,20 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
-            options["type"] = kind
+            # A field that may be None and defaults to something else needs a spelling for None.
+            may_be_none = kind is not str and kind is not hints[f.name] and f.default is not None
+            options["type"] = _or_none(kind) if may_be_none and not unset else kind
             if f.name in choices:
                 options["choices"] = tuple(choices[f.name])
         parser.add_argument(flag(f.name), **options)
+
+
+def _or_none(kind: type) -> Callable[[str], Any]:
+    """An argparse type reading `kind`, or None from 'none' (any case)."""
+    def read(text: str) -> Any:
+        return None if text.strip().lower() == "none" else kind(text)
+    read.__name__ = kind.__name__  # argparse names the type in its error: "invalid float value"
+    return read
 
 
 def flag_values(cls: type, args: argparse.Namespace, *, only: Iterable[str] | None = None,

@@ -233,13 +233,14 @@ def test_selftrain_curve_quick_run_prints_a_row_per_iteration(tmp_path, capsys):
     saved = json.loads((twin / "config.json").read_text())
     saved["config"]["algorithm"] = "rest_em"
     # as a run saved before these search fields existed: the run's own defaults fill them, not SearchConfig's
-    for key in ("expansion", "logprob_weight", "arm_gate"):
+    for key in ("expansion", "logprob_weight", "arm_gate", "widen_unseen"):
         del saved["config"]["search"][key]
     (twin / "config.json").write_text(json.dumps(saved))
     runs = f"{tmp_path / 'runs' / 'rest_mcts'},{twin}"
     original, _ = module.run_config(tmp_path / "runs" / "rest_mcts")
     assert module.run_config(twin)[0].search == original.search
     assert (original.search.expansion, original.search.logprob_weight) == ("step", 0.0)
+    assert (original.search.arm_gate, original.search.widen_unseen) == ("gated", None)
     paired_png = tmp_path / "paired.png" if HAVE_MATPLOTLIB else None
     assert module.main(["--runs", runs, "--heldout", "6", "--heldout-ops", "1-2", "--heldout-search", "2", "--json",
                         "--plot", str(paired_png or ""), "--no-progress"]) == 0

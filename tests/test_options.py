@@ -16,6 +16,7 @@ class Knobs:
     temperature: float = option(1.0, "sampling temperature")
     rule: str = option("mean", "leaf value rule")
     cap: int | None = option(None, "optional cap")
+    floor: float | None = option(0.2, "optional floor, on by default")
     greedy_child: bool = option(False, "add the greedy step")
     names: tuple[str, ...] = option(("a",), "not a flag")
 
@@ -33,7 +34,7 @@ def _parser(**kwargs) -> argparse.ArgumentParser:
 def test_flags_are_typed_from_the_annotations_and_round_trip():
     args = _parser().parse_args(["--max-depth", "3", "--temperature", "0.5", "--cap", "2", "--greedy-child"])
     values = flag_values(Knobs, args, exclude=("names",))
-    assert values == {"max_depth": 3, "temperature": 0.5, "rule": "mean", "cap": 2, "greedy_child": True}
+    assert values == {"max_depth": 3, "temperature": 0.5, "rule": "mean", "cap": 2, "floor": 0.2, "greedy_child": True}
     assert Knobs(**values).cap == 2
     assert flag_values(Knobs, _parser().parse_args(["--no-greedy-child"]), exclude=("names",))["greedy_child"] is False
 
@@ -43,6 +44,15 @@ def test_choices_and_types_are_enforced_by_the_parser():
         _parser().parse_args(["--rule", "median"])
     with pytest.raises(argparse.ArgumentError):
         _parser().parse_args(["--max-depth", "deep"])
+
+
+def test_a_field_that_may_be_none_but_defaults_to_a_value_reads_none():
+    assert flag_values(Knobs, _parser().parse_args(["--floor", "none"]), exclude=("names",))["floor"] is None
+    assert flag_values(Knobs, _parser().parse_args(["--floor", "0.5"]), exclude=("names",))["floor"] == 0.5
+    with pytest.raises(argparse.ArgumentError, match="invalid float value"):
+        _parser().parse_args(["--floor", "off"])
+    with pytest.raises(argparse.ArgumentError):  # a field whose default is None has no need of it
+        _parser().parse_args(["--cap", "none"])
 
 
 def test_unset_flags_leave_the_config_to_its_own_defaults():

@@ -137,7 +137,7 @@ def test_chosen_path_spells_the_chosen_solution(runs):
 
 def test_answers_are_graded_and_toy_steps_labelled(runs):
     run = load_run(runs / "a.jsonl", trees=runs / "trees")
-    labelled = 0
+    labels = []
     for record in run.records:
         tree = run.trees[record["id"]]
         view = tree_view(tree, record)
@@ -146,10 +146,11 @@ def test_answers_are_graded_and_toy_steps_labelled(runs):
                 assert view["label"][i] is None
                 continue
             assert view["label"][i] == label_step(node.step, record["gold"])
-            labelled += 1
+            labels.append(view["label"][i])
             if node.terminal and node.answer is not None:
                 assert view["right"][i] == is_equivalent(node.answer, record["gold"])
-    assert labelled > 100
+    # every tree's steps were checked, right and wrong ones among them
+    assert len(labels) > 2 * len(run.records) and set(labels) == {0, 1}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -111,11 +111,12 @@ class TrustsEverything:
 def test_arm_gate_until_exhausted_spends_what_a_gated_tree_leaves(expansion):
     """The scorer trusts every step, so the first answer reaches the root's worth and the gate shuts
     the root's arm: a gated tree stops there. 'until_exhausted' then opens the arm and widens until
-    a draw brings nothing new; 'open' never shuts it."""
+    a draw brings nothing new (the widening rule without `widen_unseen`: ThreeWays's steps claim
+    more probability than there is); 'open' never shuts it."""
     found = {}
     for gate in ("gated", "until_exhausted", "open"):
         config = SearchConfig(algorithm="mcts_star", simulations=20, width=1, expansion=expansion, arm_gate=gate,
-                              complete_unfinished=False)
+                              widen_unseen=None, complete_unfinished=False)
         search = TreeSearch(["three ways"], ThreeWays(), TrustsEverything(), config)
         [result] = search.run()
         found[gate] = (set(result.candidate_answers), result.simulations)
@@ -150,8 +151,8 @@ class LikelyWrong:
 
 @pytest.mark.parametrize("expansion", ["step", "rollout"])
 def test_widen_unseen_keeps_widening_where_the_policy_holds_probability_back(expansion):
-    """Two widenings at the root draw only 'a'. The default closes the root's arm after the first
-    of them, so the tree never meets 'b'. With `widen_unseen` the arm stays while the root's
+    """Two widenings at the root draw only 'a'. Without `widen_unseen` the root's arm closes after
+    the first of them, so the tree never meets 'b'. With `widen_unseen` the arm stays while the root's
     children miss a fifth of the policy's probability, the tree finds 'b', and then, its children
     holding all of it, the root gets no more draws. Nodes whose one step is certain get no arm.
     The scorer trusts 'a' and 'b' and calls only the answer 2 wrong, so the root's arm stays
@@ -169,8 +170,8 @@ def test_widen_unseen_keeps_widening_where_the_policy_holds_probability_back(exp
     assert default.candidate_answers == ["2"] and default.answer == "2"
     assert ruled.answer == "1" and set(ruled.candidate_answers) == {"1", "2"}
     assert ruled.simulations < 12
-    # below 'a' the one answer step is certain: the default still widens there once (a draw that
-    # brings nothing new closes it), the rule gives that node no arm
+    # below 'a' the one answer step is certain: without the rule the tree still widens there once
+    # (a draw that brings nothing new closes it), the rule gives that node no arm
     assert ruled_draws < default_draws
 
 
