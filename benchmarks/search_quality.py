@@ -12,7 +12,10 @@ Every run is repeated over --seeds (the policy's sampling and the oracle's noise
 accuracy with a 95% confidence interval (bootstrap over problems, the seeds averaged inside each
 resample), tokens the policy actually generated per problem (the budget really spent), finished
 candidates per problem, and pass@k: the share of problems where some finished candidate states the
-gold answer, the ceiling a perfect answer selector would reach. Where greedy is among the
+gold answer, the ceiling a perfect answer selector would reach, and solved@k: the share where some
+finished candidate is right at every step (the oracle's labels, `mcts.envs.arith_steps.label_steps`),
+the ceiling of a selector that judges the steps, as a PRM does: pass@k also counts right answers
+reached through a wrong step. Where greedy is among the
 algorithms, every row also gives its difference from greedy on the same problems, with a paired
 bootstrap interval (the comparison the intervals of two separate accuracies blur). The scorer is the toy world's
 trained PRM shipped in the package (--prm tiny, the default), a trained PRM folder, or, for tests
@@ -45,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mcts.envs.arith import ArithConfig, count_ops, generate_problems
+from mcts.envs.arith_steps import label_steps
 from mcts.grading import is_equivalent
 from mcts.algorithms import run_algorithm
 from mcts.config import SearchConfig, TREE_RULES
@@ -190,7 +194,7 @@ def run(args) -> list[dict]:
             greedy = None  # its hits, once run: the reference of the paired differences
             hits_of: dict[str, np.ndarray] = {}  # 'algorithm:budget' -> hits, for --versus
             for algorithm, budget, config in sorted(settings, key=lambda s: s[0] != "greedy"):
-                correct, found, tokens, candidates, simulations, seconds = [], [], [], [], [], 0.0
+                correct, found, solved, tokens, candidates, simulations, seconds = [], [], [], [], [], [], 0.0
                 for seed in args.seeds:
                     # fresh models per run, so every run sees the same random streams
                     proposer = load_proposer(policy_name, problems=texts, seed=seed)
@@ -204,6 +208,7 @@ def run(args) -> list[dict]:
                     correct.append([is_equivalent(r.answer, str(p["answer"])) for r, p in zip(results, problems)])
                     found.append([any(is_equivalent(a, str(p["answer"])) for a in r.candidate_answers)
                                   for r, p in zip(results, problems)])
+                    solved.append([solved_by(r, p) for r, p in zip(results, problems)])
                     tokens += [r.tokens for r in results]
                     candidates += [r.num_candidates for r in results]
                     simulations += [r.simulations for r in results]
@@ -225,6 +230,7 @@ def run(args) -> list[dict]:
                     "vs_greedy": diff[0], "vs_greedy_low": diff[1], "vs_greedy_high": diff[2],
                     "accuracy_by_ops": {str(k): float(np.mean(v)) for k, v in sorted(by_ops.items())},
                     "pass_at_k": float(np.mean(found)),
+                    "solved_at_k": float(np.mean(solved)),
                     "tokens_per_problem": float(np.mean(tokens)),
                     "candidates_per_problem": float(np.mean(candidates)),
                     "simulations_per_problem": float(np.mean(simulations)),
@@ -234,6 +240,13 @@ def run(args) -> list[dict]:
                 _pair_against(rows[-len(settings):], hits_of, args.versus, args.bootstrap)
     bar.close()
     return rows
+
+
+def solved_by(result, problem: dict) -> bool:
+    """Whether some finished candidate of `result` is right at every step, by the toy world's oracle
+    labels (a candidate with a right answer after a wrong step does not count)."""
+    return any(c["steps"] and all(label_steps(problem["problem"], c["steps"], problem["answer"]))
+               for c in result.candidates)
 
 
 def run_label(algorithm: str, budget: str) -> str:
@@ -252,7 +265,7 @@ def _pair_against(rows: list[dict], hits_of: dict[str, np.ndarray], versus: str,
 def table(rows: list[dict]) -> str:
     scorers = sorted({r["scorer"] for r in rows})
     head = (f"{'policy':<10} {'ops':<5} {'algorithm':<26} {'budget':<8} {'accuracy':>8} {'95% CI':>13} "
-            f"{'by ops':<24} {'vs greedy (paired 95% CI)':<27} {'pass@k':>6} {'tokens/problem':>14} "
+            f"{'by ops':<24} {'vs greedy (paired 95% CI)':<27} {'pass@k':>6} {'solved@k':>8} {'tokens/problem':>14} "
             f"{'cands/problem':>13} {'sims':>5} {'seconds':>8}")
     versus = rows[0].get("versus") if rows else None
     if versus:
@@ -274,7 +287,7 @@ def table(rows: list[dict]) -> str:
               f"{r['vs_greedy']:+.3f} [{r['vs_greedy_low']:+.3f}, {r['vs_greedy_high']:+.3f}]")
         line = (f"{r['policy'][:10]:<10} {r['ops']:<5} {r['algorithm']:<26} {r['budget']:<8} "
                 f"{r['accuracy']:>8.3f} {ci:>13} {by:<24} {vs:<27} "
-                f"{r['pass_at_k']:>6.3f} {r['tokens_per_problem']:>14.1f} {r['candidates_per_problem']:>13.1f} "
+                f"{r['pass_at_k']:>6.3f} {r['solved_at_k']:>8.3f} {r['tokens_per_problem']:>14.1f} {r['candidates_per_problem']:>13.1f} "
                 f"{r['simulations_per_problem']:>5.1f} {r['seconds']:>8.1f}")
         if versus:
             line += ("" if r["vs_reference"] is None else

@@ -28,6 +28,9 @@ class Candidate:
     value: float
     steps: tuple[str, ...]
 
+    def record(self) -> dict:
+        return {"answer": self.answer, "value": self.value, "steps": list(self.steps)}
+
 
 @dataclasses.dataclass
 class SearchResult:
@@ -45,6 +48,11 @@ class SearchResult:
     # distinct answers among those solutions, in the order found: what a perfect selector could pick
     # (pass@k of the search, with a gold answer at hand)
     candidate_answers: list[str] = dataclasses.field(default_factory=list)
+    # every finished solution the answer was chosen from, as `Candidate.record()`s (answer, value
+    # under the answer rule's valuation, steps): for re-ranking them offline with another scorer,
+    # and for what the search generated beyond its answers (benchmarks/search_quality.py's
+    # solved@k reads their steps)
+    candidates: list[dict] = dataclasses.field(default_factory=list)
 
     def record(self) -> dict:
         return dataclasses.asdict(self)

@@ -42,7 +42,7 @@ def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Co
             value=float(value), tokens=int(counters.tokens[b]), simulations=int(simulations[b]),
             policy_calls=int(counters.policy_calls[b]), scorer_calls=int(counters.scorer_calls[b]),
             seconds=float(seconds[b]), num_candidates=sum(c.answer is not None for c in candidates),
-            candidate_answers=distinct_answers(candidates),
+            candidate_answers=distinct_answers(candidates), candidates=[c.record() for c in candidates],
         ))
     return out
 

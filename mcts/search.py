@@ -564,7 +564,7 @@ class TreeSearch:
             tokens=int(self.counters.tokens[b]), simulations=int(self.simulations[b]),
             policy_calls=int(self.counters.policy_calls[b]), scorer_calls=int(self.counters.scorer_calls[b]),
             seconds=float(self.seconds[b]), num_candidates=len(candidates),
-            candidate_answers=distinct_answers(candidates),
+            candidate_answers=distinct_answers(candidates), candidates=[c.record() for c in candidates],
         )
 
     def tree_record(self, b: int) -> TreeRecord:

@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 from mcts.policy.base import Prefix
-from mcts.answers import Candidate, choose_answer, SearchResult
+from mcts.answers import Candidate, SearchResult, choose_answer, distinct_answers
 from mcts.trees import tree_from_solutions
 from mcts.traces import Counters, sample_traces, Trace
 from mcts.config import SearchConfig
@@ -52,13 +52,14 @@ class SampledChains:
         for b, text in enumerate(texts):
             mine = [t for t in traces if t.owner == b]
             on_tree(b, chain_tree(text, mine))
-            chosen, value = choose_answer([Candidate(t.answer, 1.0, t.prefix.steps) for t in mine if t.finished],
-                                          "majority")
+            candidates = [Candidate(t.answer, 1.0, t.prefix.steps) for t in mine if t.finished]
+            chosen, value = choose_answer(candidates, "majority")
             results.append(SearchResult(
                 answer=chosen.answer if chosen else None, trace="".join(chosen.steps) if chosen else "",
                 value=float(value), tokens=int(counters.tokens[b]), simulations=samples,
                 policy_calls=int(counters.policy_calls[b]), scorer_calls=0,
-                seconds=time.perf_counter() - started, num_candidates=len(mine)))
+                seconds=time.perf_counter() - started, num_candidates=len(mine),
+                candidate_answers=distinct_answers(candidates), candidates=[c.record() for c in candidates]))
         return results
 
 

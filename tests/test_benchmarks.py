@@ -92,6 +92,25 @@ def test_search_quality_runs_every_algorithm_on_the_scripted_policy(capsys):
         # the paired difference from greedy, on the same problems
         assert r["vs_greedy"] == pytest.approx(r["accuracy"] - greedy["accuracy"])
         assert r["vs_greedy_low"] <= r["vs_greedy"] + 1e-12 and r["vs_greedy"] <= r["vs_greedy_high"] + 1e-12
+        # a candidate right at every step states the right answer, so it is also counted by pass@k
+        assert 0 <= r["solved_at_k"] <= r["pass_at_k"]
+
+
+def test_solved_at_k_counts_a_right_answer_only_when_every_step_is_right():
+    from mcts.answers import SearchResult
+
+    module = _script("search_quality")
+    problem = {"problem": "2 * 3 + 4", "answer": 10}
+    right = ["2 * 3 = 6, so 6 + 4\n", "6 + 4 = 10\n", "The answer is \\boxed{10}.\n"]
+    lucky = ["2 * 3 = 5, so 5 + 4\n", "5 + 4 = 10\n", "The answer is \\boxed{10}.\n"]  # a slip, then another
+
+    def result(*traces):
+        return SearchResult(answer="10", trace="", value=1.0, tokens=1, simulations=1, policy_calls=1,
+                            scorer_calls=1, seconds=0.0, num_candidates=len(traces), candidate_answers=["10"],
+                            candidates=[{"answer": "10", "value": 1.0, "steps": t} for t in traces])
+
+    assert module.solved_by(result(right, lucky), problem)
+    assert not module.solved_by(result(lucky), problem) and not module.solved_by(result(), problem)
 
 
 def test_search_quality_tree_variants_may_change_any_field(capsys):

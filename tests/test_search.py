@@ -448,6 +448,12 @@ def test_rollout_trees_beat_sampling_where_the_greedy_step_is_wrong():
         finished = [n for n in nodes if n["terminal"]]
         assert all(n["visits"] == 1 for n in finished)  # each backed up once, then closed
         assert tree[b].num_candidates == sum(n["answer"] is not None for n in finished)
+        # the result carries every candidate it chose among, the chosen one too
+        assert len(tree[b].candidates) == tree[b].num_candidates
+        assert tree[b].trace in {"".join(c["steps"]) for c in tree[b].candidates}
+        assert {c["answer"] for c in tree[b].candidates if c["answer"] is not None} == set(tree[b].candidate_answers)
+    for r in bon:
+        assert len(r.candidates) == 16 and r.trace in {"".join(c["steps"]) for c in r.candidates}
     assert search.forest.virtual_loss.sum() == 0
 
 
