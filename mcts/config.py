@@ -185,54 +185,56 @@ class SearchConfig:
         "candidate, as a best-of-N sample does, and later ones branch where the PRM trusted a step "
         "more than the answers found below it")
     # 'until_exhausted', with `widen_unseen` 0.2 (see there: the pair became the default together).
-    # Alone, before `widen_unseen`, 'gated' was kept by measurement (benchmarks/search_quality.py, MCTS* at 32 simulations, 2 seeds, 80
-    # problems): with the shipped PRM 'until_exhausted' gave 0.631 against 0.656 on set 0 and 0.650
-    # against 0.656 on set 1 ('open' 0.650), at 15 % more tokens; with the oracle it gave 0.675
-    # against 0.644 and 0.731 against 0.719 ('open' 0.662). A saturating PRM turns the extra
-    # candidates into false positives; a sharp scorer turns them into right answers. With the
-    # oracle and 'until_exhausted', c = 0.5 gave 0.706 / 0.694 (sets 0 / 1), width 3 0.650 / 0.713
-    # and width 2 0.588 / 0.650 at 75 % / 50 % of its tokens: no setting beats best-of-32 (0.706
-    # on both) by 3 points. There the trees hold a right answer as often as best-of-32 does (pass@k
-    # 0.819 / 0.838 against 0.806 / 0.825), so the margin is the choice's, where a wrong answer
-    # whose steps the noise flipped to 1.0 looks as good as a right one. Nor does a noise-free
-    # oracle (--oracle-noise 0, where the choice is all but perfect) give the trees 3 points:
-    # best-of-32 0.725 / 0.744, gated 0.694 / 0.787, 'until_exhausted' 0.731 / 0.775, with
-    # max_children 64 0.719 / 0.781, at width 6 (37 % more tokens than best-of-32) 0.725 / 0.750.
+    # Alone, before `widen_unseen`, 'gated' was kept by measurement (benchmarks/search_quality.py,
+    # MCTS* at 32 simulations, 2 seeds, 80 problems): with the shipped PRM 'until_exhausted' gave
+    # 0.631 against 0.656 on set 0 and 0.650 against 0.656 on set 1 ('open' 0.650), at 15 % more
+    # tokens; with the oracle it gave 0.675 against 0.644 and 0.731 against 0.719 ('open' 0.662). A
+    # saturating PRM turns the extra candidates into false positives; a sharp scorer turns them into
+    # right answers. With the oracle and 'until_exhausted', c = 0.5 gave 0.706 / 0.694 (sets 0 / 1),
+    # width 3 0.650 / 0.713 and width 2 0.588 / 0.650 at 75 % / 50 % of its tokens: no setting beats
+    # best-of-32 (0.706 on both) by 3 points. There the trees hold a right answer as often as
+    # best-of-32 does (pass@k 0.819 / 0.838 against 0.806 / 0.825), so the margin is the choice's,
+    # where a wrong answer whose steps the noise flipped to 1.0 looks as good as a right one
+    # (solved@k, added to the benchmark later, corrects that: pass@k counts right answers reached
+    # through a wrong step, and on set 2 the choice keeps 94-97 % of the problems some solution
+    # solves at every step). Nor does a noise-free oracle (--oracle-noise 0, where the choice is all
+    # but perfect) give the trees 3 points: best-of-32 0.725 / 0.744, gated 0.694 / 0.787,
+    # 'until_exhausted' 0.731 / 0.775, with max_children 64 0.719 / 0.781, at width 6 (37 % more
+    # tokens than best-of-32) 0.725 / 0.750.
     arm_gate: str = option("until_exhausted",
         "tree search: when a node's 'new step' arm may be selected. 'gated': only while none of its "
         "children has a Q up to the node's PRM value (a tree with nothing left to select stops "
         "early); 'until_exhausted' (the default): gated, but a tree with nothing left to select "
         "opens every arm for the rest of its budget; 'open': always")
     # 0.2, with arm_gate 'until_exhausted', by measurement (benchmarks/search_quality.py, tiny
-    # policy, MCTS* at 32 simulations, 2 seeds). Oracle at noise 0.1, 'until_exhausted',
-    # development sets 0 / 1 (80 problems): 0.700 / 0.681 at 0.05, 0.688 / 0.681 at 0.1, 0.669 /
-    # 0.725 at 0.15, 0.725 / 0.744 at 0.2 (0.725 / 0.719 with max_children 32), 0.669 / 0.725 at
-    # 0.25, 0.662 / 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it, the
-    # gated tree's 0.644 / 0.719 and best-of-32's 0.706 / 0.706: 0.2 stands above its neighbours,
-    # partly by luck. Then on problems held out from that choice (200 each): set 2 0.738 against
-    # best-of-32's 0.688 (seeds 0, 1; 0.685 at 0.3) and 0.750 against 0.750 (seeds 2, 3), set 3
-    # 0.718 against 0.700 (seeds 0, 1) and 0.740 against 0.710 (seeds 2, 3), set 4 0.723 against
-    # 0.725; at 72-75 % of best-of-32's tokens, where the gated tree without it was 3.0-8.5 points
-    # below best-of-32. Gated, with the oracle: 0.631 / 0.681 at 0.2
-    # against 0.644 / 0.719. With the shipped toy PRM, sets 0 / 1: 0.644 / 0.688 with
-    # 'until_exhausted' (1,995 / 2,194 tokens) and at 0.2 gated (1,749 / 2,052), against the
-    # gated tree's 0.656 / 0.656 (2,147 / 2,352) and best-of-32's 0.644 / 0.688; on held-out set
-    # 2, 0.690 with 'until_exhausted' and 0.703 gated against 0.688 (1,974 / 1,780 / 2,051 tokens).
-    # After the pair became the default, on fresh problem sets (200 each, seeds 0, 1): set 5, the
-    # shipped PRM 0.618 against the gated tree's 0.598, best-of-16's 0.588 and best-of-32's 0.623
-    # (2,083 / 2,171 / 1,325 / 2,650 tokens); the oracle 0.700 against 0.635 and 0.682 (seeds 2,
-    # 3: 0.698 against 0.608 and 0.677), set 6 0.695 against 0.652 and 0.690 (seeds 2, 3: 0.720
-    # against 0.623 and 0.677). Over the nine held-out oracle runs of sets 2-6 the mean paired
-    # difference from best-of-32 is +2.0 (README, oracle section). On the shipped examples, 0.792 at
-    # seeds 0 and 1 against the gated tree's 0.750 and greedy's 0.708.
-    # So the pair is level with the gated tree with the learned PRM, at fewer tokens, and well
-    # ahead of it with a sharp scorer. Tried and dropped: halving the floor whenever a tree has
-    # nothing left to select (down to 0.02, for the rest of its budget) gave 0.700 against 0.725
-    # on oracle set 0 at 2,851 tokens (pass@k 0.844 against 0.838): the extra candidates bring
-    # false positives as fast as right answers. Why it helps: the policy is often fairly sure of a wrong step
-    # (`7 + 16 = 22` has probability 0.70), and one draw of four that repeats it closed the node
-    # before its right step (0.16) came up; a node whose children hold all but a fifth of the
-    # probability, on the other hand, spends no simulation on more draws.
+    # policy, MCTS* at 32 simulations, 2 seeds). Oracle at noise 0.1, 'until_exhausted', development
+    # sets 0 / 1 (80 problems): 0.700 / 0.681 at 0.05, 0.688 / 0.681 at 0.1, 0.669 / 0.725 at 0.15,
+    # 0.725 / 0.744 at 0.2 (0.725 / 0.719 with max_children 32), 0.669 / 0.725 at 0.25, 0.662 /
+    # 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it, the gated tree's 0.644 /
+    # 0.719 and best-of-32's 0.706 / 0.706: 0.2 stands above its neighbours, partly by luck. Then on
+    # problems held out from that choice (200 each): set 2 0.738 against best-of-32's 0.688 (seeds
+    # 0, 1; 0.685 at 0.3) and 0.750 against 0.750 (seeds 2, 3), set 3 0.718 against 0.700 (seeds 0,
+    # 1) and 0.740 against 0.710 (seeds 2, 3), set 4 0.723 against 0.725; at 72-75 % of best-of-32's
+    # tokens, where the gated tree without it was 3.0-8.5 points below best-of-32. Gated, with the
+    # oracle: 0.631 / 0.681 at 0.2 against 0.644 / 0.719. With the shipped toy PRM, sets 0 / 1:
+    # 0.644 / 0.688 with 'until_exhausted' (1,995 / 2,194 tokens) and at 0.2 gated (1,749 / 2,052),
+    # against the gated tree's 0.656 / 0.656 (2,147 / 2,352) and best-of-32's 0.644 / 0.688; on
+    # held-out set 2, 0.690 with 'until_exhausted' and 0.703 gated against 0.688 (1,974 / 1,780 /
+    # 2,051 tokens). After the pair became the default, on fresh problem sets (200 each, seeds 0,
+    # 1): set 5, the shipped PRM 0.618 against the gated tree's 0.598, best-of-16's 0.588 and
+    # best-of-32's 0.623 (2,083 / 2,171 / 1,325 / 2,650 tokens); the oracle 0.700 against 0.635 and
+    # 0.682 (seeds 2, 3: 0.698 against 0.608 and 0.677), set 6 0.695 against 0.652 and 0.690 (seeds
+    # 2, 3: 0.720 against 0.623 and 0.677). Over the nine held-out oracle runs of sets 2-6 the mean
+    # paired difference from best-of-32 is +2.0 (README, oracle section). On the shipped examples,
+    # 0.792 at seeds 0 and 1 against the gated tree's 0.750 and greedy's 0.708. So the pair is level
+    # with the gated tree with the learned PRM, at fewer tokens, and well ahead of it with a sharp
+    # scorer. Tried and dropped: halving the floor whenever a tree has nothing left to select (down
+    # to 0.02, for the rest of its budget) gave 0.700 against 0.725 on oracle set 0 at 2,851 tokens
+    # (pass@k 0.844 against 0.838): the extra candidates bring false positives as fast as right
+    # answers. Why it helps: the policy is often fairly sure of a wrong step (`7 + 16 = 22` has
+    # probability 0.70), and one draw of four that repeats it closed the node before its right step
+    # (0.16) came up; a node whose children hold all but a fifth of the probability, on the other
+    # hand, spends no simulation on more draws.
     widen_unseen: float | None = option(0.2,
         "tree search, progressive widening: a node keeps its 'new step' arm while the policy's "
         "probability of a step none of its children holds (1 minus the sum of their steps' "

@@ -93,7 +93,8 @@ def add_flags(parser: argparse.ArgumentParser | Any, cls: type, *, only: Iterabl
         if kind is bool:
             options["action"] = argparse.BooleanOptionalAction
         else:
-            # A field that may be None and defaults to something else needs a spelling for None.
+            # A field that may be None and defaults to something else needs a spelling for None (not
+            # a str field: 'none' may be its text).
             may_be_none = kind is not str and kind is not hints[f.name] and f.default is not None
             options["type"] = _or_none(kind) if may_be_none and not unset else kind
             if f.name in choices:
