@@ -224,7 +224,7 @@ class SearchConfig:
     # 1): set 5, the shipped PRM 0.618 against the gated tree's 0.598, best-of-16's 0.588 and
     # best-of-32's 0.623 (2,083 / 2,171 / 1,325 / 2,650 tokens); the oracle 0.700 against 0.635 and
     # 0.682 (seeds 2, 3: 0.698 against 0.608 and 0.677), set 6 0.695 against 0.652 and 0.690 (seeds
-    # 2, 3: 0.720 against 0.623 and 0.677). Over the nine held-out oracle runs of sets 2-6 the mean
+    # 2, 3: 0.720 against 0.623 and 0.677). Over the ten held-out oracle runs of sets 2-7 the mean
     # paired difference from best-of-32 is +2.0 (README, oracle section). On the shipped examples,
     # 0.792 at seeds 0 and 1 against the gated tree's 0.750 and greedy's 0.708. So the pair is level
     # with the gated tree with the learned PRM, at fewer tokens, and well ahead of it with a sharp
