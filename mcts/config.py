@@ -224,8 +224,8 @@ class SearchConfig:
     # 1): set 5, the shipped PRM 0.618 against the gated tree's 0.598, best-of-16's 0.588 and
     # best-of-32's 0.623 (2,083 / 2,171 / 1,325 / 2,650 tokens); the oracle 0.700 against 0.635 and
     # 0.682 (seeds 2, 3: 0.698 against 0.608 and 0.677), set 6 0.695 against 0.652 and 0.690 (seeds
-    # 2, 3: 0.720 against 0.623 and 0.677). Over the twelve held-out oracle runs of sets 2-9 the
-    # mean paired difference from best-of-32 is +1.9 (README, oracle section). On the shipped
+    # 2, 3: 0.720 against 0.623 and 0.677). Over the fourteen held-out oracle runs of sets 2-11 the
+    # mean paired difference from best-of-32 is +1.8 (README, oracle section). On the shipped
     # examples, 0.792 at seeds 0 and 1 against the gated tree's 0.750 and greedy's 0.708. So the
     # pair is level with the gated tree with the learned PRM, at fewer tokens, and well ahead of it
     # with a sharp scorer. Tried and dropped: halving the floor whenever a tree has nothing left to
@@ -233,11 +233,13 @@ class SearchConfig:
     # 2,851 tokens (pass@k 0.844 against 0.838): the extra candidates bring false positives as fast
     # as right answers. So was keeping the arm of a node whose children the PRM all values below the
     # node itself, while the unseen mass is at least 0.05: 0.688 / 0.706 on sets 0 / 1 against 0.725
-    # / 0.744, +0.7 and +1.0 on fresh sets 8 and 9 at 5 % more tokens; at 0.02, -4.8 and +0.0. Why
-    # it helps: the policy is often fairly sure of a wrong step (`7 + 16 = 22` has probability
-    # 0.70), and one draw of four that repeats it closed the node before its right step (0.16) came
-    # up; a node whose children hold all but a fifth of the probability, on the other hand, spends
-    # no simulation on more draws.
+    # / 0.744, +0.7 and +1.0 on fresh sets 8 and 9 at 5 % more tokens; at 0.02, -4.8 and +0.0. And
+    # halving the floor as above, but only in a tree none of whose answers has every step valued 0.5
+    # or more (down to 0.025): +0.7 and -3.3 on fresh sets 10 and 11, at 9-13 % more tokens. Why it
+    # helps: the policy is often fairly sure of a wrong step (`7 + 16 = 22` has probability 0.70),
+    # and one draw of four that repeats it closed the node before its right step (0.16) came up; a
+    # node whose children hold all but a fifth of the probability, on the other hand, spends no
+    # simulation on more draws.
     widen_unseen: float | None = option(0.2,
         "tree search, progressive widening: a node keeps its 'new step' arm while the policy's "
         "probability of a step none of its children holds (1 minus the sum of their steps' "
