@@ -2,6 +2,7 @@
 
     Candidate              a finished solution: its answer, value and steps
     SearchResult           what one search found for one problem (one JSON record of the results)
+    candidate_fields       a result's record of its candidates (their distinct answers, and each one)
     choose_answer          the rules of ANSWER_SELECTIONS: max_value, weighted_vote, majority, and ebc
                            (an `AnswerJudge`'s choice: Enhanced Borda Count with a PPRM)
     aggregate_step_values  one value for a solution from its step values (STEP_AGGREGATES)
@@ -109,6 +110,12 @@ def choose_answer(candidates: Sequence[Candidate], rule: str, *, problem: str | 
     total = sum(totals.values())
     best = max(groups[key], key=lambda c: c.value)
     return best, (totals[key] / total if total > 0 else 0.0)
+
+
+def candidate_fields(candidates: Sequence[Candidate]) -> dict:
+    """The `SearchResult` fields that record what a search finished with, from its candidates:
+    `candidate_answers` and `candidates`."""
+    return {"candidate_answers": distinct_answers(candidates), "candidates": [c.record() for c in candidates]}
 
 
 def distinct_answers(candidates: Sequence[Candidate]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from mcts.policy.base import Prefix, StepProposer, StepScorer
-from mcts.answers import AnswerJudge, Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
+from mcts.answers import AnswerJudge, Candidate, SearchResult, aggregate_step_values, candidate_fields, choose_answer
 from mcts.config import SearchConfig
 from mcts.traces import Counters, Trace, propose, sample_traces
 
@@ -42,7 +42,7 @@ def _results(problems: Sequence[str], solutions: list[list[Trace]], counters: Co
             value=float(value), tokens=int(counters.tokens[b]), simulations=int(simulations[b]),
             policy_calls=int(counters.policy_calls[b]), scorer_calls=int(counters.scorer_calls[b]),
             seconds=float(seconds[b]), num_candidates=sum(c.answer is not None for c in candidates),
-            candidate_answers=distinct_answers(candidates), candidates=[c.record() for c in candidates],
+            **candidate_fields(candidates),
         ))
     return out
 

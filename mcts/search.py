@@ -28,7 +28,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from mcts.answers import AnswerJudge, Candidate, SearchResult, aggregate_step_values, choose_answer, distinct_answers
+from mcts.answers import AnswerJudge, Candidate, SearchResult, aggregate_step_values, candidate_fields, choose_answer
 from mcts.config import TREE_RULES, SearchConfig
 from mcts.core import EXPANDED, PRUNED, TERMINAL, Forest, backup, expand, select
 from mcts.grading import extract_answer
@@ -564,7 +564,7 @@ class TreeSearch:
             tokens=int(self.counters.tokens[b]), simulations=int(self.simulations[b]),
             policy_calls=int(self.counters.policy_calls[b]), scorer_calls=int(self.counters.scorer_calls[b]),
             seconds=float(self.seconds[b]), num_candidates=len(candidates),
-            candidate_answers=distinct_answers(candidates), candidates=[c.record() for c in candidates],
+            **candidate_fields(candidates),
         )
 
     def tree_record(self, b: int) -> TreeRecord:

@@ -47,7 +47,7 @@ from mcts.envs.arith import is_toy
 from mcts.grading import extract_answer
 from mcts.policy.base import Prefix, Step, StepProposer, StepScorer
 from mcts.problems import Problem
-from mcts.answers import Candidate, SearchResult, aggregate_step_values, distinct_answers
+from mcts.answers import Candidate, SearchResult, aggregate_step_values, candidate_fields
 from mcts.trees import tree_from_solutions
 from mcts.traces import Counters, sample_traces, Trace
 from mcts.config import SearchConfig
@@ -293,8 +293,7 @@ class SRMCTS:
             answer=chosen.answer, trace="".join(chosen.steps), value=float(quality),
             tokens=int(self.counters.tokens[b]), simulations=int(self.simulations[b]),
             policy_calls=int(self.counters.policy_calls[b]), scorer_calls=int(self.counters.scorer_calls[b]),
-            seconds=float(self.seconds), num_candidates=len(cands),
-            candidate_answers=distinct_answers(cands), candidates=[c.record() for c in cands])
+            seconds=float(self.seconds), num_candidates=len(cands), **candidate_fields(cands))
 
     def to_json(self, b: int) -> dict:
         """Tree b (`mcts.trees`): the trie of its solutions, with the SR-MCTS nodes themselves

@@ -16,7 +16,7 @@ import time
 from typing import Sequence
 
 from mcts.policy.base import Prefix
-from mcts.answers import Candidate, SearchResult, choose_answer, distinct_answers
+from mcts.answers import Candidate, SearchResult, candidate_fields, choose_answer
 from mcts.trees import tree_from_solutions
 from mcts.traces import Counters, sample_traces, Trace
 from mcts.config import SearchConfig
@@ -58,8 +58,7 @@ class SampledChains:
                 answer=chosen.answer if chosen else None, trace="".join(chosen.steps) if chosen else "",
                 value=float(value), tokens=int(counters.tokens[b]), simulations=samples,
                 policy_calls=int(counters.policy_calls[b]), scorer_calls=0,
-                seconds=time.perf_counter() - started, num_candidates=len(mine),
-                candidate_answers=distinct_answers(candidates), candidates=[c.record() for c in candidates]))
+                seconds=time.perf_counter() - started, num_candidates=len(mine), **candidate_fields(candidates)))
         return results
 
 
