@@ -46,7 +46,7 @@ ALGORITHMS = (*TREE_RULES, *BASELINE_NAMES)
 LEAF_VALUES = ("mean", "max")
 PRIORS = ("length_normalized", "sequence", "uniform")
 CANDIDATE_VALUES = ("q", "path")
-ARM_GATES = ("gated", "until_exhausted", "open")
+ARM_GATES = ("gated", "until_exhausted", "trusted", "open")
 EXPANSIONS = ("step", "rollout")
 # Default progressive widening: a node may grow to this many times `width` children. Measured with
 # benchmarks/search_quality.py (tiny policy, oracle PRM at noise 0.1, 80 fresh 1-4 operation
@@ -184,7 +184,8 @@ class SearchConfig:
         "backs up that answer's value from its end. Each simulation then yields a finished "
         "candidate, as a best-of-N sample does, and later ones branch where the PRM trusted a step "
         "more than the answers found below it")
-    # 'until_exhausted', with `widen_unseen` 0.2 (see there: the pair became the default together).
+    # 'until_exhausted', with `widen_unseen` 0.2 (see there: the pair became the default together),
+    # was the default until 'trusted' (below).
     # Alone, before `widen_unseen`, 'gated' was kept by measurement (benchmarks/search_quality.py,
     # MCTS* at 32 simulations, 2 seeds, 80 problems): with the shipped PRM 'until_exhausted' gave
     # 0.631 against 0.656 on set 0 and 0.650 against 0.656 on set 1 ('open' 0.650), at 15 % more
@@ -201,13 +202,39 @@ class SearchConfig:
     # but perfect) give the trees 3 points: best-of-32 0.725 / 0.744, gated 0.694 / 0.787,
     # 'until_exhausted' 0.731 / 0.775, with max_children 64 0.719 / 0.781, at width 6 (37 % more
     # tokens than best-of-32) 0.725 / 0.750.
-    arm_gate: str = option("until_exhausted",
+    # 'trusted' by measurement (benchmarks/search_quality.py --tree-variant trusted:arm_gate=trusted,
+    # tiny policy, MCTS* at 32 simulations, 200 problems, seeds 0 and 1), against 'until_exhausted'
+    # (the default before, with the same widen_unseen 0.2). Why: under a rollout that ends wrong,
+    # every node of the rollout backs up 0, so a right node whose next step failed has Q 0, and
+    # 'until_exhausted' then widens its parent and every ancestor above it, each new branch failing
+    # the same way. Of the 26 / 22 problems of oracle sets 0 / 1 (seed 0) whose trees held no
+    # solution right at every step, 8 / 13 had a deepest right node with a single child drawn (a
+    # rollout's) and its arm still open after 32 simulations; at 4 of those of set 1 the policy
+    # writes the right next step there 21-62 % of the time (most of the others are lotteries: the
+    # right next step under 5 %, where neither tree nor best-of-32 does well). 'trusted' keeps a
+    # node's arm shut while the PRM trusts one of its children as much as the node, so the draws go
+    # to the deepest node the PRM still trusts. Oracle at noise 0.1, fresh problem sets 12-16 (drawn
+    # after every choice above), paired against best-of-32: 'trusted' +2.0 / +3.7 / +0.3 / -0.3 /
+    # -1.0, 'until_exhausted' -0.7 / +1.8 / -0.3 / -0.3 / -2.0 (so +1.2 a set, never behind), at
+    # 95-98 % of its tokens (70-76 % of best-of-32's); on sets 2 and 3, drawn before, +3.7 / +1.8
+    # against +5.0 / +1.8 (over the seven, +1.5 against +0.8). The shipped toy PRM: 0.662 against
+    # 0.644 on set 0 (80 problems), 0.688 against 0.690 on set 2 and 0.618 against 0.618 on set 5
+    # (best-of-32 0.644, 0.682 and 0.623). The shipped examples:
+    # 0.750 at seeds 0 and 1 against 0.792 (one problem of 24; greedy 0.708). Tried with it and
+    # dropped (oracle): widen_unseen 0.1 -2.0 and 0.3 -2.8 against it on set 15; c 0.5 -1.7 and c 2
+    # -2.5 on set 16; max_children 32 +0.3 / -2.0 / +1.0 on sets 12 / 13 / 14. More draws at a
+    # node whose right step is rare buy false positives (wrong answers the noise flipped to 1)
+    # about as fast as the right answer.
+    arm_gate: str = option("trusted",
         "tree search: when a node's 'new step' arm may be selected. 'gated': only while none of its "
         "children has a Q up to the node's PRM value (a tree with nothing left to select stops "
-        "early); 'until_exhausted' (the default): gated, but a tree with nothing left to select "
-        "opens every arm for the rest of its budget; 'open': always")
-    # 0.2, with arm_gate 'until_exhausted', by measurement (benchmarks/search_quality.py, tiny
-    # policy, MCTS* at 32 simulations, 2 seeds). Oracle at noise 0.1, 'until_exhausted', development
+        "early); 'until_exhausted': gated, but a tree with nothing left to select opens every arm "
+        "for the rest of its budget; 'trusted' (the default): as 'until_exhausted', but a child "
+        "whose PRM value reaches the node's also shuts the arm, whatever its Q, so a failure below "
+        "a step the PRM trusts is searched for below that step; 'open': always")
+    # 0.2, with arm_gate 'until_exhausted' (kept with 'trusted', the default gate since: see there),
+    # by measurement (benchmarks/search_quality.py, tiny policy, MCTS* at 32 simulations, 2
+    # seeds). Oracle at noise 0.1, 'until_exhausted', development
     # sets 0 / 1 (80 problems): 0.700 / 0.681 at 0.05, 0.688 / 0.681 at 0.1, 0.669 / 0.725 at 0.15,
     # 0.725 / 0.744 at 0.2 (0.725 / 0.719 with max_children 32), 0.669 / 0.725 at 0.25, 0.662 /
     # 0.725 at 0.3, 0.650 / 0.719 at 0.4, against 0.675 / 0.731 without it, the gated tree's 0.644 /

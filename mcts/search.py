@@ -154,7 +154,7 @@ class TreeSearch:
             f.visits[b, arm], f.value_sum[b, arm] = 0, 0.0
         self._closed_arms = []
         nothing_selected = (leaves < 0).all(axis=1)
-        if cfg.arm_gate == "until_exhausted":
+        if cfg.arm_gate in ("until_exhausted", "trusted"):
             for b in np.nonzero(nothing_selected & ~self.done & ~self.ungated)[0]:
                 if self.arms[b]:  # gated arms are left: open them for the rest of the budget
                     self.ungated[b], nothing_selected[b] = True, False
@@ -327,16 +327,19 @@ class TreeSearch:
         return backed
 
     def _gate_arms(self) -> None:
-        """An arm is open only while the node's children disappoint: none has a Q up to the
-        node's worth. A node with a child as good as the PRM said the node is spends nothing on
-        more samples (its arm reopens if that child's Q falls). Arms of an ungated tree
-        (`arm_gate` 'open', or 'until_exhausted' once nothing else was left) stay open."""
+        """An arm is open only while the node's children disappoint: none has a Q up to the node's
+        worth ('trusted': neither a Q nor a PRM value), so with 'trusted' a failure below a child
+        the PRM trusts as much as the node is repaired below that child. An ungated tree's arms
+        ('open'; 'until_exhausted' and 'trusted' once nothing else is left) stay open."""
         f = self.forest
         q = f.q_values()
         for b, arms in enumerate(self.arms):
             for node, arm in arms.items():
                 start = int(f.first_child[b, node])
-                if self.ungated[b] or q[b, start:arm].max() < f.reward[b, arm]:
+                best = q[b, start:arm].max()
+                if self.config.arm_gate == "trusted":
+                    best = max(best, float(f.reward[b, start:arm].max()))
+                if self.ungated[b] or best < f.reward[b, arm]:
                     f.flags[b, arm] &= ~PRUNED
                 else:
                     f.flags[b, arm] |= PRUNED

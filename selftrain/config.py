@@ -233,8 +233,8 @@ class RunConfig:
     # logprob_weight 0: every self-training figure was measured with the PRM's value alone choosing
     # the held-out search's answer (the harvest does not read it); the weight is not measured here.
     # arm_gate 'gated' and no widen_unseen: the search's defaults when every self-training figure of
-    # the README was measured. The search's later pair ('until_exhausted', widen_unseen 0.2) was
-    # chosen on the search benchmark and is not measured in the loops.
+    # the README was measured. The search's later rules ('until_exhausted' and widen_unseen 0.2,
+    # then 'trusted') were chosen on the search benchmark and are not measured in the loops.
     search: SearchConfig = option(factory=lambda: SearchConfig(
         algorithm="mcts_star", simulations=16, width=4, leaf_value="mean", greedy_child=True, expansion="step",
         candidate_value="q", logprob_weight=0.0, arm_gate="gated", widen_unseen=None),

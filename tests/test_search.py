@@ -125,6 +125,54 @@ def test_arm_gate_until_exhausted_spends_what_a_gated_tree_leaves(expansion):
     assert found["gated"][1] < found["until_exhausted"][1] < 20
 
 
+class FixedBelow:
+    """Three first steps, drawn in turn (a third of the probability each), all of them right; below
+    each, the first two answers drawn are wrong (2) and the third is right (1)."""
+
+    delimiter = "\n"
+
+    def __init__(self):
+        self.draws: dict[tuple[str, ...], int] = {}  # samples drawn at each prefix
+
+    def propose(self, prefixes, n, temperature=1.0):
+        out = []
+        for p in prefixes:
+            k = self.draws.get(p.steps, 0)
+            self.draws[p.steps] = k + n
+            if p.steps:
+                out.append([Step(f"\\boxed{{{1 if k + i >= 2 else 2}}}\n", np.log(0.5), 3, True) for i in range(n)])
+            else:
+                out.append([Step(f"{'abc'[(k + i) % 3]}\n", np.log(1 / 3), 2) for i in range(n)])
+        return out
+
+
+class WrongIsTwo:
+    """Trusts every step but the answer 2."""
+
+    def score(self, prefixes, steps):
+        return [0.0 if "boxed{2}" in s.text else 1.0 for s in steps]
+
+
+@pytest.mark.parametrize("expansion", ["step", "rollout"])
+def test_arm_gate_trusted_repairs_a_failure_below_the_step_the_prm_trusts(expansion):
+    """The first step is right and its first answer wrong. Judged by Q, that child disappoints its
+    parent, so 'until_exhausted' spends the next simulations on new first steps at the root, each
+    failing the same way; 'trusted' keeps the root's arm shut while the PRM trusts a child as much
+    as the root, and draws again below the first step, where the right answer is."""
+    runs = {}
+    for gate in ("until_exhausted", "trusted"):
+        config = SearchConfig(algorithm="mcts_star", simulations=16, width=1, expansion=expansion, arm_gate=gate,
+                              stop_value=1.0, complete_unfinished=False)
+        policy = FixedBelow()
+        search = TreeSearch(["fixed below"], policy, WrongIsTwo(), config)
+        [result] = search.run()
+        assert result.answer == "1" and search.forest.virtual_loss.sum() == 0
+        runs[gate] = result.simulations, policy.draws[()]
+    (ux_sims, ux_root), (trusted_sims, trusted_root) = runs["until_exhausted"], runs["trusted"]
+    assert trusted_root == 1 < ux_root
+    assert trusted_sims < ux_sims
+
+
 class LikelyWrong:
     """The root's draws are 'a' (probability 0.8, leading to the wrong answer 2) six times, then
     'b' (0.2, leading to the right answer 1) forever; every answer step is certain."""
