@@ -215,9 +215,10 @@ class SearchConfig:
     # node's arm shut while the PRM trusts one of its children as much as the node, so the draws go
     # to the deepest node the PRM still trusts. Oracle at noise 0.1, fresh problem sets 12-16 (drawn
     # after every choice above), paired against best-of-32: 'trusted' +2.0 / +3.7 / +0.3 / -0.3 /
-    # -1.0, 'until_exhausted' -0.7 / +1.8 / -0.3 / -0.3 / -2.0 (so +1.2 a set, never behind), at
-    # 95-98 % of its tokens (70-76 % of best-of-32's); on sets 2 and 3, drawn before, +3.7 / +1.8
-    # against +5.0 / +1.8 (over the seven, +1.5 against +0.8). The shipped toy PRM: 0.662 against
+    # -1.0, 'until_exhausted' -0.7 / +1.8 / -0.3 / -0.3 / -2.0 ('trusted' +1.2 a set ahead, never
+    # behind), at 95-98 % of its tokens (70-76 % of best-of-32's); on sets 2 and 3, drawn before,
+    # +3.7 / +1.8 against +5.0 / +1.8; on sets 17 / 18, drawn after the choice, +4.0 / +1.3
+    # against +0.3 / +0.3 (over the nine, +1.7 against +0.7). The shipped toy PRM: 0.662 against
     # 0.644 on set 0 (80 problems), 0.688 against 0.690 on set 2 and 0.618 against 0.618 on set 5
     # (best-of-32 0.644, 0.682 and 0.623). The shipped examples:
     # 0.750 at seeds 0 and 1 against 0.792 (one problem of 24; greedy 0.708). Tried with it and
