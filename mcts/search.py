@@ -333,11 +333,12 @@ class TreeSearch:
         ('open'; 'until_exhausted' and 'trusted' once nothing else is left) stay open."""
         f = self.forest
         q = f.q_values()
+        by_prm_value = self.config.arm_gate == "trusted"
         for b, arms in enumerate(self.arms):
             for node, arm in arms.items():
                 start = int(f.first_child[b, node])
                 best = q[b, start:arm].max()
-                if self.config.arm_gate == "trusted":
+                if by_prm_value:
                     best = max(best, float(f.reward[b, start:arm].max()))
                 if self.ungated[b] or best < f.reward[b, arm]:
                     f.flags[b, arm] &= ~PRUNED
